@@ -1,0 +1,81 @@
+"""The Python face of the C kernels in `kernels/` (built by cffi as `llama_np._kernels`).
+
+Each wrapper checks dtypes, contiguity and shapes first, so that the C code can never be
+reached with arguments that would make it read or write out of bounds, then calls C.
+Each kernel has a NumPy reference in `llama_np.ops` / `llama_np.quant` with the same name
+and a test that the two agree. Where the extension was not built, `AVAILABLE` is False and
+callers use the NumPy reference instead.
+"""
+import os
+
+import numpy as np
+
+try:
+    from llama_np._kernels import ffi, lib
+    AVAILABLE = True
+except ImportError:  # the C extension was not built: NumPy references are used
+    ffi = lib = None
+    AVAILABLE = False
+
+_num_threads = os.cpu_count() or 1
+
+
+def set_num_threads(n):
+    """Threads the C kernels use (OpenMP); default: all cores."""
+    global _num_threads
+    if int(n) < 1:
+        raise ValueError(f"threads must be >= 1, got {n}")
+    _num_threads = int(n)
+
+
+def get_num_threads():
+    return _num_threads
+
+
+def _require(arr, name, dtype, ndim=None):
+    """Check one array argument: NumPy array, exact dtype, C-contiguous, and its rank."""
+    if not isinstance(arr, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy array, got {type(arr).__name__}")
+    if arr.dtype != dtype:
+        raise TypeError(f"{name}: expected dtype {np.dtype(dtype)}, got {arr.dtype}")
+    if not arr.flags.c_contiguous:
+        raise ValueError(f"{name}: array must be C-contiguous")
+    if ndim is not None and arr.ndim != ndim:
+        raise ValueError(f"{name}: expected {ndim} dimensions, got shape {arr.shape}")
+
+
+def _ptr(arr, ctype):
+    return ffi.cast(ctype, ffi.from_buffer(arr, require_writable=False))
+
+
+def _out_ptr(arr, ctype):
+    if not arr.flags.writeable:
+        raise ValueError("output array is read-only")
+    return ffi.cast(ctype, ffi.from_buffer(arr, require_writable=True))
+
+
+def rmsnorm(x, weight, eps):
+    """C RMSNorm of every row of x: [T, D] float32, weight [D] → [T, D]."""
+    _require(x, "x", np.float32, 2)
+    _require(weight, "weight", np.float32, 1)
+    n_rows, dim = x.shape
+    if weight.shape[0] != dim:
+        raise ValueError(f"weight has {weight.shape[0]} entries, x rows have {dim}")
+    out = np.empty_like(x)
+    lib.rmsnorm_f32(_out_ptr(out, "float *"), _ptr(x, "float *"), _ptr(weight, "float *"),
+                    n_rows, dim, float(eps))
+    return out
+
+
+def rope_(x, positions, theta):
+    """C rotate-half RoPE, in place: x [T, H, head_dim] float32, positions [T] int64."""
+    _require(x, "x", np.float32, 3)
+    _require(positions, "positions", np.int64, 1)
+    n_tokens, n_heads, head_dim = x.shape
+    if positions.shape[0] != n_tokens:
+        raise ValueError(f"{positions.shape[0]} positions for {n_tokens} tokens")
+    if head_dim % 2:
+        raise ValueError(f"head_dim must be even, got {head_dim}")
+    lib.rope_f32(_out_ptr(x, "float *"), _ptr(positions, "int64_t *"),
+                 n_tokens, n_heads, head_dim, float(theta))
+    return x

@@ -1,0 +1,188 @@
+"""Reading the GGUF container (llama.cpp's single-file model format, version 2 and 3).
+
+Layout, all little-endian:
+
+    magic "GGUF" | version u32 | n_tensors u64 | n_kv u64
+    n_kv × (key: string, value_type u32, value)              -- the metadata
+    n_tensors × (name: string, n_dims u32, dims u64[n_dims], ggml_type u32, offset u64)
+    padding to `general.alignment` (default 32)
+    tensor data (each tensor at data_start + offset)
+
+A string is a u64 byte length and UTF-8 bytes; an array is (element type u32, count u64,
+elements). `dims` lists the fastest-varying dimension first, so a GGUF [576, 1536] tensor is
+the NumPy array [1536, 576].
+
+The `gguf` package reads this too, but spends ~3 s building Python objects for the 100k
+tokenizer strings of a small model; this reader takes a few tens of milliseconds, which is
+what keeps the chat's time to first token short. Tensor data is memory-mapped, never read
+whole. Writing GGUF files is left to `gguf.GGUFWriter`.
+"""
+import os
+import struct
+
+import numpy as np
+
+GGUF_MAGIC = b"GGUF"
+DEFAULT_ALIGNMENT = 32  # gguf.h GGUF_DEFAULT_ALIGNMENT
+
+# ggml_type ids (ggml.h) of the tensor types llama_np reads, and the bytes per block
+# of `block_size` weights.
+GGML_TYPES = {
+    0: ("F32", 1, 4),
+    1: ("F16", 1, 2),
+    2: ("Q4_0", 32, 18),
+    3: ("Q4_1", 32, 20),
+    8: ("Q8_0", 32, 34),
+    30: ("BF16", 1, 2),
+}
+GGML_TYPE_NAMES = {  # a few of the others, to name them in errors
+    6: "Q5_0", 7: "Q5_1", 10: "Q2_K", 11: "Q3_K", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K",
+    15: "Q8_K", 16: "IQ2_XXS", 24: "I8", 25: "I16", 26: "I32", 27: "I64", 28: "F64",
+}
+
+# metadata value types (gguf.h gguf_type): struct format of the scalars
+_SCALAR_FORMATS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
+                   10: "<Q", 11: "<q", 12: "<d"}
+_NUMPY_DTYPES = {0: "<u1", 1: "<i1", 2: "<u2", 3: "<i2", 4: "<u4", 5: "<i4", 6: "<f4", 7: "?",
+                 10: "<u8", 11: "<i8", 12: "<f8"}
+_STRING, _ARRAY = 8, 9
+
+
+class GGUFError(ValueError):
+    """A file that is not a readable GGUF, or a tensor in it llama_np cannot use."""
+
+
+class TensorInfo:
+    """Where one tensor lives in the file, and how it is stored."""
+
+    def __init__(self, name, shape, ggml_type, offset):
+        self.name = name
+        self.shape = shape          # NumPy order: (rows, cols)
+        self.ggml_type = ggml_type
+        self.offset = offset        # from the start of the data section
+
+    @property
+    def type_name(self):
+        return GGML_TYPES.get(self.ggml_type, (GGML_TYPE_NAMES.get(self.ggml_type, f"type {self.ggml_type}"),))[0]
+
+    @property
+    def nbytes(self):
+        _, block_size, block_bytes = GGML_TYPES[self.ggml_type]
+        n = int(np.prod(self.shape, dtype=np.int64))
+        return n // block_size * block_bytes
+
+
+class _Cursor:
+    """Sequential little-endian reads over a bytes-like buffer, with truncation checks."""
+
+    def __init__(self, buf, path):
+        self.buf, self.pos, self.path = buf, 0, path
+
+    def take(self, n):
+        if self.pos + n > len(self.buf):
+            raise GGUFError(f"{self.path}: truncated or corrupt header "
+                            f"(wanted {n} bytes at offset {self.pos}, file has {len(self.buf)})")
+        start = self.pos
+        self.pos += n
+        return self.buf[start:self.pos]
+
+    def scalar(self, fmt):
+        return struct.unpack(fmt, self.take(struct.calcsize(fmt)))[0]
+
+    def string(self):
+        n = self.scalar("<Q")
+        return bytes(self.take(n)).decode("utf-8", errors="replace")
+
+    def value(self, vtype):
+        if vtype in _SCALAR_FORMATS:
+            return self.scalar(_SCALAR_FORMATS[vtype])
+        if vtype == _STRING:
+            return self.string()
+        if vtype == _ARRAY:
+            elem_type, count = self.scalar("<I"), self.scalar("<Q")
+            if elem_type in _NUMPY_DTYPES:  # numeric arrays in one go
+                dtype = np.dtype(_NUMPY_DTYPES[elem_type])
+                return np.frombuffer(self.take(count * dtype.itemsize), dtype=dtype).tolist()
+            return [self.value(elem_type) for _ in range(count)]
+        raise GGUFError(f"{self.path}: unknown metadata value type {vtype} at offset {self.pos}")
+
+
+class GGUFFile:
+    """A GGUF file opened for reading: `metadata` (dict), `tensors` (name → TensorInfo),
+    and `tensor_data(name)`, a read-only memory-mapped view of one tensor's bytes."""
+
+    def __init__(self, path):
+        self.path = str(path)
+        try:
+            self._map = np.memmap(self.path, dtype=np.uint8, mode="r")
+        except FileNotFoundError:
+            raise GGUFError(f"{self.path}: no such file") from None
+        except (OSError, ValueError) as e:  # a directory, an empty file, no permission
+            raise GGUFError(f"{self.path}: cannot read ({e})") from None
+        buf = memoryview(self._map)
+        cur = _Cursor(buf, self.path)
+        magic = bytes(buf[:4])
+        if magic != GGUF_MAGIC:
+            raise GGUFError(f"{self.path}: not a GGUF file (magic {magic!r}, expected {GGUF_MAGIC!r})")
+        cur.pos = 4
+        self.version = cur.scalar("<I")
+        if self.version not in (2, 3):
+            raise GGUFError(f"{self.path}: GGUF version {self.version} is not supported (2 or 3)")
+        n_tensors, n_kv = cur.scalar("<Q"), cur.scalar("<Q")
+        if n_tensors > len(buf) or n_kv > len(buf):
+            raise GGUFError(f"{self.path}: corrupt header ({n_tensors} tensors, {n_kv} keys)")
+
+        self.metadata = {}
+        for _ in range(n_kv):
+            key = cur.string()
+            self.metadata[key] = cur.value(cur.scalar("<I"))
+
+        self.tensors = {}
+        for _ in range(n_tensors):
+            name = cur.string()
+            n_dims = cur.scalar("<I")
+            if n_dims > 4:
+                raise GGUFError(f"{self.path}: tensor {name!r} has {n_dims} dimensions (corrupt header?)")
+            dims = [cur.scalar("<Q") for _ in range(n_dims)]
+            ggml_type, offset = cur.scalar("<I"), cur.scalar("<Q")
+            self.tensors[name] = TensorInfo(name, tuple(reversed(dims)), ggml_type, offset)
+
+        alignment = int(self.metadata.get("general.alignment", DEFAULT_ALIGNMENT))
+        self.data_start = (cur.pos + alignment - 1) // alignment * alignment
+
+    def tensor_data(self, name):
+        """The raw bytes of tensor `name`, shaped [rows, row_bytes] (1-D tensors: [row_bytes]),
+        memory-mapped. Raises GGUFError for an unsupported type or a truncated file."""
+        info = self.tensors.get(name)
+        if info is None:
+            raise GGUFError(f"{self.path}: tensor {name!r} is missing")
+        if info.ggml_type not in GGML_TYPES:
+            raise GGUFError(f"{self.path}: tensor {name!r} has type {info.type_name}, "
+                            f"which llama_np does not support (F32, F16, BF16, Q8_0, Q4_0, Q4_1)")
+        _, block_size, block_bytes = GGML_TYPES[info.ggml_type]
+        if info.shape[-1] % block_size:
+            raise GGUFError(f"{self.path}: tensor {name!r} row length {info.shape[-1]} "
+                            f"is not a multiple of the {info.type_name} block size {block_size}")
+        start = self.data_start + info.offset
+        end = start + info.nbytes
+        if end > len(self._map):
+            raise GGUFError(f"{self.path}: tensor {name!r} is truncated (needs bytes {start}..{end}, "
+                            f"file has {len(self._map)})")
+        raw = self._map[start:end]
+        if len(info.shape) == 1:
+            return raw
+        rows = int(np.prod(info.shape[:-1]))
+        return raw.reshape(rows, -1)
+
+    def tensor_float(self, name):
+        """An F32/F16/BF16 tensor as float32, in its NumPy shape (F32: a memory-mapped view)."""
+        info = self.tensors.get(name)
+        raw = self.tensor_data(name)
+        kind = info.type_name
+        if kind == "F32":
+            return raw.view(np.float32).reshape(info.shape)
+        if kind == "F16":
+            return raw.view(np.float16).astype(np.float32).reshape(info.shape)
+        if kind == "BF16":  # bfloat16 is the upper half of a float32
+            return (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32).reshape(info.shape)
+        raise GGUFError(f"{self.path}: tensor {name!r} is {kind}, not a float type")

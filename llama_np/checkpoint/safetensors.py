@@ -1,0 +1,95 @@
+"""Hugging Face checkpoints: `config.json` + `model.safetensors`, or shards listed in
+`model.safetensors.index.json`.
+
+A safetensors file is an 8-byte little-endian header length, a JSON header
+(name → dtype, shape, [begin, end) byte offsets into the data), then the raw data. Reading
+goes through `safetensors.safe_open` (memory-mapped); bfloat16, which NumPy has no dtype
+for, is widened to float32 by shifting its bits into the top half of a float32.
+"""
+import json
+import os
+
+import numpy as np
+
+from llama_np.config import LlamaConfig
+from llama_np.model import check_weights
+
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+
+
+class CheckpointError(ValueError):
+    """A Hugging Face checkpoint folder llama_np cannot read."""
+
+
+def _bf16_to_f32(raw_u16):
+    return (raw_u16.astype(np.uint32) << 16).view(np.float32)
+
+
+def read_safetensors(path):
+    """All tensors of one .safetensors file as float32 NumPy arrays, by name."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with open(path, "rb") as fh:
+            header_len = int.from_bytes(fh.read(8), "little")
+            header = json.loads(fh.read(header_len))
+        tensors = {}
+        with safe_open(path, framework="numpy") as f:
+            for name in f.keys():
+                if header[name]["dtype"] == "BF16":  # NumPy has no bfloat16: widen the raw bits
+                    begin, end = header[name]["data_offsets"]
+                    raw = np.memmap(path, dtype="<u2", mode="r", offset=8 + header_len + begin,
+                                    shape=((end - begin) // 2,))
+                    tensors[name] = _bf16_to_f32(raw).reshape(header[name]["shape"])
+                else:
+                    tensors[name] = np.asarray(f.get_tensor(name), dtype=np.float32)
+    except (SafetensorError, OSError, ValueError, KeyError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+    return tensors
+
+
+def checkpoint_files(folder):
+    """The safetensors files of a Hugging Face folder (one file or the shards of an index)."""
+    index = os.path.join(folder, INDEX_FILE)
+    if os.path.exists(index):
+        try:
+            with open(index, encoding="utf-8") as f:
+                weight_map = json.load(f)["weight_map"]
+        except (json.JSONDecodeError, KeyError) as e:
+            raise CheckpointError(f"{index}: not a valid safetensors index ({e})") from None
+        return [os.path.join(folder, shard) for shard in sorted(set(weight_map.values()))]
+    single = os.path.join(folder, SINGLE_FILE)
+    if os.path.exists(single):
+        return [single]
+    raise CheckpointError(f"{folder}: no {SINGLE_FILE} or {INDEX_FILE}")
+
+
+def load_hf(folder):
+    """Read a Hugging Face LLaMA folder: returns (config, weights by HF name)."""
+    config_path = os.path.join(folder, "config.json")
+    if not os.path.exists(config_path):
+        raise CheckpointError(f"{folder}: no config.json")
+    config = LlamaConfig.from_json(config_path)
+    weights = {}
+    for path in checkpoint_files(folder):
+        weights.update(read_safetensors(path))
+    if config.tie_word_embeddings:
+        weights.pop("lm_head.weight", None)
+    check_weights(config, weights, source=folder)
+    return config, weights
+
+
+def save_hf(folder, config, weights):
+    """Write `config.json` + `model.safetensors` (float32), each atomically."""
+    from safetensors.numpy import save_file
+
+    os.makedirs(folder, exist_ok=True)
+    tensors = {name: np.ascontiguousarray(w, dtype=np.float32) for name, w in weights.items()}
+    tmp = os.path.join(folder, SINGLE_FILE + ".tmp")
+    save_file(tensors, tmp, metadata={"format": "pt"})
+    os.replace(tmp, os.path.join(folder, SINGLE_FILE))
+    tmp = os.path.join(folder, "config.json.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(config.to_hf_dict(), f, indent=2)
+    os.replace(tmp, os.path.join(folder, "config.json"))

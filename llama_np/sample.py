@@ -1,0 +1,99 @@
+"""Choosing the next token from the logits.
+
+The filters run in Hugging Face's order: repetition penalty → temperature → top-k → top-p,
+then one draw from what is left. Temperature 0 (or `greedy=True`) is the arg-max.
+
+The paper's decoding settings (Chinese-LLaMA-Alpaca `inference_hf.py`) are the defaults:
+temperature 0.2, top-k 40, top-p 0.9, repetition penalty 1.3, at most 512 new tokens in a
+2048-token context.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+
+PAPER_TEMPERATURE = 0.2
+PAPER_TOP_K = 40
+PAPER_TOP_P = 0.9
+PAPER_REPETITION_PENALTY = 1.3
+PAPER_MAX_NEW_TOKENS = 512
+PAPER_CONTEXT = 2048
+
+
+@dataclass
+class SamplingSettings:
+    temperature: float = PAPER_TEMPERATURE
+    top_k: int = PAPER_TOP_K                    # 0: no top-k filter
+    top_p: float = PAPER_TOP_P                  # 1.0: no nucleus filter
+    repetition_penalty: float = PAPER_REPETITION_PENALTY  # 1.0: none
+    seed: int | None = None
+
+    def __post_init__(self):
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"top-k must be >= 0, got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top-p must be in (0, 1], got {self.top_p}")
+        if self.repetition_penalty <= 0:
+            raise ValueError(f"repetition penalty must be > 0, got {self.repetition_penalty}")
+
+    @property
+    def greedy(self):
+        return self.temperature == 0
+
+
+def apply_repetition_penalty(logits, seen_ids, penalty):
+    """CTRL's repetition penalty (Keskar et al. 2019), Hugging Face semantics: the logit of
+    every token already in the context is divided by `penalty` if positive and multiplied by
+    it if negative — either way the token becomes less likely."""
+    if penalty == 1.0 or len(seen_ids) == 0:
+        return logits
+    logits = logits.copy()
+    seen = np.unique(np.asarray(seen_ids, dtype=np.int64))
+    values = logits[seen]
+    logits[seen] = np.where(values > 0, values / penalty, values * penalty)
+    return logits
+
+
+def top_k_filter(logits, k):
+    """Keep the k largest logits (ties with the k-th kept too); the rest become -inf."""
+    if k <= 0 or k >= logits.shape[-1]:
+        return logits
+    kth = np.partition(logits, -k)[-k]
+    return np.where(logits < kth, -np.inf, logits)
+
+
+def top_p_filter(logits, p):
+    """Nucleus sampling (Holtzman et al. 2020): keep the smallest set of most likely tokens
+    whose probabilities add up to at least p; the most likely token is always kept."""
+    if p >= 1.0:
+        return logits
+    order = np.argsort(logits)                      # ascending, as Hugging Face does
+    probs = np.exp(logits[order] - logits[order[-1]])
+    probs /= probs.sum()
+    cumulative = np.cumsum(probs)
+    remove = cumulative <= 1.0 - p                  # the unlikely tail that sums to ≤ 1-p
+    remove[-1] = False
+    filtered = logits.copy()
+    filtered[order[remove]] = -np.inf
+    return filtered
+
+
+class Sampler:
+    """Draws next tokens with one SamplingSettings and its own random generator."""
+
+    def __init__(self, settings: SamplingSettings):
+        self.settings = settings
+        self.rng = np.random.default_rng(settings.seed)
+
+    def __call__(self, logits, seen_ids=()):
+        """One token id from logits [V] given the ids already in the context."""
+        s = self.settings
+        logits = apply_repetition_penalty(np.asarray(logits, dtype=np.float32), seen_ids,
+                                          s.repetition_penalty)
+        if s.greedy:
+            return int(np.argmax(logits))
+        logits = top_p_filter(top_k_filter(logits / s.temperature, s.top_k), s.top_p)
+        probs = np.exp(logits - logits.max())
+        probs /= probs.sum()
+        return int(self.rng.choice(len(probs), p=probs))

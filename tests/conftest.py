@@ -1,0 +1,52 @@
+"""Shared fixtures: the data mirror, the real default model, tiny random LLaMAs saved by
+transformers (the independent oracle)."""
+import os
+
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if not os.environ.get("LLAMA_NP_DATA"):
+    mirror = os.path.join(os.path.dirname(REPO), "shared", "data")
+    if os.path.isdir(mirror):
+        os.environ["LLAMA_NP_DATA"] = mirror
+
+
+@pytest.fixture(scope="session")
+def real_model_path():
+    """The default SmolLM2-135M-Instruct Q4_1 GGUF (fetched once into the cache)."""
+    from llama_np import hub
+    try:
+        return hub.default_model_path()
+    except hub.HubError as e:
+        pytest.skip(f"default model unavailable: {e}")
+
+
+@pytest.fixture(scope="session")
+def real_model(real_model_path):
+    from llama_np.checkpoint import load_model
+    return load_model(real_model_path)
+
+
+def save_tiny_llama(folder, *, tied, vocab=97, hidden=64, layers=2, heads=4, kv_heads=2,
+                    ffn=96, seed=0):
+    """A tiny random LLaMA saved by transformers; returns the torch model (eval, float32)."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(seed)
+    cfg = transformers.LlamaConfig(
+        vocab_size=vocab, hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=128,
+        rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=tied,
+        bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():  # larger-than-default weights so differences are not hidden by tiny values
+        for p in model.parameters():
+            p.normal_(0.0, 0.3 if p.dim() > 1 else 1.0)
+    model.save_pretrained(folder)
+    return model
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)

@@ -28,6 +28,18 @@ def real_model(real_model_path):
     return load_model(real_model_path)
 
 
+@pytest.fixture(scope="session")
+def hf_gguf_model(real_model_path):
+    """transformers' LlamaForCausalLM on the same GGUF, dequantized to float32, and its
+    tokenizer: the oracle for the real model (~30 s to load, once per session)."""
+    pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    folder, name = os.path.split(real_model_path)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=name).eval()
+    return model, tokenizer
+
+
 def save_tiny_llama(folder, *, tied, vocab=97, hidden=64, layers=2, heads=4, kv_heads=2,
                     ffn=96, seed=0):
     """A tiny random LLaMA saved by transformers; returns the torch model (eval, float32)."""

@@ -19,13 +19,47 @@ def linear_forward(x, weight):
     return y, (x, weight)
 
 
+def linear_backward(dy, cache, weight_grad=True):
+    """Gradients of y = x Wᵀ:  dx = dy W  and  dW = dyᵀ x  (summed over all leading axes).
+
+    A frozen weight (the base model under LoRA) needs only dx: pass weight_grad=False and
+    the [out, in] product is never formed. A quantized W gives dx through its blocks
+    (`matmul_t`), which is how gradients reach a LoRA adapter sitting on a 4-bit base
+    (QLoRA, Dettmers et al. 2023) without a dequantized copy of the model."""
+    x, weight = cache
+    # dy: [..., out], x: [..., in]
+    dx = dy @ weight if isinstance(weight, np.ndarray) else weight.matmul_t(dy)  # [..., in]
+    if not weight_grad:
+        return dx, None
+    dweight = dy.reshape(-1, dy.shape[-1]).T @ x.reshape(-1, x.shape[-1])      # [out, in]
+    return dx, dweight
+
+
 # -------------------------------------------------------------------------- embedding
 def embedding_forward(ids, table):
     """Row lookup: h[t] = table[ids[t]]. `table` [V, D] may be quantized (rows dequantized
     one by one)."""
     # ids: [T] -> h: [T, D]
     h = table[ids] if isinstance(table, np.ndarray) else table.rows(ids)
-    return h.astype(np.float32, copy=False), (ids, table.shape)
+    dtype = np.float64 if h.dtype == np.float64 else np.float32  # float64 only in gradient checks
+    return h.astype(dtype, copy=False), (ids, table.shape)
+
+
+def embedding_backward(dh, cache, trainable_rows=None):
+    """Gradient of the lookup with respect to the table: every occurrence of a token adds
+    its output gradient to that token's row, dtable[v] = Σ_{t: ids[t] = v} dh[t].
+
+    `trainable_rows` (array of row ids, or None for all) keeps the gradient of those rows
+    only — the paper's option of training just the embeddings of the newly added tokens."""
+    ids, (n_rows, dim) = cache
+    # dh: [..., D] -> dtable: [V, D]
+    dtable = np.zeros((n_rows, dim), dtype=dh.dtype)
+    np.add.at(dtable, ids.reshape(-1), dh.reshape(-1, dim))   # repeated ids accumulate
+    if trainable_rows is not None:
+        frozen = np.ones(n_rows, dtype=bool)
+        frozen[trainable_rows] = False
+        dtable[frozen] = 0
+    return dtable
 
 
 # ---------------------------------------------------------------------------- RMSNorm
@@ -37,6 +71,20 @@ def rmsnorm_forward(x, weight, eps):
     inv_rms = 1.0 / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps)  # [T, 1]
     x_hat = x * inv_rms                                                      # [T, D]
     return (x_hat * weight).astype(x.dtype, copy=False), (x_hat, inv_rms, weight)
+
+
+def rmsnorm_backward(dy, cache):
+    """Gradients of rmsnorm_forward. With x̂ = x·r and r = (mean(x²) + eps)^-½:
+
+        dx = r · (g - x̂ · mean(g·x̂)),   g = dy · weight;     dweight = Σ_t dy · x̂
+
+    (the second term is the path through r, which every element of the row shares)."""
+    x_hat, inv_rms, weight = cache
+    # dy: [T, D]
+    dweight = np.sum(dy * x_hat, axis=tuple(range(dy.ndim - 1)))                # [D]
+    g = dy * weight                                                              # [T, D]
+    dx = inv_rms * (g - x_hat * np.mean(g * x_hat, axis=-1, keepdims=True))      # [T, D]
+    return dx.astype(dy.dtype, copy=False), dweight.astype(dy.dtype, copy=False)
 
 
 # ------------------------------------------------------------------------------- RoPE
@@ -64,6 +112,18 @@ def rope_forward(x, positions, theta):
     x1, x2 = x[..., :half], x[..., half:]
     y = np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
     return y, (cos, sin)
+
+
+def rope_backward(dy, cache):
+    """Gradient of rope_forward. A rotation is orthogonal, so its transpose — the rotation
+    by the opposite angle — carries the gradient back:
+
+        dx1 = dy1 cos + dy2 sin,   dx2 = dy2 cos - dy1 sin"""
+    cos, sin = cache                                         # [T, 1, hd/2]
+    # dy: [T, H, hd]
+    half = dy.shape[-1] // 2
+    dy1, dy2 = dy[..., :half], dy[..., half:]
+    return np.concatenate([dy1 * cos + dy2 * sin, dy2 * cos - dy1 * sin], axis=-1)
 
 
 # -------------------------------------------------------------------------- attention
@@ -94,10 +154,37 @@ def attention_forward(q, k, v):
     query_pos = np.arange(n_keys - n_tokens, n_keys)[:, None]                    # [T, 1]
     future = np.arange(n_keys)[None, :] > query_pos                              # [T, S]
     scores = np.where(future, np.float32(-np.inf), scores)
-    probs = softmax(scores).astype(np.float32)                                  # [H_kv, rep, T, S]
+    probs = softmax(scores).astype(q.dtype, copy=False)                          # [H_kv, rep, T, S]
     out = probs @ vg[:, None]                                                    # [H_kv, rep, T, hd]
     out = out.transpose(2, 0, 1, 3).reshape(n_tokens, n_heads * head_dim)       # [T, H*hd]
     return out, (qg, kg, vg, probs)
+
+
+def attention_backward(dout, cache):
+    """Gradients of attention_forward with respect to q, k and v.
+
+    With P = softmax(Z), Z = q kᵀ/√hd (masked) and out = P v:
+        dv = Pᵀ dout                     dP = dout vᵀ
+        dZ = P ⊙ (dP - rowsum(dP ⊙ P))   (softmax backward; masked entries have P = 0)
+        dq = dZ k / √hd                  dk = dZᵀ q / √hd
+    The query heads of a group share their key/value head, so their dk and dv add up."""
+    qg, kg, vg, probs = cache
+    n_kv_heads, n_rep, n_tokens, head_dim = qg.shape
+    n_keys = kg.shape[-1]
+    scale = 1.0 / np.sqrt(head_dim)
+    # dout: [T, H*hd] -> [H_kv, rep, T, hd], the layout of qg
+    dout_g = dout.reshape(n_tokens, n_kv_heads, n_rep, head_dim).transpose(1, 2, 0, 3)
+    dvg = (probs.swapaxes(-1, -2) @ dout_g).sum(axis=1)                         # [H_kv, S, hd]
+    dprobs = dout_g @ vg[:, None].swapaxes(-1, -2)                              # [H_kv, rep, T, S]
+    dscores = probs * (dprobs - np.sum(dprobs * probs, axis=-1, keepdims=True))  # [H_kv, rep, T, S]
+    dscores *= dscores.dtype.type(scale)
+    dqg = dscores @ kg[:, None].swapaxes(-1, -2)                                # [H_kv, rep, T, hd]
+    dkg = (dscores.swapaxes(-1, -2) @ qg).sum(axis=1)                           # [H_kv, S, hd]
+    dq = dqg.transpose(2, 0, 1, 3).reshape(n_tokens, n_kv_heads * n_rep, head_dim)  # [T, H, hd]
+    dk = dkg.transpose(1, 0, 2)                                                 # [S, H_kv, hd]
+    dv = dvg.transpose(1, 0, 2)                                                 # [S, H_kv, hd]
+    assert dk.shape[0] == n_keys
+    return dq, dk, dv
 
 
 # ----------------------------------------------------------------------------- SwiGLU
@@ -112,8 +199,31 @@ def swiglu_forward(gate, up):
     return (silu(gate) * up).astype(gate.dtype, copy=False), (gate, up)
 
 
+def swiglu_backward(dout, cache):
+    """Gradients of silu(gate) ⊙ up. With σ the logistic function,
+    silu'(g) = σ(g) (1 + g (1 - σ(g))), so
+
+        dgate = dout ⊙ up ⊙ σ(g)(1 + g(1 - σ(g))),   dup = dout ⊙ silu(g)"""
+    gate, up = cache
+    # dout, gate, up: [T, F]
+    sig = 1.0 / (1.0 + np.exp(-gate))                                            # [T, F]
+    dup = dout * gate * sig                                                      # [T, F]
+    dgate = dout * up * sig * (1.0 + gate * (1.0 - sig))                         # [T, F]
+    return dgate.astype(gate.dtype, copy=False), dup.astype(gate.dtype, copy=False)
+
+
 # ---------------------------------------------------------------------- cross-entropy
 IGNORE_INDEX = -100  # the label of positions that do not count (Hugging Face convention)
+
+
+def causal_lm_targets(labels):
+    """The target of position t is the label of position t + 1: a causal LM predicts the
+    next token. The last position has no next token and is ignored (as in transformers'
+    ForCausalLMLoss, which pads the labels with IGNORE_INDEX and shifts them left)."""
+    # labels: [..., T] -> targets: [..., T]
+    targets = np.full_like(labels, IGNORE_INDEX)
+    targets[..., :-1] = labels[..., 1:]
+    return targets
 
 
 def cross_entropy_forward(logits, targets):
@@ -128,3 +238,16 @@ def cross_entropy_forward(logits, targets):
     picked = log_probs[np.arange(len(targets)), np.where(keep, targets, 0)]
     loss = -np.sum(np.where(keep, picked, 0.0)) / n_kept
     return float(loss), (log_probs, targets, keep, n_kept)
+
+
+def cross_entropy_backward(cache, dloss=1.0):
+    """Gradient of the mean cross-entropy with respect to the logits:
+    (softmax(logits) - onehot(target)) / n_kept on kept rows, zero on ignored rows."""
+    log_probs, targets, keep, n_kept = cache
+    # log_probs: [N, V]
+    dlogits = np.exp(log_probs)                                      # softmax, [N, V]
+    rows = np.flatnonzero(keep)
+    dlogits[rows, targets[rows]] -= 1.0
+    dlogits[~keep] = 0.0
+    dlogits *= dlogits.dtype.type(dloss / n_kept)
+    return dlogits

@@ -10,6 +10,8 @@ import os
 
 import numpy as np
 
+from llama_np.quant import BLOCK_BYTES, QK
+
 try:
     from llama_np._kernels import ffi, lib
     AVAILABLE = True
@@ -79,3 +81,37 @@ def rope_(x, positions, theta):
     lib.rope_f32(_out_ptr(x, "float *"), _ptr(positions, "int64_t *"),
                  n_tokens, n_heads, head_dim, float(theta))
     return x
+
+
+# C name of the quantized-matmul kernel of each block format (kernels/quant_matmul.c).
+_QUANT_MATMUL_KERNELS = {"Q4_0": "matmul_q4_0_f32", "Q4_1": "matmul_q4_1_f32",
+                         "Q8_0": "matmul_q8_0_f32"}
+
+
+def quant_matmul(data, qtype, x):
+    """C x @ W.T with W quantized: data uint8 [out, row_bytes] holding `qtype` blocks
+    (read-only memory maps are fine), x float32 [T, in] → [T, out] float32.
+    NumPy reference: llama_np.quant.quant_matmul.
+
+    Decoding calls this about 200 times per token, so the buffers are passed as typed
+    cffi views (`ffi.from_buffer("float[]", ...)`), the cheapest way in (≈ 3 µs a call)."""
+    if qtype not in _QUANT_MATMUL_KERNELS:
+        raise ValueError(f"no quantized matmul kernel for {qtype!r}; "
+                         f"expected one of {sorted(_QUANT_MATMUL_KERNELS)}")
+    _require(data, "data", np.uint8, 2)
+    _require(x, "x", np.float32, 2)
+    out_features, row_bytes = data.shape
+    n_tokens, in_features = x.shape
+    if in_features % QK:
+        raise ValueError(f"x rows have {in_features} features, not a multiple of {QK}")
+    if row_bytes != in_features // QK * BLOCK_BYTES[qtype]:
+        raise ValueError(f"{qtype} rows of {row_bytes} bytes do not hold {in_features} weights "
+                         f"({in_features // QK * BLOCK_BYTES[qtype]} bytes)")
+    w_buffer = ffi.from_buffer("uint8_t[]", data)
+    if int(ffi.cast("uintptr_t", w_buffer)) % 2:
+        raise ValueError("quantized data must start at an even address (its fp16 scales)")
+    out = np.empty((n_tokens, out_features), dtype=np.float32)            # [T, out]
+    getattr(lib, _QUANT_MATMUL_KERNELS[qtype])(
+        ffi.from_buffer("float[]", out, require_writable=True), w_buffer,
+        ffi.from_buffer("float[]", x), n_tokens, out_features, in_features, _num_threads)
+    return out

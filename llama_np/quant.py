@@ -228,6 +228,8 @@ class QuantizedMatrix:
         matmul_t(dy) dy [..., out] → dy @ W  [..., in]    (its input gradient)
         rows(ids)    ids [...]    → W[ids]   [..., in]    (an embedding lookup)
 
+    matmul runs the C kernels of `llama_np.kernels` when they were built, else NumPy.
+
     """
 
     def __init__(self, data, qtype, shape):
@@ -286,9 +288,13 @@ class QuantizedMatrix:
 
     def matmul(self, x):
         """y = x @ W.T: x [..., in] float32 → [..., out]."""
+        from llama_np import kernels  # imported here because kernels imports this module
         out_features, in_features = self.shape
         x2 = self._check_input(x, in_features, "x")                       # [T, in]
-        y = quant_matmul(self.data, self.qtype, x2)                       # [T, out]
+        if kernels.AVAILABLE:
+            y = kernels.quant_matmul(self.data, self.qtype, x2)           # [T, out], C
+        else:
+            y = quant_matmul(self.data, self.qtype, x2)                   # [T, out], NumPy
         return y.reshape(*x.shape[:-1], out_features)
 
     def matmul_t(self, dy):

@@ -1,0 +1,338 @@
+/* Quantized weights times fp32 activations: out [T, out_features] = x [T, in_features] @ W.T,
+ * W stored row by row as llama.cpp blocks of QK = 32 weights (layouts in llama_np/quant.py):
+ *
+ *   Q4_0  18 bytes  d:f16, qs[16]        w = (q - 8) * d
+ *   Q4_1  20 bytes  d:f16, m:f16, qs[16] w = q * d + m
+ *   Q8_0  34 bytes  d:f16, qs:int8[32]   w = q * d
+ *
+ * NumPy reference: llama_np.quant.quant_matmul. Two regimes:
+ *
+ *   T small (one-token decode): a matrix-vector product. Every weight byte is used once per
+ *     token, so speed is memory bandwidth: each block is decoded into registers and
+ *     multiplied into the dot product at once, nothing is written back.
+ *   T large (prompt prefill, training): a matrix-matrix product. Every weight is used T
+ *     times, so decode each block once: TILE_ROWS rows are decoded into an fp32 scratch
+ *     tile, which then meets all T activation rows in a register-blocked micro-kernel.
+ *
+ * Both are split over output rows with OpenMP. With AVX2 + FMA (and F16C for the scales)
+ * the inner loops use 8-lane intrinsics; otherwise plain C computes the same sums.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define USE_AVX2 1
+#elif defined(__F16C__)
+#include <immintrin.h>
+#endif
+
+#define QK 32              /* weights per block (llama.cpp QK4_0 = QK4_1 = QK8_0) */
+#define TILE_ROWS 4        /* weight rows the GEMM micro-kernel multiplies at once */
+#define TILE_TOKENS 2      /* activation rows the GEMM micro-kernel multiplies at once */
+#define GEMM_MIN_TOKENS 4  /* from this many tokens on, decoding once beats decoding per token */
+
+typedef struct { uint16_t d; uint8_t qs[QK / 2]; } block_q4_0;
+typedef struct { uint16_t d, m; uint8_t qs[QK / 2]; } block_q4_1;
+typedef struct { uint16_t d; int8_t qs[QK]; } block_q8_0;
+_Static_assert(sizeof(block_q4_0) == 18, "block_q4_0 must be 18 bytes");
+_Static_assert(sizeof(block_q4_1) == 20, "block_q4_1 must be 20 bytes");
+_Static_assert(sizeof(block_q8_0) == 34, "block_q8_0 must be 34 bytes");
+
+/* IEEE half → float. F16C does it in one instruction; the portable version rebuilds the
+ * bits: sign, exponent rebiased from 15 to 127, mantissa widened from 10 to 23 bits. */
+static inline float fp16_to_fp32(uint16_t h)
+{
+#if defined(__F16C__)
+    return _cvtsh_ss(h);
+#else
+    const uint32_t sign = (uint32_t)(h & 0x8000) << 16;
+    const uint32_t exponent = (h >> 10) & 0x1F;
+    const uint32_t mantissa = h & 0x3FF;
+    uint32_t bits;
+    if (exponent == 0x1F) {                 /* infinity or NaN */
+        bits = sign | 0x7F800000u | (mantissa << 13);
+    } else if (exponent != 0) {             /* normal number */
+        bits = sign | ((exponent + 127 - 15) << 23) | (mantissa << 13);
+    } else {                                /* zero or subnormal: mantissa * 2^-24, exact */
+        const float magnitude = (float)mantissa * 0x1p-24f;
+        return sign ? -magnitude : magnitude;
+    }
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+#endif
+}
+
+/* ---------------------------------------------------------------------------------------
+ * Decoding one block: 32 weights as fp32.
+ * Scalar versions write w[32]; AVX2 versions return them in 4 registers of 8 lanes,
+ * lanes 0-7, 8-15, 16-23, 24-31 of the block. */
+
+static inline void decode_block_q4_0(const block_q4_0 *b, float w[QK])
+{
+    const float d = fp16_to_fp32(b->d);
+    for (int j = 0; j < QK / 2; j++) {
+        w[j] = ((b->qs[j] & 0x0F) - 8) * d;
+        w[j + QK / 2] = ((b->qs[j] >> 4) - 8) * d;
+    }
+}
+
+static inline void decode_block_q4_1(const block_q4_1 *b, float w[QK])
+{
+    const float d = fp16_to_fp32(b->d), m = fp16_to_fp32(b->m);
+    for (int j = 0; j < QK / 2; j++) {
+        w[j] = (b->qs[j] & 0x0F) * d + m;
+        w[j + QK / 2] = (b->qs[j] >> 4) * d + m;
+    }
+}
+
+static inline void decode_block_q8_0(const block_q8_0 *b, float w[QK])
+{
+    const float d = fp16_to_fp32(b->d);
+    for (int j = 0; j < QK; j++) w[j] = b->qs[j] * d;
+}
+
+#ifdef USE_AVX2
+typedef struct { __m256 v[4]; } f32x32;   /* one decoded block in registers */
+
+/* The 16 nibble bytes as 32 int32 lanes. Zero-extending 8 bytes to 8 int32 lanes puts
+ * byte j's low nibble (weight j) in bits 0-3 and its high nibble (weight j + 16) in bits
+ * 4-7 of lane j, so a mask and a shift separate them. */
+static inline void unpack_nibbles_avx2(const uint8_t qs[QK / 2], __m256i q[4])
+{
+    const __m256i low_nibble = _mm256_set1_epi32(0x0F);
+    const __m256i bytes_0_7 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)qs));
+    const __m256i bytes_8_15 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(qs + 8)));
+    q[0] = _mm256_and_si256(bytes_0_7, low_nibble);     /* weights 0-7 */
+    q[1] = _mm256_and_si256(bytes_8_15, low_nibble);    /* weights 8-15 */
+    q[2] = _mm256_srli_epi32(bytes_0_7, 4);             /* weights 16-23 */
+    q[3] = _mm256_srli_epi32(bytes_8_15, 4);            /* weights 24-31 */
+}
+
+static inline f32x32 decode_block_q4_0_avx2(const block_q4_0 *b)
+{
+    const __m256 d = _mm256_set1_ps(fp16_to_fp32(b->d));
+    const __m256i eight = _mm256_set1_epi32(8);
+    __m256i q[4];
+    unpack_nibbles_avx2(b->qs, q);
+    f32x32 w;
+    for (int i = 0; i < 4; i++)
+        w.v[i] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(q[i], eight)), d);
+    return w;
+}
+
+static inline f32x32 decode_block_q4_1_avx2(const block_q4_1 *b)
+{
+    const __m256 d = _mm256_set1_ps(fp16_to_fp32(b->d));
+    const __m256 m = _mm256_set1_ps(fp16_to_fp32(b->m));
+    __m256i q[4];
+    unpack_nibbles_avx2(b->qs, q);
+    f32x32 w;
+    for (int i = 0; i < 4; i++) w.v[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q[i]), d, m);
+    return w;
+}
+
+static inline f32x32 decode_block_q8_0_avx2(const block_q8_0 *b)
+{
+    const __m256 d = _mm256_set1_ps(fp16_to_fp32(b->d));
+    f32x32 w;
+    for (int i = 0; i < 4; i++) {
+        const __m256i q = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(b->qs + 8 * i)));
+        w.v[i] = _mm256_mul_ps(_mm256_cvtepi32_ps(q), d);
+    }
+    return w;
+}
+
+static inline float hsum_avx2(__m256 v)   /* sum of the 8 lanes */
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+#endif
+
+/* ---------------------------------------------------------------------------------------
+ * Two operations on a row of n_blocks blocks of any format (x: n_blocks * 32 floats):
+ *   dot_row     Σ_k w[k] x[k], decoding each block in registers  (GEMV)
+ *   decode_row  w[0 .. n_blocks*32) as fp32 into a scratch row   (GEMM)
+ * The format switch sits inside the block loop for readability; the compiler hoists it
+ * out (loop unswitching), leaving one tight loop per format. */
+
+typedef enum { Q4_0, Q4_1, Q8_0 } quant_type;
+
+static const int64_t BLOCK_BYTES[] = {
+    [Q4_0] = sizeof(block_q4_0), [Q4_1] = sizeof(block_q4_1), [Q8_0] = sizeof(block_q8_0),
+};
+
+#ifdef USE_AVX2
+static inline f32x32 decode_block_avx2(quant_type type, const uint8_t *block)
+{
+    switch (type) {
+    case Q4_0: return decode_block_q4_0_avx2((const block_q4_0 *)block);
+    case Q4_1: return decode_block_q4_1_avx2((const block_q4_1 *)block);
+    default:   return decode_block_q8_0_avx2((const block_q8_0 *)block);
+    }
+}
+#else
+static inline void decode_block(quant_type type, const uint8_t *block, float w[QK])
+{
+    switch (type) {
+    case Q4_0: decode_block_q4_0((const block_q4_0 *)block, w); break;
+    case Q4_1: decode_block_q4_1((const block_q4_1 *)block, w); break;
+    default:   decode_block_q8_0((const block_q8_0 *)block, w); break;
+    }
+}
+#endif
+
+static float dot_row(quant_type type, const uint8_t *row, const float *x, int64_t n_blocks)
+{
+#ifdef USE_AVX2
+    /* Four independent accumulators, one per 8-lane quarter of a block: one chain of
+     * dependent FMAs would wait out the FMA latency (4 cycles) at every step. */
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int64_t b = 0; b < n_blocks; b++) {
+        const f32x32 w = decode_block_avx2(type, row + b * BLOCK_BYTES[type]);
+        for (int i = 0; i < 4; i++)
+            acc[i] = _mm256_fmadd_ps(w.v[i], _mm256_loadu_ps(x + b * QK + 8 * i), acc[i]);
+    }
+    return hsum_avx2(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+#else
+    float sum = 0.0f, w[QK];
+    for (int64_t b = 0; b < n_blocks; b++) {
+        decode_block(type, row + b * BLOCK_BYTES[type], w);
+        for (int j = 0; j < QK; j++) sum += w[j] * x[b * QK + j];
+    }
+    return sum;
+#endif
+}
+
+static void decode_row(quant_type type, float *w, const uint8_t *row, int64_t n_blocks)
+{
+    for (int64_t b = 0; b < n_blocks; b++) {
+#ifdef USE_AVX2
+        const f32x32 wb = decode_block_avx2(type, row + b * BLOCK_BYTES[type]);
+        for (int i = 0; i < 4; i++) _mm256_storeu_ps(w + b * QK + 8 * i, wb.v[i]);
+#else
+        decode_block(type, row + b * BLOCK_BYTES[type], w + b * QK);
+#endif
+    }
+}
+
+/* ---------------------------------------------------------------------------------------
+ * The fp32 GEMM micro-kernel: TILE_ROWS decoded weight rows w [TILE_ROWS, n] against
+ * TILE_TOKENS activation rows x [TILE_TOKENS, n]; out[t * out_stride + r] = w[r] · x[t].
+ * Each loaded weight vector serves TILE_TOKENS products, each activation vector TILE_ROWS:
+ * 8 accumulators stay in registers for the whole reduction. n is a multiple of 32. */
+static void dot_tile(float *out, int64_t out_stride, const float *w, const float *x, int64_t n)
+{
+#ifdef USE_AVX2
+    __m256 acc[TILE_ROWS][TILE_TOKENS];
+    for (int r = 0; r < TILE_ROWS; r++)
+        for (int t = 0; t < TILE_TOKENS; t++) acc[r][t] = _mm256_setzero_ps();
+    for (int64_t k = 0; k < n; k += 8) {
+        __m256 xk[TILE_TOKENS];
+        for (int t = 0; t < TILE_TOKENS; t++) xk[t] = _mm256_loadu_ps(x + t * n + k);
+        for (int r = 0; r < TILE_ROWS; r++) {
+            const __m256 wk = _mm256_loadu_ps(w + r * n + k);
+            for (int t = 0; t < TILE_TOKENS; t++) acc[r][t] = _mm256_fmadd_ps(wk, xk[t], acc[r][t]);
+        }
+    }
+    for (int r = 0; r < TILE_ROWS; r++)
+        for (int t = 0; t < TILE_TOKENS; t++) out[t * out_stride + r] = hsum_avx2(acc[r][t]);
+#else
+    float acc[TILE_ROWS][TILE_TOKENS] = {{0.0f}};
+    for (int64_t k = 0; k < n; k++)
+        for (int r = 0; r < TILE_ROWS; r++)
+            for (int t = 0; t < TILE_TOKENS; t++) acc[r][t] += w[r * n + k] * x[t * n + k];
+    for (int r = 0; r < TILE_ROWS; r++)
+        for (int t = 0; t < TILE_TOKENS; t++) out[t * out_stride + r] = acc[r][t];
+#endif
+}
+
+/* One dot product of two fp32 rows of length n (a multiple of 32): the tiles' leftovers. */
+static float dot_f32(const float *a, const float *b, int64_t n)
+{
+#ifdef USE_AVX2
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t k = 0; k < n; k += 8)
+        acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + k), _mm256_loadu_ps(b + k), acc);
+    return hsum_avx2(acc);
+#else
+    float sum = 0.0f;
+    for (int64_t k = 0; k < n; k++) sum += a[k] * b[k];
+    return sum;
+#endif
+}
+
+/* ---------------------------------------------------------------------------------------
+ * The driver shared by the three formats. */
+
+/* out[t, r] for rows r0 <= r < r1, every token, decoding each block once per token. */
+static void gemv_rows(quant_type type, float *out, const uint8_t *w, const float *x,
+                      int64_t n_tokens, int64_t out_features, int64_t in_features,
+                      int64_t r0, int64_t r1)
+{
+    const int64_t n_blocks = in_features / QK;
+    const int64_t row_bytes = n_blocks * BLOCK_BYTES[type];
+    for (int64_t r = r0; r < r1; r++)
+        for (int64_t t = 0; t < n_tokens; t++)
+            out[t * out_features + r] = dot_row(type, w + r * row_bytes, x + t * in_features, n_blocks);
+}
+
+static void quant_matmul(quant_type type, float *out, const uint8_t *w, const float *x,
+                         int64_t n_tokens, int64_t out_features, int64_t in_features, int n_threads)
+{
+    const int64_t n_blocks = in_features / QK;
+    const int64_t row_bytes = n_blocks * BLOCK_BYTES[type];
+
+    if (n_tokens < GEMM_MIN_TOKENS) {
+        #pragma omp parallel for num_threads(n_threads) schedule(static)
+        for (int64_t r = 0; r < out_features; r++)
+            gemv_rows(type, out, w, x, n_tokens, out_features, in_features, r, r + 1);
+        return;
+    }
+
+    #pragma omp parallel num_threads(n_threads)
+    {
+        float *w_tile = malloc(TILE_ROWS * in_features * sizeof(float));  /* [TILE_ROWS, in] */
+        #pragma omp for schedule(static)
+        for (int64_t r0 = 0; r0 < out_features; r0 += TILE_ROWS) {
+            const int64_t r1 = r0 + TILE_ROWS < out_features ? r0 + TILE_ROWS : out_features;
+            if (w_tile == NULL || r1 - r0 < TILE_ROWS) {  /* no scratch, or the last rows */
+                gemv_rows(type, out, w, x, n_tokens, out_features, in_features, r0, r1);
+                continue;
+            }
+            for (int64_t r = r0; r < r1; r++)
+                decode_row(type, w_tile + (r - r0) * in_features, w + r * row_bytes, n_blocks);
+            int64_t t = 0;
+            for (; t + TILE_TOKENS <= n_tokens; t += TILE_TOKENS)
+                dot_tile(out + t * out_features + r0, out_features, w_tile, x + t * in_features, in_features);
+            for (; t < n_tokens; t++)                    /* an odd token at the end */
+                for (int64_t r = r0; r < r1; r++)
+                    out[t * out_features + r] = dot_f32(w_tile + (r - r0) * in_features,
+                                                        x + t * in_features, in_features);
+        }
+        free(w_tile);
+    }
+}
+
+void matmul_q4_0_f32(float *out, const uint8_t *w, const float *x, int64_t n_rows_x,
+                     int64_t out_features, int64_t in_features, int n_threads)
+{
+    quant_matmul(Q4_0, out, w, x, n_rows_x, out_features, in_features, n_threads);
+}
+
+void matmul_q4_1_f32(float *out, const uint8_t *w, const float *x, int64_t n_rows_x,
+                     int64_t out_features, int64_t in_features, int n_threads)
+{
+    quant_matmul(Q4_1, out, w, x, n_rows_x, out_features, in_features, n_threads);
+}
+
+void matmul_q8_0_f32(float *out, const uint8_t *w, const float *x, int64_t n_rows_x,
+                     int64_t out_features, int64_t in_features, int n_threads)
+{
+    quant_matmul(Q8_0, out, w, x, n_rows_x, out_features, in_features, n_threads);
+}

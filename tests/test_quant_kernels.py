@@ -1,0 +1,198 @@
+"""The C quantized-matmul kernels (kernels/quant_matmul.c) against their NumPy reference
+llama_np.quant.quant_matmul, on odd sizes that exercise every tail of the tiling, and the
+checks that keep bad arguments away from C."""
+import functools
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+
+from llama_np import kernels, quant
+from llama_np.quant import QK, QuantizedMatrix
+
+pytestmark = pytest.mark.skipif(not kernels.AVAILABLE, reason="C kernels not built")
+
+QTYPES = ["Q4_0", "Q4_1", "Q8_0"]
+KERNELS_DIR = os.path.join(os.path.dirname(__file__), os.pardir, "kernels")
+
+
+@functools.lru_cache(maxsize=None)
+def quantized(qtype, out_features, in_features):
+    w = np.random.default_rng(out_features * 1000 + in_features).standard_normal(
+        (out_features, in_features)).astype(np.float32)
+    data = quant.quantize(w, qtype)
+    data.flags.writeable = False                    # as a memory-mapped GGUF file gives it
+    return data
+
+
+def activations(n_tokens, in_features, seed=0):
+    return np.random.default_rng(seed).standard_normal((n_tokens, in_features)).astype(np.float32)
+
+
+def assert_close_to_reference(y, reference):
+    """Within 1e-4 relative, measured against the largest output (sums of 600 products
+    cancel, so single entries near zero carry the whole sum's rounding)."""
+    np.testing.assert_allclose(y, reference, rtol=1e-4, atol=1e-4 * np.abs(reference).max())
+
+
+@pytest.fixture
+def threads():
+    """Set the kernel thread count for one test and restore it afterwards."""
+    saved = kernels.get_num_threads()
+    yield kernels.set_num_threads
+    kernels.set_num_threads(saved)
+
+
+@pytest.mark.parametrize("qtype", QTYPES)
+@pytest.mark.parametrize("in_features", [32, 96, 576 + 32])
+@pytest.mark.parametrize("out_features", [1, 7, 33, 577])
+@pytest.mark.parametrize("n_tokens", [1, 3, 17])
+def test_c_matches_numpy_reference(qtype, in_features, out_features, n_tokens):
+    data = quantized(qtype, out_features, in_features)
+    x = activations(n_tokens, in_features)
+    y = kernels.quant_matmul(data, qtype, x)
+    assert y.dtype == np.float32 and y.shape == (n_tokens, out_features)
+    assert_close_to_reference(y, quant.quant_matmul(data, qtype, x))
+
+
+@pytest.mark.parametrize("qtype", QTYPES)
+@pytest.mark.parametrize("n_tokens", [1, 2, 4, 9])
+def test_results_do_not_depend_on_thread_count(qtype, n_tokens, threads):
+    data, x = quantized(qtype, 33, 96), activations(n_tokens, 96)
+    threads(1)
+    one = kernels.quant_matmul(data, qtype, x)
+    threads(2)
+    np.testing.assert_array_equal(kernels.quant_matmul(data, qtype, x), one)
+
+
+def test_gemv_and_gemm_paths_agree():
+    """One token at a time (decode) and all tokens at once (prefill) give the same rows."""
+    data, x = quantized("Q4_1", 33, 96), activations(9, 96)
+    one_by_one = np.concatenate([kernels.quant_matmul(data, "Q4_1", x[t:t + 1]) for t in range(9)])
+    assert_close_to_reference(kernels.quant_matmul(data, "Q4_1", x), one_by_one)
+
+
+def test_empty_batch():
+    assert kernels.quant_matmul(quantized("Q8_0", 7, 32), "Q8_0", activations(0, 32)).shape == (0, 7)
+
+
+def fp16_probe(n_tokens):
+    """Q8_0 rows whose only nonzero weight is q = 1 with scale d, and x = e₀, so that
+    (x @ W.T)[t, r] is the scale d of row r: one row per finite fp16 bit pattern (normal,
+    subnormal, ±0). Returns data, x and the expected product."""
+    bits = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
+    scales = bits.view(np.float16)[np.isfinite(bits.view(np.float16))]      # [n]
+    blocks = np.zeros(len(scales), dtype=quant.BLOCK_DTYPES["Q8_0"])        # [n] blocks
+    blocks["d"] = scales
+    blocks["qs"][:, 0] = 1
+    x = np.zeros((n_tokens, QK), dtype=np.float32)
+    x[:, 0] = 1
+    expected = np.tile(scales.astype(np.float32), (n_tokens, 1))           # [T, n]
+    return blocks.view(np.uint8).reshape(len(scales), -1), x, expected
+
+
+@pytest.mark.parametrize("n_tokens", [1, 4])
+def test_every_finite_fp16_scale_is_decoded_exactly(n_tokens):
+    data, x, expected = fp16_probe(n_tokens)
+    np.testing.assert_array_equal(kernels.quant_matmul(data, "Q8_0", x), expected)
+
+
+@pytest.mark.parametrize("qtype", QTYPES)
+def test_quantized_matrix_matmul_uses_the_c_kernel(qtype, monkeypatch):
+    data = quantized(qtype, 33, 96)
+    x = activations(2, 96).reshape(2, 1, 96)
+    expected = kernels.quant_matmul(data, qtype, x.reshape(2, 96)).reshape(2, 1, 33)
+    np.testing.assert_array_equal(QuantizedMatrix(data, qtype, (33, 96)).matmul(x), expected)
+    monkeypatch.setattr(kernels, "AVAILABLE", False)                        # the NumPy path
+    assert_close_to_reference(QuantizedMatrix(data, qtype, (33, 96)).matmul(x), expected)
+
+
+# ---------------------------------------------------------------------------------------
+# Bad arguments are refused in Python, before C could read or write out of bounds
+
+class Unreachable:
+    """Stands in for the compiled library: any use of it fails the test."""
+
+    def __getattr__(self, name):
+        raise AssertionError(f"C kernel {name} was reached with bad arguments")
+
+
+@pytest.mark.parametrize("make_args, error", [
+    (lambda d, x: (d, "Q4_1", x.astype(np.float64)), TypeError),            # wrong x dtype
+    (lambda d, x: (d.view(np.int8), "Q4_1", x), TypeError),                 # wrong data dtype
+    (lambda d, x: (d, "Q4_1", list(x)), TypeError),                         # not an array
+    (lambda d, x: (d, "Q4_1", np.asfortranarray(x)), ValueError),           # non-contiguous x
+    (lambda d, x: (d, "Q4_1", np.repeat(x, 2, axis=1)[:, ::2]), ValueError),  # strided x
+    (lambda d, x: (np.asfortranarray(d), "Q4_1", x), ValueError),           # non-contiguous data
+    (lambda d, x: (d, "Q4_1", x[0]), ValueError),                           # x must be 2-D
+    (lambda d, x: (d.reshape(-1), "Q4_1", x), ValueError),                  # data must be 2-D
+    (lambda d, x: (d, "Q4_1", x[:, :64]), ValueError),                      # in_features too small
+    (lambda d, x: (d, "Q4_1", np.ones((3, 95), np.float32)), ValueError),   # not whole blocks
+    (lambda d, x: (d[:, :-1], "Q4_1", x), ValueError),                      # short rows
+    (lambda d, x: (d, "Q4_0", x), ValueError),                              # bytes of another format
+    (lambda d, x: (d, "Q5_0", x), ValueError),                              # unknown format
+], ids=["x_float64", "data_int8", "x_list", "x_fortran", "x_strided", "data_fortran",
+        "x_1d", "data_1d", "x_narrow", "x_ragged", "data_short_rows", "wrong_format",
+        "unknown_format"])
+def test_bad_arguments_raise_before_c(make_args, error, monkeypatch):
+    data, x = quantized("Q4_1", 7, 96), activations(3, 96)
+    args = make_args(data, x)
+    monkeypatch.setattr(kernels, "lib", Unreachable())
+    with pytest.raises(error):
+        kernels.quant_matmul(*args)
+
+
+def test_odd_address_is_refused(monkeypatch):
+    buffer = np.zeros(2 * 18 + 1, dtype=np.uint8)
+    misaligned = buffer[1:].reshape(2, 18)                                   # C-contiguous, odd start
+    monkeypatch.setattr(kernels, "lib", Unreachable())
+    with pytest.raises(ValueError, match="even address"):
+        kernels.quant_matmul(misaligned, "Q4_0", activations(1, QK))
+
+
+# ---------------------------------------------------------------------------------------
+# The portable build: plain C without AVX2/F16C (what LLAMA_NP_PORTABLE=1 compiles on x86)
+
+@pytest.fixture(scope="module")
+def portable_lib(tmp_path_factory):
+    cffi = pytest.importorskip("cffi")
+    build_dir = tmp_path_factory.mktemp("portable")
+    source = os.path.abspath(os.path.join(KERNELS_DIR, "quant_matmul.c"))
+    with open(os.path.join(KERNELS_DIR, "quant_matmul.h")) as header:
+        declarations = header.read()
+    ffi = cffi.FFI()
+    ffi.cdef(declarations)
+    ffi.set_source("_quant_matmul_portable", "#include <stdint.h>\n" + declarations,
+                   sources=[source], extra_compile_args=["-O2", "-fopenmp", "-std=c11"],
+                   extra_link_args=["-fopenmp"])
+    try:
+        library_path = ffi.compile(tmpdir=str(build_dir))
+    except Exception as exc:  # no C compiler here: nothing to test
+        pytest.skip(f"cannot compile the portable kernels: {exc}")
+    spec = importlib.util.spec_from_file_location("_quant_matmul_portable", library_path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("qtype", QTYPES)
+@pytest.mark.parametrize("n_tokens", [1, 5])
+def test_portable_c_matches_numpy_reference(portable_lib, qtype, n_tokens):
+    ffi, lib = portable_lib.ffi, portable_lib.lib
+    data, x = quantized(qtype, 33, 96), activations(n_tokens, 96)
+    y = np.empty((n_tokens, 33), dtype=np.float32)
+    getattr(lib, f"matmul_{qtype.lower()}_f32")(
+        ffi.from_buffer("float[]", y, require_writable=True), ffi.from_buffer("uint8_t[]", data),
+        ffi.from_buffer("float[]", x), n_tokens, 33, 96, 2)
+    assert_close_to_reference(y, quant.quant_matmul(data, qtype, x))
+
+
+def test_portable_fp16_decoder_is_exact(portable_lib):
+    ffi, lib = portable_lib.ffi, portable_lib.lib
+    data, x, expected = fp16_probe(1)
+    y = np.empty_like(expected)
+    lib.matmul_q8_0_f32(ffi.from_buffer("float[]", y, require_writable=True),
+                        ffi.from_buffer("uint8_t[]", data), ffi.from_buffer("float[]", x),
+                        1, data.shape[0], QK, 1)
+    np.testing.assert_array_equal(y, expected)

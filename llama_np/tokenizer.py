@@ -1,0 +1,557 @@
+"""Text ↔ token ids: one `Tokenizer` interface over the two kinds of vocabulary LLaMA-family
+models use.
+
+1. **SentencePiece** (LLaMA, Chinese-LLaMA-Alpaca). Text is first "escaped": every space
+   becomes the visible piece "▁" (U+2581) and one extra "▁" is put in front of the text
+   (the *dummy prefix*), so that "Hello" at the start of a text and " Hello" in the middle
+   become the same piece "▁Hello". Pieces are then merged greedily by score. A character
+   that is in no piece falls back to its UTF-8 bytes, written as pieces "<0xE4>", "<0xB8>", …
+   (byte fallback). Decoding joins the pieces, turns "▁" back into spaces and drops the
+   dummy prefix's space again. The `sentencepiece` library does all of this; the model is a
+   `tokenizer.model` file (a protobuf), or is rebuilt from a GGUF file's metadata.
+
+2. **Byte-level BPE** (GPT-2, SmolLM, LLaMA-3). Text is cut into words by a regular
+   expression (the *pre-tokenizer*), each word's UTF-8 bytes are spelled with 256 printable
+   stand-in characters (a space is "Ġ", a newline "Ċ", the bytes of "你" are "ä½ł"), and
+   pairs of symbols are merged in the order of a learned merge list. Nothing is ever
+   unknown, because every byte has a symbol. HF `tokenizers` runs this, built from a GGUF
+   file's vocabulary and merges, or read from an HF `tokenizer.json`.
+
+Both kinds also have *special tokens* (`<s>`, `</s>`, `<|im_start|>`, `<|im_end|>`): control
+tokens that are never produced by merging. When their exact text appears in a prompt it is
+taken as that one token, which is how a chat template's markers reach the model.
+
+Typical use:
+
+    tok = load_tokenizer("SmolLM2-135M-Instruct.Q4_1.gguf")
+    ids = tok.encode("Hello")                  # BOS added if the model asks for it
+    stream = tok.stream_decoder()
+    for i in generated_ids:
+        print(stream.push(i), end="")         # never half a UTF-8 character
+    print(stream.flush())
+
+`tokenizers` and `sentencepiece` are imported only when a tokenizer of that kind is built,
+so importing this module is instant.
+"""
+import json
+import os
+import re
+import struct
+
+# Token types, as GGUF stores them in `tokenizer.ggml.token_type`. llama.cpp took them from
+# SentencePiece's ModelProto.SentencePiece.Type, so the same numbers go straight into a
+# SentencePiece model.
+TOKEN_NORMAL = 1
+TOKEN_UNKNOWN = 2
+TOKEN_CONTROL = 3       # <s>, </s>, <|im_end|>: special tokens
+TOKEN_USER_DEFINED = 4  # always matched whole in text, but not special
+TOKEN_UNUSED = 5
+TOKEN_BYTE = 6          # <0x00> … <0xFF>, SentencePiece byte fallback
+
+REPLACEMENT_CHAR = "\ufffd"  # what a decoder writes for bytes that are not (yet) valid UTF-8
+SPACE_PIECE = "\u2581"       # "▁", SentencePiece's visible space
+
+# Pre-tokenizers for byte-level BPE, by the name GGUF stores in `tokenizer.ggml.pre`.
+# llama.cpp (src/llama-vocab.cpp) lists, for each name, the regular expressions it splits
+# text with, one after the other. Written here as HF `tokenizers` pre-tokenizers:
+#
+# "gpt2": GPT-2's own regex, which the ByteLevel pre-tokenizer of `tokenizers` applies:
+#     's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
+# "starcoder" (and SmolLM, whose tokenizer follows StarCoder's): every digit is first cut
+#     out on its own, then the GPT-2 regex runs on what is left. This is what SmolLM's
+#     `tokenizer.json` says (Digits(individual_digits) then ByteLevel) and what llama.cpp does.
+# "llama3": LLaMA-3's regex (numbers in runs of up to three digits, letters may carry one
+#     leading non-letter), applied by a Split, then ByteLevel without its own regex.
+# "qwen2": as "llama3", but single digits.
+_GPT2_FAMILY = ("gpt2", "default", "mpt", "olmo", "jais")
+_STARCODER_FAMILY = ("smollm", "starcoder", "refact", "codeshell", "command-r", "exaone", "minerva")
+_LLAMA3_FAMILY = ("llama3", "llama-bpe", "llama-v3", "falcon3", "dbrx", "smaug-bpe")
+_QWEN2_FAMILY = ("qwen2", "deepseek-r1-qwen", "megrez")
+_LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_QWEN2_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+                r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+class TokenizerError(ValueError):
+    """A file or folder that holds no usable tokenizer, or ids the tokenizer cannot decode."""
+
+
+class Tokenizer:
+    """Text ↔ ids for one model. Build it with `load_tokenizer(path)` or one of the
+    `from_*` constructors; the two kinds (`SentencePieceTokenizer`, `HFTokenizer`) differ only
+    in how a stretch of text becomes ids and back.
+
+    Attributes: `vocab_size`, `bos_id`, `eos_id`, `pad_id` (None if the model has none),
+    `add_bos` (whether `encode` puts BOS first by default), `chat_template` (Jinja source or
+    None), `source` (the path it came from, for messages).
+    """
+
+    def __init__(self, *, bos_id, eos_id, pad_id, add_bos, chat_template, source):
+        self.bos_id = bos_id
+        self.eos_id = eos_id
+        self.pad_id = pad_id
+        self.add_bos = bool(add_bos)
+        self.chat_template = chat_template
+        self.source = source
+
+    # ----- constructors --------------------------------------------------------------
+
+    @staticmethod
+    def from_gguf_metadata(meta, source="<gguf>"):
+        """The tokenizer a GGUF file describes in its `tokenizer.ggml.*` metadata.
+
+        `tokenizer.ggml.model` says which kind: "llama" is SentencePiece (pieces + scores),
+        "gpt2" is byte-level BPE (tokens + merges, with `tokenizer.ggml.pre` naming the
+        pre-tokenizer). When `add_bos_token` is absent, BOS is added for SentencePiece and
+        not for BPE, as llama.cpp does.
+        """
+        kind = meta.get("tokenizer.ggml.model")
+        tokens = meta.get("tokenizer.ggml.tokens")
+        if kind is None or tokens is None:
+            raise TokenizerError(f"{source}: the GGUF metadata has no tokenizer "
+                                 f"(tokenizer.ggml.model / tokenizer.ggml.tokens missing)")
+        token_types = meta.get("tokenizer.ggml.token_type") or [TOKEN_NORMAL] * len(tokens)
+        if len(token_types) != len(tokens):
+            raise TokenizerError(f"{source}: {len(tokens)} tokens but {len(token_types)} token types")
+        common = dict(
+            bos_id=meta.get("tokenizer.ggml.bos_token_id"),
+            eos_id=meta.get("tokenizer.ggml.eos_token_id"),
+            pad_id=meta.get("tokenizer.ggml.padding_token_id"),
+            add_bos=meta.get("tokenizer.ggml.add_bos_token", kind == "llama"),
+            chat_template=meta.get("tokenizer.chat_template"),
+            source=source,
+        )
+        if kind == "llama":
+            scores = meta.get("tokenizer.ggml.scores")
+            if scores is None or len(scores) != len(tokens):
+                raise TokenizerError(f"{source}: a SentencePiece vocabulary needs one score per token "
+                                     f"(tokenizer.ggml.scores)")
+            proto = _sentencepiece_model_proto(
+                tokens, scores, token_types,
+                unk_id=meta.get("tokenizer.ggml.unknown_token_id"),
+                add_dummy_prefix=meta.get("tokenizer.ggml.add_space_prefix", True),
+                remove_extra_whitespaces=meta.get("tokenizer.ggml.remove_extra_whitespaces", False))
+            processor = _load_sentencepiece(proto, source)
+            return SentencePieceTokenizer(processor, {}, **common)
+        if kind == "gpt2":
+            merges = meta.get("tokenizer.ggml.merges")
+            if merges is None:
+                raise TokenizerError(f"{source}: a BPE vocabulary needs its merges (tokenizer.ggml.merges)")
+            backend = _byte_level_bpe(tokens, merges, token_types, meta.get("tokenizer.ggml.pre", "default"), source)
+            return HFTokenizer(backend, **common)
+        raise TokenizerError(f"{source}: tokenizer.ggml.model = {kind!r} is not supported "
+                             f"('llama' = SentencePiece, 'gpt2' = byte-level BPE)")
+
+    @staticmethod
+    def from_sentencepiece(path, *, added_tokens=None, **overrides):
+        """A SentencePiece `tokenizer.model` file. BOS/EOS/pad ids come from the model;
+        `add_bos` defaults to True, as for every LLaMA model. `added_tokens` ({text: id})
+        are extra special tokens beyond the model's pieces, such as Chinese-Alpaca's
+        "[PAD]" = 49953 (ids the model already has are ignored); `overrides` replace any of the Tokenizer attributes."""
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise TokenizerError(f"{path}: no such file")
+        with open(path, "rb") as f:
+            processor = _load_sentencepiece(f.read(), path)
+        attrs = dict(
+            bos_id=_id_or_none(processor.bos_id()),
+            eos_id=_id_or_none(processor.eos_id()),
+            pad_id=_id_or_none(processor.pad_id()),
+            add_bos=True,
+            chat_template=None,
+            source=path,
+        )
+        attrs.update(overrides)
+        return SentencePieceTokenizer(processor, added_tokens or {}, **attrs)
+
+    @staticmethod
+    def from_hf_dir(folder):
+        """A Hugging Face model folder: `tokenizer.json` (read by HF `tokenizers`) or else
+        `tokenizer.model` (SentencePiece), with the special tokens, `add_bos_token` and the
+        chat template taken from `tokenizer_config.json`, `special_tokens_map.json`,
+        `added_tokens.json` and `chat_template.jinja` where present."""
+        folder = os.fspath(folder)
+        if not os.path.isdir(folder):
+            raise TokenizerError(f"{folder}: no such folder")
+        config = _read_hf_tokenizer_config(folder)
+        json_path = os.path.join(folder, "tokenizer.json")
+        model_path = os.path.join(folder, "tokenizer.model")
+        if os.path.isfile(json_path):
+            from tokenizers import Tokenizer as HFBackend
+            try:
+                backend = HFBackend.from_file(json_path)
+            except Exception as e:  # tokenizers raises a bare Exception for bad JSON
+                raise TokenizerError(f"{json_path}: not a readable tokenizer.json ({e})") from None
+            token_id = backend.token_to_id
+        elif os.path.isfile(model_path):
+            sp = Tokenizer.from_sentencepiece(model_path, added_tokens=config["added_tokens"])
+            token_id = sp.piece_to_id
+        else:
+            raise TokenizerError(f"{folder}: holds neither tokenizer.json nor tokenizer.model")
+
+        def id_of(name):
+            text = config[name]
+            return None if text is None else token_id(text)
+
+        bos_id, eos_id, pad_id = id_of("bos_token"), id_of("eos_token"), id_of("pad_token")
+        add_bos = config["add_bos_token"]
+        if os.path.isfile(json_path):
+            if add_bos is None:  # no flag: see whether tokenizer.json's post-processor adds BOS
+                with_specials = backend.encode("a", add_special_tokens=True).ids
+                add_bos = bos_id is not None and with_specials[:1] == [bos_id]
+            return HFTokenizer(backend, bos_id=bos_id, eos_id=eos_id, pad_id=pad_id, add_bos=add_bos,
+                               chat_template=config["chat_template"], source=folder)
+        # SentencePiece: the folder's config overrides what the model file says
+        for name, value in (("bos_id", bos_id), ("eos_id", eos_id), ("pad_id", pad_id), ("add_bos", add_bos)):
+            if value is not None:
+                setattr(sp, name, value)
+        sp.chat_template, sp.source = config["chat_template"], folder
+        return sp
+
+    # ----- the interface ---------------------------------------------------------------
+
+    def encode(self, text, add_bos=None, add_eos=False):
+        """Token ids of `text`. Special tokens written in the text (e.g. "<|im_end|>") become
+        their single id. `add_bos=None` follows the model (`self.add_bos`)."""
+        if not isinstance(text, str):
+            raise TypeError(f"encode expects a str, got {type(text).__name__}")
+        ids = self._encode_text(text)
+        if (self.add_bos if add_bos is None else add_bos) and self.bos_id is not None:
+            ids = [self.bos_id] + ids
+        if add_eos and self.eos_id is not None:
+            ids = ids + [self.eos_id]
+        return ids
+
+    def special_token_text(self, token_id):
+        """The text that stands for a token in a prompt, e.g. "</s>" or "<|im_end|>"; what a
+        chat template gets as `bos_token` / `eos_token`. "" for None (no such token)."""
+        return "" if token_id is None else self.id_to_piece(token_id)
+
+    def stream_decoder(self, skip_special=False):
+        """A `StreamDecoder` for printing generated ids as they come."""
+        return StreamDecoder(self, skip_special)
+
+    def __repr__(self):
+        return (f"{type(self).__name__}({self.source!r}, vocab_size={self.vocab_size}, bos_id={self.bos_id}, "
+                f"eos_id={self.eos_id}, add_bos={self.add_bos})")
+
+    # what each kind provides: _encode_text(text), decode(ids, skip_special=False),
+    # id_to_piece(i), piece_to_id(s), vocab_size
+
+
+class SentencePieceTokenizer(Tokenizer):
+    """SentencePiece through the `sentencepiece` library.
+
+    SentencePiece itself treats "<s>" in a text as three characters. To let prompts carry
+    special tokens, the text is cut at each special token's text; each stretch between them
+    is encoded on its own, and so gets its own dummy-prefix space, exactly as llama.cpp
+    tokenizes a prompt with special tokens. `decode` mirrors this: each stretch of ordinary
+    ids is decoded on its own, special tokens are written as their text.
+    """
+
+    def __init__(self, processor, added_tokens, **attrs):
+        super().__init__(**attrs)
+        self._sp = processor
+        self._n_pieces = processor.get_piece_size()
+        # special tokens: the model's control pieces, then any added beyond them
+        self._special_ids = {processor.id_to_piece(i): i for i in range(self._n_pieces) if processor.is_control(i)}
+        self._special_ids.update({t: i for t, i in added_tokens.items() if i >= self._n_pieces})
+        self._special_texts = {i: text for text, i in self._special_ids.items()}
+        self.vocab_size = max([self._n_pieces] + [i + 1 for i in self._special_texts])
+        # longest first, so that a special token that contains another wins
+        alternatives = sorted(self._special_ids, key=len, reverse=True)
+        self._special_pattern = re.compile("(" + "|".join(map(re.escape, alternatives)) + ")") if alternatives else None
+
+    def _encode_text(self, text):
+        if self._special_pattern is None:
+            return self._sp.encode(text)
+        ids = []
+        # re.split with a capturing group alternates: text, special, text, special, …, text
+        for k, part in enumerate(self._special_pattern.split(text)):
+            if k % 2:
+                ids.append(self._special_ids[part])
+            elif part:
+                ids.extend(self._sp.encode(part))
+        return ids
+
+    def decode(self, ids, skip_special=False):
+        """Text of `ids`. With `skip_special`, special tokens are left out (and the text around
+        them joined as SentencePiece would); otherwise they are written as their text."""
+        ids = [int(i) for i in ids]
+        for i in ids:
+            if not (0 <= i < self._n_pieces or i in self._special_texts):
+                raise TokenizerError(f"{self.source}: token id {i} is outside the vocabulary "
+                                     f"(size {self.vocab_size})")
+        if skip_special:
+            return self._sp.decode([i for i in ids if i < self._n_pieces])
+        pieces, run = [], []
+        for i in ids:
+            if i in self._special_texts:
+                pieces.append(self._sp.decode(run))
+                pieces.append(self._special_texts[i])
+                run = []
+            else:
+                run.append(i)
+        pieces.append(self._sp.decode(run))
+        return "".join(pieces)
+
+    def id_to_piece(self, token_id):
+        """The vocabulary entry of `token_id`, e.g. "▁Hello", "<0xE4>", "</s>"."""
+        if token_id in self._special_texts:
+            return self._special_texts[token_id]
+        if not 0 <= token_id < self._n_pieces:
+            raise TokenizerError(f"{self.source}: token id {token_id} is outside the vocabulary")
+        return self._sp.id_to_piece(token_id)
+
+    def piece_to_id(self, piece):
+        """The id of vocabulary entry `piece`, or None if there is none."""
+        if piece in self._special_ids:
+            return self._special_ids[piece]
+        token_id = self._sp.piece_to_id(piece)
+        return token_id if self._sp.id_to_piece(token_id) == piece else None  # misses map to <unk>
+
+
+class HFTokenizer(Tokenizer):
+    """Any tokenizer HF `tokenizers` can run; here, byte-level BPE built from GGUF metadata
+    or a model folder's `tokenizer.json`. Special tokens are the backend's added tokens,
+    which it matches whole in the text before the pre-tokenizer runs."""
+
+    def __init__(self, backend, **attrs):
+        super().__init__(**attrs)
+        self._backend = backend
+        self.vocab_size = backend.get_vocab_size(with_added_tokens=True)
+
+    def _encode_text(self, text):
+        # BOS/EOS are this class's business, not the post-processor's
+        return self._backend.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids, skip_special=False):
+        """Text of `ids`; special tokens are written as their text unless `skip_special`."""
+        return self._backend.decode([int(i) for i in ids], skip_special_tokens=skip_special)
+
+    def id_to_piece(self, token_id):
+        """The vocabulary entry of `token_id`, e.g. "Ġworld" (Ġ = a space byte), "<|im_end|>"."""
+        piece = self._backend.id_to_token(token_id)
+        if piece is None:
+            raise TokenizerError(f"{self.source}: token id {token_id} is outside the vocabulary")
+        return piece
+
+    def piece_to_id(self, piece):
+        """The id of vocabulary entry `piece`, or None if there is none."""
+        return self._backend.token_to_id(piece)
+
+
+class StreamDecoder:
+    """Turns ids into text one id at a time, printing only what is final.
+
+    Why it is not just `decode([id])`: a character can span several tokens (the three UTF-8
+    bytes of "你" may come as three byte tokens), and a token's text can depend on its
+    neighbours (SentencePiece drops the space of the first piece of a text). So `push`
+    decodes a small window — the ids printed last time, as context, plus the new ones — and
+    prints what the new ids add to the context's text. While that ends in U+FFFD, the last
+    character is still incomplete and nothing is printed yet. The printed pieces always join
+    to exactly `tokenizer.decode(all ids)`; `flush` prints whatever is still held back.
+    """
+
+    def __init__(self, tokenizer, skip_special=False):
+        self._tokenizer = tokenizer
+        self._skip_special = skip_special
+        self._ids = []
+        self._context_start = 0  # ids[context_start:printed_end] were printed last time
+        self._printed_end = 0    # ids from here on are not printed yet
+
+    def push(self, token_id):
+        """Add one id; return the text that is now complete ("" while a character is unfinished)."""
+        self._ids.append(int(token_id))
+        return self._advance(final=False)
+
+    def flush(self):
+        """Return everything not printed yet, incomplete characters included (as U+FFFD)."""
+        return self._advance(final=True)
+
+    def _advance(self, final):
+        context = self._decode(self._ids[self._context_start:self._printed_end])
+        window = self._decode(self._ids[self._context_start:])
+        if not final and window.endswith(REPLACEMENT_CHAR):
+            return ""
+        self._context_start, self._printed_end = self._printed_end, len(self._ids)
+        return window[len(context):]
+
+    def _decode(self, ids):
+        return self._tokenizer.decode(ids, skip_special=self._skip_special)
+
+
+def load_tokenizer(path):
+    """The tokenizer at `path`: a GGUF model file, a SentencePiece `.model` file, or a
+    Hugging Face model folder. Raises TokenizerError (a ValueError) naming the path if
+    there is none."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        return Tokenizer.from_hf_dir(path)
+    if not os.path.isfile(path):
+        raise TokenizerError(f"{path}: no such file or folder")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic == b"GGUF":
+        from llama_np.checkpoint.gguf_file import GGUFFile
+        return Tokenizer.from_gguf_metadata(GGUFFile(path).metadata, source=path)
+    return Tokenizer.from_sentencepiece(path)
+
+
+# ----- SentencePiece helpers ---------------------------------------------------------------
+
+def _load_sentencepiece(model_proto, source):
+    """A SentencePieceProcessor from the bytes of a serialized ModelProto."""
+    import sentencepiece
+
+    processor = sentencepiece.SentencePieceProcessor()
+    try:
+        processor.LoadFromSerializedProto(model_proto)
+    except (RuntimeError, OSError) as e:
+        raise TokenizerError(f"{source}: not a SentencePiece model ({e})") from None
+    return processor
+
+
+def _id_or_none(token_id):
+    return None if token_id < 0 else token_id  # sentencepiece says -1 for "none"
+
+
+def _sentencepiece_model_proto(tokens, scores, token_types, *, unk_id, add_dummy_prefix,
+                               remove_extra_whitespaces):
+    """Serialize a SentencePiece ModelProto for a GGUF "llama" vocabulary.
+
+    A `tokenizer.model` file is a protocol buffer (sentencepiece_model.proto). We write only
+    the fields that tokenizing reads:
+
+        ModelProto      1: pieces (repeated SentencePiece)  2: trainer_spec  3: normalizer_spec
+        SentencePiece   1: piece (string)  2: score (float)  3: type (enum, = GGUF token type)
+        TrainerSpec     3: model_type (2 = BPE: merge by score, as llama.cpp does)
+                        4: vocab_size  35: byte_fallback  40: unk_id
+        NormalizerSpec  1: name ("identity": no Unicode normalization)  3: add_dummy_prefix
+                        4: remove_extra_whitespaces  5: escape_whitespaces (" " → "▁")
+
+    The protobuf wire format is a sequence of (field number << 3 | wire type, value):
+    wire type 0 is a varint, 2 a length-prefixed byte string, 5 a 4-byte float.
+    """
+    pieces = bytearray()
+    for piece, score, token_type in zip(tokens, scores, token_types):
+        entry = (_proto_bytes(1, piece.encode("utf-8")) + _proto_float(2, score)
+                 + _proto_varint(3, token_type))
+        pieces += _proto_bytes(1, entry)
+    if unk_id is None:
+        unk_id = token_types.index(TOKEN_UNKNOWN) if TOKEN_UNKNOWN in token_types else 0
+    trainer_spec = (_proto_varint(3, 2) + _proto_varint(4, len(tokens))
+                    + _proto_varint(35, int(TOKEN_BYTE in token_types)) + _proto_varint(40, unk_id))
+    normalizer_spec = (_proto_bytes(1, b"identity") + _proto_varint(3, int(add_dummy_prefix))
+                       + _proto_varint(4, int(remove_extra_whitespaces)) + _proto_varint(5, 1))
+    return bytes(pieces) + _proto_bytes(2, trainer_spec) + _proto_bytes(3, normalizer_spec)
+
+
+def _varint(n):
+    """Protobuf base-128 varint: 7 bits per byte, low bits first, high bit = "more follows"."""
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _proto_varint(field, value):
+    return _varint(field << 3 | 0) + _varint(value)
+
+
+def _proto_bytes(field, data):
+    return _varint(field << 3 | 2) + _varint(len(data)) + data
+
+
+def _proto_float(field, value):
+    return _varint(field << 3 | 5) + struct.pack("<f", value)
+
+
+# ----- byte-level BPE helpers --------------------------------------------------------------
+
+def _byte_level_bpe(tokens, merges, token_types, pre, source):
+    """An HF `tokenizers` byte-level BPE from a GGUF vocabulary: the BPE model from
+    tokens + merges ("Ġ t" means: merge "Ġ" and "t"), the pre-tokenizer that `pre` names,
+    the ByteLevel decoder (stand-in characters → bytes → UTF-8), and the control and
+    user-defined tokens as added tokens, matched whole in the text."""
+    from tokenizers import AddedToken, Regex, models, pre_tokenizers, decoders
+    from tokenizers import Tokenizer as HFBackend
+
+    vocab = {}
+    for i, token in enumerate(tokens):
+        vocab.setdefault(token, i)  # a repeated token keeps its first id
+    merge_pairs = [tuple(m.split(" ")) for m in merges]
+    bad = next((m for m, pair in zip(merges, merge_pairs) if len(pair) != 2), None)
+    if bad is not None:
+        raise TokenizerError(f"{source}: merge {bad!r} is not two tokens separated by a space")
+    backend = HFBackend(models.BPE(vocab=vocab, merges=merge_pairs))
+
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    byte_level_only = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    if pre in _GPT2_FAMILY:
+        backend.pre_tokenizer = byte_level
+    elif pre in _STARCODER_FAMILY:
+        backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+    elif pre in _LLAMA3_FAMILY + _QWEN2_FAMILY:
+        regex = _LLAMA3_REGEX if pre in _LLAMA3_FAMILY else _QWEN2_REGEX
+        backend.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Split(Regex(regex), behavior="isolated"), byte_level_only])
+    else:
+        known = _GPT2_FAMILY + _STARCODER_FAMILY + _LLAMA3_FAMILY + _QWEN2_FAMILY
+        raise TokenizerError(f"{source}: pre-tokenizer {pre!r} (tokenizer.ggml.pre) is not supported; "
+                             f"known: {', '.join(known)}")
+    backend.decoder = decoders.ByteLevel()
+
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False)
+                                for t, kind in zip(tokens, token_types) if kind == TOKEN_CONTROL])
+    backend.add_tokens([AddedToken(t, special=False, normalized=False)
+                        for t, kind in zip(tokens, token_types) if kind == TOKEN_USER_DEFINED])
+    return backend
+
+
+# ----- Hugging Face folder helpers ---------------------------------------------------------
+
+def _read_hf_tokenizer_config(folder):
+    """What llama_np needs from an HF folder's tokenizer side files, each optional:
+    bos/eos/pad token texts, add_bos_token (None if unsaid), chat_template (None if none),
+    and added_tokens ({text: id}, for SentencePiece models extended by transformers)."""
+    config = _read_json(os.path.join(folder, "tokenizer_config.json"))
+    special_map = _read_json(os.path.join(folder, "special_tokens_map.json"))
+
+    def token_text(name):
+        value = config.get(name, special_map.get(name))
+        if isinstance(value, dict):  # a serialized AddedToken
+            value = value.get("content")
+        return value
+
+    added = dict(_read_json(os.path.join(folder, "added_tokens.json")))
+    for token_id, entry in config.get("added_tokens_decoder", {}).items():
+        added.setdefault(entry["content"], int(token_id))
+
+    # transformers saves the template beside the config in newer versions, inside it in older
+    template_path = os.path.join(folder, "chat_template.jinja")
+    if os.path.isfile(template_path):
+        with open(template_path, encoding="utf-8") as f:
+            chat_template = f.read()
+    else:
+        chat_template = config.get("chat_template")
+        if isinstance(chat_template, list):  # named templates: [{"name": ..., "template": ...}]
+            named = {t.get("name"): t.get("template") for t in chat_template}
+            chat_template = named.get("default")
+
+    return dict(bos_token=token_text("bos_token"), eos_token=token_text("eos_token"),
+                pad_token=token_text("pad_token"), add_bos_token=config.get("add_bos_token"),
+                chat_template=chat_template, added_tokens=added)
+
+
+def _read_json(path):
+    if not os.path.isfile(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise TokenizerError(f"{path}: not valid JSON ({e})") from None

@@ -55,18 +55,19 @@ SPACE_PIECE = "\u2581"       # "▁", SentencePiece's visible space
 # llama.cpp (src/llama-vocab.cpp) lists, for each name, the regular expressions it splits
 # text with, one after the other. Written here as HF `tokenizers` pre-tokenizers:
 #
-# "gpt2": GPT-2's own regex, which the ByteLevel pre-tokenizer of `tokenizers` applies:
+# GPT-2's own regex, which the ByteLevel pre-tokenizer of `tokenizers` applies:
 #     's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
-# "starcoder" (and SmolLM, whose tokenizer follows StarCoder's): every digit is first cut
-#     out on its own, then the GPT-2 regex runs on what is left. This is what SmolLM's
+# StarCoder's (and SmolLM's, whose tokenizer follows it): every digit is first cut out on
+#     its own, then the GPT-2 regex runs on what is left. This is what SmolLM's
 #     `tokenizer.json` says (Digits(individual_digits) then ByteLevel) and what llama.cpp does.
-# "llama3": LLaMA-3's regex (numbers in runs of up to three digits, letters may carry one
-#     leading non-letter), applied by a Split, then ByteLevel without its own regex.
-# "qwen2": as "llama3", but single digits.
-_GPT2_FAMILY = ("gpt2", "default", "mpt", "olmo", "jais")
-_STARCODER_FAMILY = ("smollm", "starcoder", "refact", "codeshell", "command-r", "exaone", "minerva")
-_LLAMA3_FAMILY = ("llama3", "llama-bpe", "llama-v3", "falcon3", "dbrx", "smaug-bpe")
-_QWEN2_FAMILY = ("qwen2", "deepseek-r1-qwen", "megrez")
+# LLaMA-3's: numbers in runs of up to three digits, a word may carry one leading
+#     non-letter; applied by a Split, then ByteLevel without its own regex. llama.cpp also
+#     sets `ignore_merges` for it: a word that is itself in the vocabulary is taken whole.
+# Qwen2's: as LLaMA-3's, but single digits, and merges are not skipped.
+_GPT2_FAMILY = ("gpt-2", "phi-2", "roberta-bpe", "mpt", "olmo", "jais")
+_STARCODER_FAMILY = ("smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva-7b")
+_LLAMA3_FAMILY = ("llama3", "llama-v3", "llama-bpe", "falcon3")
+_QWEN2_FAMILY = ("qwen2", "megrez", "deepseek-r1-qwen")
 _LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
                  r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 _QWEN2_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
@@ -138,39 +139,35 @@ class Tokenizer:
             merges = meta.get("tokenizer.ggml.merges")
             if merges is None:
                 raise TokenizerError(f"{source}: a BPE vocabulary needs its merges (tokenizer.ggml.merges)")
-            backend = _byte_level_bpe(tokens, merges, token_types, meta.get("tokenizer.ggml.pre", "default"), source)
+            backend = _byte_level_bpe(tokens, merges, token_types, meta.get("tokenizer.ggml.pre"), source)
             return HFTokenizer(backend, **common)
         raise TokenizerError(f"{source}: tokenizer.ggml.model = {kind!r} is not supported "
                              f"('llama' = SentencePiece, 'gpt2' = byte-level BPE)")
 
     @staticmethod
-    def from_sentencepiece(path, *, added_tokens=None, **overrides):
+    def from_sentencepiece(path, *, added_tokens=None):
         """A SentencePiece `tokenizer.model` file. BOS/EOS/pad ids come from the model;
-        `add_bos` defaults to True, as for every LLaMA model. `added_tokens` ({text: id})
-        are extra special tokens beyond the model's pieces, such as Chinese-Alpaca's
-        "[PAD]" = 49953 (ids the model already has are ignored); `overrides` replace any of the Tokenizer attributes."""
+        `add_bos` is True, as for every LLaMA model. `added_tokens` ({text: id}) are extra
+        special tokens beyond the model's pieces, such as Chinese-Alpaca's "[PAD]" = 49953
+        (ids the model already has are ignored)."""
         path = os.fspath(path)
         if not os.path.isfile(path):
             raise TokenizerError(f"{path}: no such file")
         with open(path, "rb") as f:
             processor = _load_sentencepiece(f.read(), path)
-        attrs = dict(
-            bos_id=_id_or_none(processor.bos_id()),
-            eos_id=_id_or_none(processor.eos_id()),
-            pad_id=_id_or_none(processor.pad_id()),
-            add_bos=True,
-            chat_template=None,
-            source=path,
-        )
-        attrs.update(overrides)
-        return SentencePieceTokenizer(processor, added_tokens or {}, **attrs)
+        return SentencePieceTokenizer(processor, added_tokens or {},
+                                      bos_id=_id_or_none(processor.bos_id()),
+                                      eos_id=_id_or_none(processor.eos_id()),
+                                      pad_id=_id_or_none(processor.pad_id()),
+                                      add_bos=True, chat_template=None, source=path)
 
     @staticmethod
     def from_hf_dir(folder):
         """A Hugging Face model folder: `tokenizer.json` (read by HF `tokenizers`) or else
-        `tokenizer.model` (SentencePiece), with the special tokens, `add_bos_token` and the
-        chat template taken from `tokenizer_config.json`, `special_tokens_map.json`,
-        `added_tokens.json` and `chat_template.jinja` where present."""
+        `tokenizer.model` (SentencePiece). The special tokens (named by their text),
+        `add_bos_token` and the chat template come from `tokenizer_config.json`,
+        `special_tokens_map.json`, `added_tokens.json` and `chat_template.jinja` where present.
+        Without an `add_bos_token` flag, a tokenizer.json adds BOS if its post-processor does."""
         folder = os.fspath(folder)
         if not os.path.isdir(folder):
             raise TokenizerError(f"{folder}: no such folder")
@@ -183,31 +180,24 @@ class Tokenizer:
                 backend = HFBackend.from_file(json_path)
             except Exception as e:  # tokenizers raises a bare Exception for bad JSON
                 raise TokenizerError(f"{json_path}: not a readable tokenizer.json ({e})") from None
-            token_id = backend.token_to_id
+            tok = HFTokenizer(backend, bos_id=None, eos_id=None, pad_id=None, add_bos=False,
+                              chat_template=None, source=folder)
         elif os.path.isfile(model_path):
-            sp = Tokenizer.from_sentencepiece(model_path, added_tokens=config["added_tokens"])
-            token_id = sp.piece_to_id
+            tok = Tokenizer.from_sentencepiece(model_path, added_tokens=config["added_tokens"])
+            tok.source = folder
         else:
             raise TokenizerError(f"{folder}: holds neither tokenizer.json nor tokenizer.model")
 
-        def id_of(name):
-            text = config[name]
-            return None if text is None else token_id(text)
-
-        bos_id, eos_id, pad_id = id_of("bos_token"), id_of("eos_token"), id_of("pad_token")
-        add_bos = config["add_bos_token"]
-        if os.path.isfile(json_path):
-            if add_bos is None:  # no flag: see whether tokenizer.json's post-processor adds BOS
-                with_specials = backend.encode("a", add_special_tokens=True).ids
-                add_bos = bos_id is not None and with_specials[:1] == [bos_id]
-            return HFTokenizer(backend, bos_id=bos_id, eos_id=eos_id, pad_id=pad_id, add_bos=add_bos,
-                               chat_template=config["chat_template"], source=folder)
-        # SentencePiece: the folder's config overrides what the model file says
-        for name, value in (("bos_id", bos_id), ("eos_id", eos_id), ("pad_id", pad_id), ("add_bos", add_bos)):
-            if value is not None:
-                setattr(sp, name, value)
-        sp.chat_template, sp.source = config["chat_template"], folder
-        return sp
+        tok.chat_template = config["chat_template"]
+        for attr, name in (("bos_id", "bos_token"), ("eos_id", "eos_token"), ("pad_id", "pad_token")):
+            if config[name] is not None:
+                setattr(tok, attr, tok.piece_to_id(config[name]))
+        if config["add_bos_token"] is not None:
+            tok.add_bos = bool(config["add_bos_token"])
+        elif isinstance(tok, HFTokenizer):
+            with_specials = backend.encode("a", add_special_tokens=True).ids
+            tok.add_bos = tok.bos_id is not None and with_specials[:1] == [tok.bos_id]
+        return tok
 
     # ----- the interface ---------------------------------------------------------------
 
@@ -328,7 +318,12 @@ class HFTokenizer(Tokenizer):
 
     def decode(self, ids, skip_special=False):
         """Text of `ids`; special tokens are written as their text unless `skip_special`."""
-        return self._backend.decode([int(i) for i in ids], skip_special_tokens=skip_special)
+        ids = [int(i) for i in ids]
+        outside = [i for i in ids if not 0 <= i < self.vocab_size]
+        if outside:  # `tokenizers` would silently drop them
+            raise TokenizerError(f"{self.source}: token id {outside[0]} is outside the vocabulary "
+                                 f"(size {self.vocab_size})")
+        return self._backend.decode(ids, skip_special_tokens=skip_special)
 
     def id_to_piece(self, token_id):
         """The vocabulary entry of `token_id`, e.g. "Ġworld" (Ġ = a space byte), "<|im_end|>"."""
@@ -487,7 +482,7 @@ def _byte_level_bpe(tokens, merges, token_types, pre, source):
     bad = next((m for m, pair in zip(merges, merge_pairs) if len(pair) != 2), None)
     if bad is not None:
         raise TokenizerError(f"{source}: merge {bad!r} is not two tokens separated by a space")
-    backend = HFBackend(models.BPE(vocab=vocab, merges=merge_pairs))
+    backend = HFBackend(models.BPE(vocab=vocab, merges=merge_pairs, ignore_merges=pre in _LLAMA3_FAMILY))
 
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     byte_level_only = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)

@@ -147,12 +147,29 @@ def test_hf_folder_saved_by_transformers(smol, hf_smol, tmp_path):
         assert tok.decode(tok.encode(text)) == text
 
 
+def test_hf_folder_add_bos_follows_the_post_processor(tmp_path):
+    """Without an add_bos_token flag, BOS is added when tokenizer.json's post-processor adds it."""
+    import json
+    from tokenizers import Tokenizer as HFBackend, models, pre_tokenizers, processors
+    backend = HFBackend(models.WordLevel({"<s>": 0, "</s>": 1, "a": 2, "[UNK]": 3}, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
+    backend.save(str(tmp_path / "tokenizer.json"))
+    config = {"bos_token": "<s>", "eos_token": "</s>"}
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    tok = load_tokenizer(tmp_path)
+    assert (tok.bos_id, tok.eos_id, tok.pad_id, tok.add_bos, tok.chat_template) == (0, 1, None, True, None)
+    assert tok.encode("a a") == [0, 2, 2]
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(dict(config, add_bos_token=False)))
+    assert load_tokenizer(tmp_path).encode("a a") == [2, 2]
+
+
 # ----- byte-level BPE: the pre-tokenizers, against llama.cpp's regexes ----------------------
 
 # src/llama-vocab.cpp: the regexes llama.cpp splits text with, applied one after another
 GPT2_REGEX = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
 LLAMA_CPP_SPLITS = {
-    "gpt2": [GPT2_REGEX],
+    "gpt-2": [GPT2_REGEX],
     "smollm": [r"\p{N}", GPT2_REGEX],
     "llama-bpe": [r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+"
                   r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"],
@@ -178,10 +195,10 @@ def bytes_to_unicode():
     return table
 
 
-def llama_cpp_bpe_ids(text, splits, bpe_model, special_ids):
+def llama_cpp_bpe_ids(text, splits, bpe_model, special_ids, ignore_merges):
     """llama.cpp's way: cut out the special tokens, split the rest with each regex in turn
     (unmatched stretches stay chunks), then spell each chunk's bytes with stand-ins and run
-    BPE on it alone."""
+    BPE on it alone (or, with `ignore_merges`, take a chunk that is in the vocabulary whole)."""
     import regex
     specials = "|".join(regex.escape(s) for s in sorted(special_ids, key=len, reverse=True))
     ids = []
@@ -189,11 +206,11 @@ def llama_cpp_bpe_ids(text, splits, bpe_model, special_ids):
         if k % 2:
             ids.append(special_ids[part])
         else:
-            ids += byte_level_bpe_ids(part, splits, bpe_model)
+            ids += byte_level_bpe_ids(part, splits, bpe_model, ignore_merges)
     return ids
 
 
-def byte_level_bpe_ids(text, splits, bpe_model):
+def byte_level_bpe_ids(text, splits, bpe_model, ignore_merges):
     import regex
     chunks = [text]
     for pattern in splits:
@@ -208,7 +225,9 @@ def byte_level_bpe_ids(text, splits, bpe_model):
     table = bytes_to_unicode()
     ids = []
     for chunk in chunks:
-        ids += [t.id for t in bpe_model.tokenize("".join(table[b] for b in chunk.encode("utf-8")))]
+        spelled = "".join(table[b] for b in chunk.encode("utf-8"))
+        whole = bpe_model.token_to_id(spelled) if ignore_merges else None
+        ids += [whole] if whole is not None else [t.id for t in bpe_model.tokenize(spelled)]
     return ids
 
 
@@ -221,7 +240,8 @@ def test_bpe_pre_tokenizers_follow_llama_cpp(real_model_path, hf_smol, pre):
     specials = {t: i for i, (t, kind) in enumerate(zip(meta["tokenizer.ggml.tokens"], meta["tokenizer.ggml.token_type"]))
                 if kind == 3}
     for text in PRE_TOKENIZER_TEXTS:
-        expected = llama_cpp_bpe_ids(text, LLAMA_CPP_SPLITS[pre], hf_smol.backend_tokenizer.model, specials)
+        expected = llama_cpp_bpe_ids(text, LLAMA_CPP_SPLITS[pre], hf_smol.backend_tokenizer.model, specials,
+                                     ignore_merges=pre == "llama-bpe")
         assert tok.encode(text) == expected, text
 
 
@@ -346,6 +366,12 @@ def test_not_a_tokenizer_is_a_clear_error(tmp_path):
     (tmp_path / "tokenizer.json").write_text("{not json")
     with pytest.raises(ValueError, match="tokenizer.json: not a readable tokenizer.json"):
         load_tokenizer(tmp_path)
+
+
+def test_ids_outside_the_vocabulary_are_an_error(smol, llama_sp):
+    for tok in (smol, llama_sp):
+        with pytest.raises(TokenizerError, match=f"token id {tok.vocab_size} is outside the vocabulary"):
+            tok.decode([5, tok.vocab_size])
 
 
 def test_gguf_metadata_errors():

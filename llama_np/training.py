@@ -1,0 +1,270 @@
+"""The LLaMA forward pass for training, which keeps what backward needs, and that backward.
+
+Inference (`llama_np.model.Llama`) runs one sequence and forgets everything but the KV cache.
+Training runs a batch of B sequences of T tokens at once and, block by block, keeps the
+cache of every op; the backward pass then walks the same blocks in reverse, each op's
+backward taking its own cache, and frees each block's caches as soon as it is done:
+
+    forward:  ids ─ embed ─► h ─► block 0 ─► … ─► block L-1 ─► norm ─► lm_head ─► loss
+    backward: dh ◄─ block 0 ◄─ … ◄─ block L-1 ◄─ norm ◄─ lm_head ◄─ dlogits
+
+    block(h):   x = rmsnorm(h);  q, k, v = x Wqᵀ, x Wkᵀ, x Wvᵀ;  q, k = rope(q), rope(k)
+                h = h + attention(q, k, v) Woᵀ
+                x = rmsnorm(h);  h = h + (silu(x Wgateᵀ) ⊙ x Wupᵀ) Wdownᵀ
+    backward:   the residual stream passes dh through unchanged, each branch adds its dx.
+
+Every matrix product works on all B·T tokens at once ([B·T, D] against [D, out]): a few
+large BLAS calls per layer, no Python loop over tokens. Attention alone goes sequence by
+sequence (each has its own causal mask). Sequences are right-padded: under a causal mask
+a real token never looks at the padding after it, and padded positions carry no target,
+so padding needs no attention mask at all.
+
+The base model is frozen; what trains is an `llama_np.lora.Adapter`: LoRA matrices on the
+targeted projections and full copies of embed_tokens / lm_head (modules_to_save). Frozen
+weights may be float32 or quantized (`QuantizedMatrix`): gradients flow through their
+dequantized values block by block (QLoRA), and no fp32 copy of the model is made.
+"""
+import numpy as np
+
+from llama_np import ops
+from llama_np.lora import (EMBED, LM_HEAD, lora_linear_backward, lora_linear_forward,
+                           lora_names)
+from llama_np.model import layer_weight_names
+
+# Positions whose logits are computed at once by the output head: the logits and their
+# gradient for HEAD_CHUNK × V (1024 × 49,152 × 4 bytes = 200 MB) exist at a time.
+HEAD_CHUNK = 1024
+
+PROJECTION_KEYS = ("q", "k", "v", "o", "gate", "up", "down")
+
+
+class TrainableLlama:
+    """A frozen LLaMA base plus a trainable adapter.
+
+        loss, tape = model.forward(ids, labels, rng)   # ids, labels: [B, T]
+        grads = model.backward(tape)                   # {name: gradient}, names of adapter.params
+
+    `labels` are the token ids to learn, IGNORE_INDEX (-100) where nothing is learned
+    (prompt, padding); the target of position t is labels[t + 1]. `rng` drives LoRA dropout
+    (None: no dropout, as in evaluation). `trainable_rows` limits the embedding's gradient
+    to some rows (the paper's stage 1 trains only the new tokens' embeddings)."""
+
+    def __init__(self, config, weights, adapter, trainable_rows=None):
+        self.config = config
+        self.weights = weights          # frozen base, HF names
+        self.adapter = adapter
+        self.params = adapter.params    # trainable, float32, PEFT names
+        self.trainable_rows = trainable_rows
+        self.lora = {}                  # base weight name -> (A name, B name, scaling)
+        for name, lora_a, _, scaling in adapter.lora_pairs():
+            self.lora[name] = (*lora_names(name), scaling)
+        self.dropout = adapter.config.lora_dropout
+
+    # -------------------------------------------------------------- the parameters
+    @property
+    def embedding(self):
+        copy = self.adapter.embedding
+        return copy if copy is not None else self.weights[EMBED]
+
+    @property
+    def output_head(self):
+        copy = self.adapter.output_head
+        if copy is not None:
+            return copy
+        return self.weights[EMBED] if self.config.tie_word_embeddings else self.weights[LM_HEAD]
+
+    def _trained_name(self, array):
+        """The params name of a trained array (embedding or head copy), or None if frozen."""
+        for name, p in self.params.items():
+            if p is array:
+                return name
+        return None
+
+    # ------------------------------------------------------------ one projection
+    def _project(self, x, name, rng, dtype):
+        """x Wᵀ for the weight `name`, through LoRA when the adapter targets it."""
+        if name in self.lora:
+            a_name, b_name, scaling = self.lora[name]
+            y, cache = lora_linear_forward(x, self.weights[name], self.params[a_name].astype(dtype, copy=False),
+                                           self.params[b_name].astype(dtype, copy=False), scaling,
+                                           self.dropout, rng)
+            return y, ("lora", name, cache)
+        y, cache = ops.linear_forward(x, self.weights[name])
+        return y, ("frozen", name, cache)
+
+    def _project_backward(self, dy, entry, grads, input_grad=True):
+        kind, name, cache = entry
+        if kind == "lora":
+            a_name, b_name, _ = self.lora[name]
+            dx, dlora_a, dlora_b = lora_linear_backward(dy, cache, input_grad)
+            _accumulate(grads, a_name, dlora_a)
+            _accumulate(grads, b_name, dlora_b)
+            return dx
+        return ops.linear_backward(dy, cache, weight_grad=False)[0] if input_grad else None
+
+    # ------------------------------------------------------------------ a block
+    def block_forward(self, h, layer, batch, positions, rng):
+        """One transformer block on h [B·T, D]; returns the new h and the block's tape."""
+        cfg = self.config
+        w = layer_weight_names(layer)
+        n_tokens, n_heads, n_kv, hd = h.shape[0], cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        seq_len = n_tokens // batch
+        eps, theta = cfg.rms_norm_eps, cfg.rope_theta
+        tape = {}
+
+        x, tape["attn_norm"] = ops.rmsnorm_forward(h, self.weights[w["attn_norm"]], eps)  # [N, D]
+        q, tape["q"] = self._project(x, w["q"], rng, h.dtype)                           # [N, H*hd]
+        k, tape["k"] = self._project(x, w["k"], rng, h.dtype)                           # [N, H_kv*hd]
+        v, tape["v"] = self._project(x, w["v"], rng, h.dtype)                           # [N, H_kv*hd]
+        q, tape["rope"] = ops.rope_forward(q.reshape(n_tokens, n_heads, hd), positions, theta)
+        k, _ = ops.rope_forward(k.reshape(n_tokens, n_kv, hd), positions, theta)       # same angles
+        q = q.reshape(batch, seq_len, n_heads, hd)
+        k = k.reshape(batch, seq_len, n_kv, hd)
+        v = v.reshape(batch, seq_len, n_kv, hd)
+        attn = np.empty((batch, seq_len, n_heads * hd), dtype=h.dtype)                   # [B, T, H*hd]
+        tape["attention"] = []
+        for b in range(batch):  # each sequence has its own causal attention
+            attn[b], cache = ops.attention_forward(q[b], k[b], v[b])
+            tape["attention"].append(cache)
+        o, tape["o"] = self._project(attn.reshape(n_tokens, -1), w["o"], rng, h.dtype)  # [N, D]
+        h = h + o
+
+        x, tape["mlp_norm"] = ops.rmsnorm_forward(h, self.weights[w["mlp_norm"]], eps)  # [N, D]
+        gate, tape["gate"] = self._project(x, w["gate"], rng, h.dtype)                  # [N, F]
+        up, tape["up"] = self._project(x, w["up"], rng, h.dtype)                        # [N, F]
+        hidden, tape["swiglu"] = ops.swiglu_forward(gate, up)                          # [N, F]
+        down, tape["down"] = self._project(hidden, w["down"], rng, h.dtype)             # [N, D]
+        return h + down, tape
+
+    def block_backward(self, dh, tape, grads, input_grad=True):
+        """Backward of one block: dh [N, D] at its output → dh at its input (None when
+        `input_grad` is False: nothing below this block needs it)."""
+        cfg = self.config
+        n_tokens, hd = dh.shape[0], cfg.head_dim
+        # MLP branch: h_out = h_mid + down(swiglu(gate(x), up(x))), x = rmsnorm(h_mid)
+        dhidden = self._project_backward(dh, tape.pop("down"), grads)                   # [N, F]
+        dgate, dup = ops.swiglu_backward(dhidden, tape.pop("swiglu"))                   # [N, F]
+        dx = self._project_backward(dgate, tape.pop("gate"), grads)                     # [N, D]
+        dx += self._project_backward(dup, tape.pop("up"), grads)
+        dh = dh + ops.rmsnorm_backward(dx, tape.pop("mlp_norm"))[0]                    # [N, D]
+
+        # attention branch: h_mid = h_in + o(attention(rope(q(x)), rope(k(x)), v(x)))
+        dattn = self._project_backward(dh, tape.pop("o"), grads)                        # [N, H*hd]
+        caches = tape.pop("attention")
+        batch = len(caches)
+        seq_len = n_tokens // batch
+        dattn = dattn.reshape(batch, seq_len, -1)
+        dq = np.empty((batch, seq_len, cfg.num_attention_heads, hd), dtype=dh.dtype)
+        dk = np.empty((batch, seq_len, cfg.num_key_value_heads, hd), dtype=dh.dtype)
+        dv = np.empty_like(dk)
+        for b in range(batch):
+            dq[b], dk[b], dv[b] = ops.attention_backward(dattn[b], caches[b])
+        del caches
+        rope_cache = tape.pop("rope")
+        dq = ops.rope_backward(dq.reshape(n_tokens, -1, hd), rope_cache).reshape(n_tokens, -1)
+        dk = ops.rope_backward(dk.reshape(n_tokens, -1, hd), rope_cache).reshape(n_tokens, -1)
+        dv = dv.reshape(n_tokens, -1)
+        dx = self._project_backward(dq, tape.pop("q"), grads, input_grad)
+        dx_k = self._project_backward(dk, tape.pop("k"), grads, input_grad)
+        dx_v = self._project_backward(dv, tape.pop("v"), grads, input_grad)
+        if not input_grad:
+            return None
+        dx += dx_k
+        dx += dx_v
+        return dh + ops.rmsnorm_backward(dx, tape.pop("attn_norm"))[0]                 # [N, D]
+
+    # ------------------------------------------------------------ whole model
+    def forward(self, ids, labels, rng=None, n_targets_total=None, need_grads=True):
+        """Loss (mean cross-entropy over the positions with a target) of a batch.
+
+        ids, labels: [B, T] integers. `n_targets_total`: the number of targets in the whole
+        accumulated batch when this is one micro-batch of several; gradients are then scaled
+        so that their sum over the micro-batches is the gradient of the mean over all
+        targets. Returns (loss of this micro-batch, n_targets, tape for backward)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        labels = np.asarray(labels, dtype=np.int64)
+        if ids.ndim == 1:
+            ids, labels = ids[None], labels[None]
+        batch, seq_len = ids.shape
+        if labels.shape != ids.shape:
+            raise ValueError(f"labels {labels.shape} and ids {ids.shape} differ in shape")
+        cfg = self.config
+        if ids.size and (ids.min() < 0 or ids.max() >= cfg.vocab_size):
+            raise ValueError(f"token id out of range [0, {cfg.vocab_size})")
+        targets = ops.causal_lm_targets(labels).reshape(-1)                            # [N]
+        rows = np.flatnonzero(targets != ops.IGNORE_INDEX)                             # [K]
+        n_targets = len(rows)
+        n_targets_total = n_targets_total or n_targets
+        positions = np.tile(np.arange(seq_len), batch)                                  # [N]
+
+        dtype = np.float64 if getattr(self.embedding, "dtype", None) == np.float64 else np.float32
+        h, embed_cache = ops.embedding_forward(ids.reshape(-1), self.embedding)         # [N, D]
+        h = h.astype(dtype, copy=False)
+        tapes = []
+        for layer in range(cfg.num_hidden_layers):
+            h, tape = self.block_forward(h, layer, batch, positions, rng)
+            tapes.append(tape)
+        h_norm, norm_cache = ops.rmsnorm_forward(h, self.weights["model.norm.weight"], cfg.rms_norm_eps)
+        del h
+
+        # Output head and loss, chunk by chunk, forward and backward together: the gradient
+        # of the loss with respect to the logits is known as soon as they are
+        # (softmax - onehot), so the [K, V] logits never need to be kept for later.
+        head = self.output_head
+        head_name = self._trained_name(head)
+        total_nll = 0.0
+        dh_norm = np.zeros_like(h_norm) if need_grads else None                         # [N, D]
+        dhead = None
+        for start in range(0, n_targets, HEAD_CHUNK):
+            chunk = rows[start:start + HEAD_CHUNK]                                      # [C]
+            x = h_norm[chunk]                                                           # [C, D]
+            logits, head_cache = ops.linear_forward(x, head.astype(dtype, copy=False)
+                                                    if isinstance(head, np.ndarray) else head)
+            loss, ce_cache = ops.cross_entropy_forward(logits, targets[chunk])
+            del logits
+            total_nll += loss * len(chunk)
+            if need_grads:
+                dlogits = ops.cross_entropy_backward(ce_cache, dloss=len(chunk) / n_targets_total)
+                dx, dw = ops.linear_backward(dlogits, head_cache, weight_grad=head_name is not None)
+                dh_norm[chunk] = dx
+                if dw is not None:
+                    dhead = dw if dhead is None else dhead + dw
+            del ce_cache, head_cache
+        loss = total_nll / max(n_targets, 1)
+        tape = dict(layers=tapes, embed=embed_cache, norm=norm_cache, dh_norm=dh_norm,
+                    head=(head_name, dhead)) if need_grads else None
+        return loss, n_targets, tape
+
+    def backward(self, tape):
+        """Gradients of every trainable parameter (a dict by params name; parameters that
+        got no gradient are absent). Consumes the tape."""
+        grads = {}
+        head_name, dhead = tape.pop("head")
+        if head_name is not None:
+            _accumulate(grads, head_name, dhead)
+        dh = ops.rmsnorm_backward(tape.pop("dh_norm"), tape.pop("norm"))[0]            # [N, D]
+        embed_name = self._trained_name(self.embedding)
+        layers = tape.pop("layers")
+        for layer in reversed(range(len(layers))):
+            needs_input = layer > 0 or embed_name is not None
+            dh = self.block_backward(dh, layers.pop(), grads, input_grad=needs_input)
+        if embed_name is not None:
+            dtable = ops.embedding_backward(dh, tape.pop("embed"), self.trainable_rows)
+            _accumulate(grads, embed_name, dtable)
+        return grads
+
+    def loss_and_grads(self, ids, labels, rng=None, n_targets_total=None):
+        loss, n_targets, tape = self.forward(ids, labels, rng, n_targets_total)
+        return loss, n_targets, self.backward(tape)
+
+    def loss(self, ids, labels):
+        """Evaluation loss (no dropout, no gradients): (mean loss, number of targets)."""
+        loss, n_targets, _ = self.forward(ids, labels, rng=None, need_grads=False)
+        return loss, n_targets
+
+
+def _accumulate(grads, name, g):
+    if name in grads:
+        grads[name] += g
+    else:
+        grads[name] = g

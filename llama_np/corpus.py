@@ -1,0 +1,127 @@
+"""Chinese text for vocabulary extension, pre-training and evaluation, from the data mirror
+(DESIGN.md §6), with a fixed training / held-out split.
+
+Two sources, read as *documents* (one str each):
+
+- **cmrc2018** (`ymcui/cmrc2018/squad-style-data/cmrc2018_dev.json`): 848 paragraphs of
+  Chinese Wikipedia (432,093 characters), the `context` fields of a SQuAD-style
+  reading-comprehension file; the questions and answers are not used. This is "the Chinese
+  Wikipedia text" every tokenizer ratio in llama_np is measured on.
+- **Song ci** (`chinese-poetry/chinese-poetry/宋词/宋词三百首.json`): 280 poems of the Song
+  dynasty; a document is one poem, its lines joined by newlines.
+
+The split. Document i of a source (in file order, counting from 0) is *held out* when
+`i % HELD_OUT_EVERY == HELD_OUT_EVERY - 1` — documents 9, 19, 29, … — and is *training*
+text otherwise: 84 of the 848 paragraphs and 28 of the 280 poems are held out. Taking every
+tenth document spreads the held-out text over the whole file (its topics follow the file's
+order), needs no random seed, and cannot change unless the file does, which its sha256
+rules out. Whatever learns from text — a new vocabulary, pre-training — reads only
+`part="train"`; bits-per-character evaluation reads `part="held_out"`.
+
+Users' own corpora are plain UTF-8 text files, one document per line (`read_text_file`).
+"""
+import json
+import os
+
+from llama_np import hub
+from llama_np.atomic_write import atomic_write_text
+
+CMRC2018_FILE = "ymcui/cmrc2018/squad-style-data/cmrc2018_dev.json"
+SONG_CI_FILE = "chinese-poetry/chinese-poetry/宋词/宋词三百首.json"
+
+HELD_OUT_EVERY = 10  # one document in ten is held out: indices 9, 19, 29, …
+PARTS = ("train", "held_out", "all")
+SOURCES = ("cmrc2018", "song_ci")
+
+
+class CorpusError(ValueError):
+    """A corpus that cannot be used: unreadable, not UTF-8, empty, or not in the expected form."""
+
+
+# ----- the mirror's sources ---------------------------------------------------------------
+
+def cmrc2018_paragraphs(path=None):
+    """The 848 Wikipedia paragraphs of cmrc2018's dev set, in file order."""
+    path = path or hub.data_path(CMRC2018_FILE)
+    data = _read_json(path)
+    try:
+        return [paragraph["context"] for article in data["data"] for paragraph in article["paragraphs"]]
+    except (KeyError, TypeError) as e:
+        raise CorpusError(f"{path}: not a SQuAD-style file (data → paragraphs → context; missing {e})") from None
+
+
+def song_ci_poems(path=None):
+    """The 280 poems of 宋词三百首, in file order, each its lines joined by newlines."""
+    path = path or hub.data_path(SONG_CI_FILE)
+    poems = _read_json(path)
+    try:
+        return ["\n".join(poem["paragraphs"]) for poem in poems]
+    except (KeyError, TypeError) as e:
+        raise CorpusError(f"{path}: not a chinese-poetry file (a list of poems with 'paragraphs'; "
+                          f"missing {e})") from None
+
+
+def split(documents, part):
+    """The `part` ("train", "held_out" or "all") of a source's documents (see the module
+    docstring for the rule)."""
+    if part not in PARTS:
+        raise ValueError(f"part must be one of {', '.join(PARTS)}, not {part!r}")
+    if part == "all":
+        return list(documents)
+    held_out = part == "held_out"
+    return [doc for i, doc in enumerate(documents) if (i % HELD_OUT_EVERY == HELD_OUT_EVERY - 1) == held_out]
+
+
+def chinese_documents(part="train", sources=SOURCES):
+    """The documents of `sources` ("cmrc2018", "song_ci") in the given part, source by
+    source: the Chinese text llama_np learns from (part="train") and evaluates on
+    (part="held_out")."""
+    readers = {"cmrc2018": cmrc2018_paragraphs, "song_ci": song_ci_poems}
+    unknown = [s for s in sources if s not in readers]
+    if unknown:
+        raise ValueError(f"unknown corpus source {unknown[0]!r}; known: {', '.join(SOURCES)}")
+    return [doc for source in sources for doc in split(readers[source](), part)]
+
+
+def _read_json(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except OSError as e:
+        raise CorpusError(f"{path}: cannot read ({e.strerror})") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CorpusError(f"{path}: not valid UTF-8 JSON ({e})") from None
+
+
+# ----- plain text files -------------------------------------------------------------------
+
+def read_text_file(path):
+    """The non-blank lines of a UTF-8 text file, one document each (line ends removed).
+
+    Raises CorpusError naming the file when it cannot be read, is not UTF-8 (with the line
+    of the first bad byte), or holds no text at all.
+    """
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise CorpusError(f"{path}: cannot read the corpus ({e.strerror})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise CorpusError(f"{path}: the corpus is not UTF-8 text (byte 0x{data[e.start]:02X} "
+                          f"at line {line} cannot be decoded)") from None
+    if text.startswith("\ufeff"):  # a byte-order mark some editors write first
+        text = text[1:]
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines:
+        raise CorpusError(f"{path}: the corpus is empty (no non-blank lines)")
+    return lines
+
+
+def write_text_file(documents, path):
+    """Write documents one per line (a document's own line breaks stay, so it may take
+    several lines), atomically."""
+    atomic_write_text(path, "".join(doc.rstrip("\n") + "\n" for doc in documents))

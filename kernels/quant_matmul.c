@@ -18,6 +18,7 @@
  * Both are split over output rows with OpenMP. With AVX2 + FMA (and F16C for the scales)
  * the inner loops use 8-lane intrinsics; otherwise plain C computes the same sums.
  */
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -342,4 +343,158 @@ void matmul_q8_0_f32(float *out, const uint8_t *w, const float *x, int64_t n_row
                      int64_t out_features, int64_t in_features, int n_threads)
 {
     quant_matmul(Q8_0, out, w, x, n_rows_x, out_features, in_features, n_threads);
+}
+
+/* =======================================================================================
+ * Optional: int8 activations — llama.cpp's arithmetic (ggml_vec_dot_q4_1_q8_1 and kin).
+ * NumPy reference: llama_np.quant.quant_matmul_int8.
+ *
+ * Quantize every 32-block of an activation row the Q8_0 way, dx = max|x| / 127 and
+ * qx = round(x / dx), and keep sx = dx · Σ qx. A block's dot product then needs integer
+ * products only, and one scale multiply:
+ *
+ *   Q8_0   Σ (dw qw)(dx qx)       = dw dx · Σ qw qx
+ *   Q4_1   Σ (dw qw + m)(dx qx)   = dw dx · Σ qw qx + m · sx
+ *   Q4_0   Σ dw (qw - 8)(dx qx)   = dw dx · Σ qw qx - 8 dw · sx
+ *
+ * AVX2 multiplies 32 byte pairs and adds neighbours in one instruction (maddubs: unsigned
+ * bytes × signed bytes → 16 int16), which is why llama.cpp is fast. The price: each
+ * activation is rounded to 8 bits, an error of up to dx/2, i.e. of up to 1/254 of the
+ * block's largest |x| — on top of the 4-bit weights' error (see quant_matmul_int8).
+ * llama.cpp stores dx and sx as fp16 (block_q8_1); this scratch keeps them in fp32.
+ */
+typedef struct { float d, s; int8_t qs[QK]; } block_q8_act;  /* dx, sx = dx Σ qx, qx */
+
+static void quantize_activations(block_q8_act *blocks, const float *x, int64_t n_blocks)
+{
+    for (int64_t b = 0; b < n_blocks; b++) {
+        const float *xb = x + b * QK;  /* [32] */
+        float amax = 0.0f;
+        for (int j = 0; j < QK; j++) amax = fmaxf(amax, fabsf(xb[j]));
+        const float d = amax / 127.0f;
+        const float inv_d = d != 0.0f ? 1.0f / d : 0.0f;
+        int32_t sum = 0;
+        for (int j = 0; j < QK; j++) {
+            const int32_t q = (int32_t)nearbyintf(xb[j] * inv_d);  /* round half to even */
+            blocks[b].qs[j] = (int8_t)q;
+            sum += q;
+        }
+        blocks[b].d = d;
+        blocks[b].s = d * (float)sum;
+    }
+}
+
+#ifdef USE_AVX2
+/* Σ qw·qx over a block as 8 int32 partial sums, qw = 32 nibbles (0..15), qx signed bytes.
+ * Low nibbles are weights 0-15, high nibbles 16-31: the two halves of one 256-bit register
+ * line up with qx[0..15] and qx[16..31]. */
+static inline __m256i dot_nibbles_int8_avx2(const uint8_t qs[QK / 2], const int8_t qx[QK])
+{
+    const __m128i packed = _mm_loadu_si128((const __m128i *)qs);
+    const __m128i low_nibble = _mm_set1_epi8(0x0F);
+    const __m256i qw = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(packed, 4), low_nibble),
+                                        _mm_and_si128(packed, low_nibble));
+    const __m256i pair_sums = _mm256_maddubs_epi16(qw, _mm256_loadu_si256((const __m256i *)qx));
+    return _mm256_madd_epi16(pair_sums, _mm256_set1_epi16(1));
+}
+
+/* The same for signed qw: maddubs wants its first operand unsigned, so move the sign of
+ * qw onto qx (|qw| · sign(qw) qx = qw qx). */
+static inline __m256i dot_int8_int8_avx2(const int8_t qw[QK], const int8_t qx[QK])
+{
+    const __m256i w = _mm256_loadu_si256((const __m256i *)qw);
+    const __m256i xv = _mm256_loadu_si256((const __m256i *)qx);
+    const __m256i pair_sums = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(xv, w));
+    return _mm256_madd_epi16(pair_sums, _mm256_set1_epi16(1));
+}
+#endif
+
+/* Σ qw·qx over one block, in plain C. */
+static inline int32_t dot_block_int8(quant_type type, const uint8_t *block, const int8_t qx[QK])
+{
+    int32_t sum = 0;
+    if (type == Q8_0) {
+        const int8_t *qw = ((const block_q8_0 *)block)->qs;
+        for (int j = 0; j < QK; j++) sum += qw[j] * qx[j];
+    } else {
+        const uint8_t *qs = type == Q4_0 ? ((const block_q4_0 *)block)->qs : ((const block_q4_1 *)block)->qs;
+        for (int j = 0; j < QK / 2; j++) sum += (qs[j] & 0x0F) * qx[j] + (qs[j] >> 4) * qx[j + QK / 2];
+    }
+    return sum;
+}
+
+/* Σ_k w[k] x[k] for one weight row against one quantized activation row. */
+static float dot_row_int8(quant_type type, const uint8_t *row, const block_q8_act *xq, int64_t n_blocks)
+{
+    float offset = 0.0f;  /* Σ over blocks of m · sx (Q4_1) or -8 dw · sx (Q4_0) */
+#ifdef USE_AVX2
+    __m256 acc = _mm256_setzero_ps();
+#else
+    float acc = 0.0f;
+#endif
+    for (int64_t b = 0; b < n_blocks; b++) {
+        const uint8_t *block = row + b * BLOCK_BYTES[type];
+        const float dw = fp16_to_fp32(*(const uint16_t *)block);  /* d comes first in every block */
+        if (type == Q4_0) offset -= 8.0f * dw * xq[b].s;
+        if (type == Q4_1) offset += fp16_to_fp32(((const block_q4_1 *)block)->m) * xq[b].s;
+#ifdef USE_AVX2
+        const __m256i sums = type == Q8_0
+            ? dot_int8_int8_avx2(((const block_q8_0 *)block)->qs, xq[b].qs)
+            : dot_nibbles_int8_avx2(type == Q4_0 ? ((const block_q4_0 *)block)->qs
+                                                 : ((const block_q4_1 *)block)->qs, xq[b].qs);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(dw * xq[b].d), _mm256_cvtepi32_ps(sums), acc);
+#else
+        acc += dw * xq[b].d * (float)dot_block_int8(type, block, xq[b].qs);
+#endif
+    }
+#ifdef USE_AVX2
+    return hsum_avx2(acc) + offset;
+#else
+    return acc + offset;
+#endif
+}
+
+/* Returns 0, or -1 when the scratch for the quantized activations cannot be allocated. */
+static int quant_matmul_int8(quant_type type, float *out, const uint8_t *w, const float *x,
+                             int64_t n_tokens, int64_t out_features, int64_t in_features, int n_threads)
+{
+    const int64_t n_blocks = in_features / QK;
+    const int64_t row_bytes = n_blocks * BLOCK_BYTES[type];
+    if (n_tokens == 0 || n_blocks == 0) {
+        for (int64_t i = 0; i < n_tokens * out_features; i++) out[i] = 0.0f;
+        return 0;
+    }
+    block_q8_act *xq = malloc(n_tokens * n_blocks * sizeof(block_q8_act));  /* [T, n_blocks] */
+    if (xq == NULL) return -1;
+    #pragma omp parallel num_threads(n_threads)
+    {
+        #pragma omp for schedule(static)
+        for (int64_t t = 0; t < n_tokens; t++)
+            quantize_activations(xq + t * n_blocks, x + t * in_features, n_blocks);
+        /* every token against a weight row while the row is in L1 */
+        #pragma omp for schedule(static)
+        for (int64_t r = 0; r < out_features; r++)
+            for (int64_t t = 0; t < n_tokens; t++)
+                out[t * out_features + r] = dot_row_int8(type, w + r * row_bytes, xq + t * n_blocks, n_blocks);
+    }
+    free(xq);
+    return 0;
+}
+
+int matmul_q4_0_f32_int8(float *out, const uint8_t *w, const float *x, int64_t n_rows_x,
+                         int64_t out_features, int64_t in_features, int n_threads)
+{
+    return quant_matmul_int8(Q4_0, out, w, x, n_rows_x, out_features, in_features, n_threads);
+}
+
+int matmul_q4_1_f32_int8(float *out, const uint8_t *w, const float *x, int64_t n_rows_x,
+                         int64_t out_features, int64_t in_features, int n_threads)
+{
+    return quant_matmul_int8(Q4_1, out, w, x, n_rows_x, out_features, in_features, n_threads);
+}
+
+int matmul_q8_0_f32_int8(float *out, const uint8_t *w, const float *x, int64_t n_rows_x,
+                         int64_t out_features, int64_t in_features, int n_threads)
+{
+    return quant_matmul_int8(Q8_0, out, w, x, n_rows_x, out_features, in_features, n_threads);
 }

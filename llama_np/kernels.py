@@ -88,10 +88,11 @@ _QUANT_MATMUL_KERNELS = {"Q4_0": "matmul_q4_0_f32", "Q4_1": "matmul_q4_1_f32",
                          "Q8_0": "matmul_q8_0_f32"}
 
 
-def quant_matmul(data, qtype, x):
+def quant_matmul(data, qtype, x, int8_activations=False):
     """C x @ W.T with W quantized: data uint8 [out, row_bytes] holding `qtype` blocks
     (read-only memory maps are fine), x float32 [T, in] → [T, out] float32.
-    NumPy reference: llama_np.quant.quant_matmul.
+    NumPy reference: llama_np.quant.quant_matmul, or with int8_activations=True (x rounded
+    to 8 bits per block, llama.cpp's arithmetic) llama_np.quant.quant_matmul_int8.
 
     Decoding calls this about 200 times per token, so the buffers are passed as typed
     cffi views (`ffi.from_buffer("float[]", ...)`), the cheapest way in (≈ 3 µs a call)."""
@@ -111,7 +112,10 @@ def quant_matmul(data, qtype, x):
     if int(ffi.cast("uintptr_t", w_buffer)) % 2:
         raise ValueError("quantized data must start at an even address (its fp16 scales)")
     out = np.empty((n_tokens, out_features), dtype=np.float32)            # [T, out]
-    getattr(lib, _QUANT_MATMUL_KERNELS[qtype])(
-        ffi.from_buffer("float[]", out, require_writable=True), w_buffer,
-        ffi.from_buffer("float[]", x), n_tokens, out_features, in_features, _num_threads)
+    args = (ffi.from_buffer("float[]", out, require_writable=True), w_buffer,
+            ffi.from_buffer("float[]", x), n_tokens, out_features, in_features, _num_threads)
+    if not int8_activations:
+        getattr(lib, _QUANT_MATMUL_KERNELS[qtype])(*args)
+    elif getattr(lib, _QUANT_MATMUL_KERNELS[qtype] + "_int8")(*args) != 0:
+        raise MemoryError(f"no memory to quantize {n_tokens} x {in_features} activations")
     return out

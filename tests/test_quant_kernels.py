@@ -44,26 +44,46 @@ def threads():
     kernels.set_num_threads(saved)
 
 
+def reference(data, qtype, x, int8_activations):
+    if int8_activations:
+        return quant.quant_matmul_int8(data, qtype, x)
+    return quant.quant_matmul(data, qtype, x)
+
+
+@pytest.mark.parametrize("int8_activations", [False, True], ids=["fp32_x", "int8_x"])
 @pytest.mark.parametrize("qtype", QTYPES)
 @pytest.mark.parametrize("in_features", [32, 96, 576 + 32])
 @pytest.mark.parametrize("out_features", [1, 7, 33, 577])
 @pytest.mark.parametrize("n_tokens", [1, 3, 17])
-def test_c_matches_numpy_reference(qtype, in_features, out_features, n_tokens):
+def test_c_matches_numpy_reference(qtype, in_features, out_features, n_tokens, int8_activations):
     data = quantized(qtype, out_features, in_features)
     x = activations(n_tokens, in_features)
-    y = kernels.quant_matmul(data, qtype, x)
+    y = kernels.quant_matmul(data, qtype, x, int8_activations)
     assert y.dtype == np.float32 and y.shape == (n_tokens, out_features)
-    assert_close_to_reference(y, quant.quant_matmul(data, qtype, x))
+    assert_close_to_reference(y, reference(data, qtype, x, int8_activations))
 
 
 @pytest.mark.parametrize("qtype", QTYPES)
+def test_int8_path_with_zero_and_tiny_activation_blocks(qtype):
+    """A block of zeros has dx = 0 (its qx are all 0); tiny blocks keep their own scale."""
+    data, x = quantized(qtype, 7, 96), activations(4, 96)
+    x[0, :QK] = 0
+    x[1] = 0
+    x[2, QK:2 * QK] *= 1e-30
+    y = kernels.quant_matmul(data, qtype, x, int8_activations=True)
+    assert np.all(np.isfinite(y)) and not np.any(y[1])
+    assert_close_to_reference(y, quant.quant_matmul_int8(data, qtype, x))
+
+
+@pytest.mark.parametrize("int8_activations", [False, True], ids=["fp32_x", "int8_x"])
+@pytest.mark.parametrize("qtype", QTYPES)
 @pytest.mark.parametrize("n_tokens", [1, 2, 4, 9])
-def test_results_do_not_depend_on_thread_count(qtype, n_tokens, threads):
+def test_results_do_not_depend_on_thread_count(qtype, n_tokens, int8_activations, threads):
     data, x = quantized(qtype, 33, 96), activations(n_tokens, 96)
     threads(1)
-    one = kernels.quant_matmul(data, qtype, x)
+    one = kernels.quant_matmul(data, qtype, x, int8_activations)
     threads(2)
-    np.testing.assert_array_equal(kernels.quant_matmul(data, qtype, x), one)
+    np.testing.assert_array_equal(kernels.quant_matmul(data, qtype, x, int8_activations), one)
 
 
 def test_gemv_and_gemm_paths_agree():
@@ -73,8 +93,10 @@ def test_gemv_and_gemm_paths_agree():
     assert_close_to_reference(kernels.quant_matmul(data, "Q4_1", x), one_by_one)
 
 
-def test_empty_batch():
-    assert kernels.quant_matmul(quantized("Q8_0", 7, 32), "Q8_0", activations(0, 32)).shape == (0, 7)
+@pytest.mark.parametrize("int8_activations", [False, True], ids=["fp32_x", "int8_x"])
+def test_empty_batch(int8_activations):
+    y = kernels.quant_matmul(quantized("Q8_0", 7, 32), "Q8_0", activations(0, 32), int8_activations)
+    assert y.shape == (0, 7)
 
 
 def fp16_probe(n_tokens):
@@ -98,14 +120,16 @@ def test_every_finite_fp16_scale_is_decoded_exactly(n_tokens):
     np.testing.assert_array_equal(kernels.quant_matmul(data, "Q8_0", x), expected)
 
 
+@pytest.mark.parametrize("int8_activations", [False, True], ids=["fp32_x", "int8_x"])
 @pytest.mark.parametrize("qtype", QTYPES)
-def test_quantized_matrix_matmul_uses_the_c_kernel(qtype, monkeypatch):
+def test_quantized_matrix_matmul_uses_the_c_kernel(qtype, int8_activations, monkeypatch):
     data = quantized(qtype, 33, 96)
     x = activations(2, 96).reshape(2, 1, 96)
-    expected = kernels.quant_matmul(data, qtype, x.reshape(2, 96)).reshape(2, 1, 33)
-    np.testing.assert_array_equal(QuantizedMatrix(data, qtype, (33, 96)).matmul(x), expected)
+    matrix = QuantizedMatrix(data, qtype, (33, 96), int8_activations=int8_activations)
+    expected = kernels.quant_matmul(data, qtype, x.reshape(2, 96), int8_activations)
+    np.testing.assert_array_equal(matrix.matmul(x), expected.reshape(2, 1, 33))
     monkeypatch.setattr(kernels, "AVAILABLE", False)                        # the NumPy path
-    assert_close_to_reference(QuantizedMatrix(data, qtype, (33, 96)).matmul(x), expected)
+    assert_close_to_reference(matrix.matmul(x), expected.reshape(2, 1, 33))
 
 
 # ---------------------------------------------------------------------------------------
@@ -176,16 +200,18 @@ def portable_lib(tmp_path_factory):
     return module
 
 
+@pytest.mark.parametrize("int8_activations", [False, True], ids=["fp32_x", "int8_x"])
 @pytest.mark.parametrize("qtype", QTYPES)
 @pytest.mark.parametrize("n_tokens", [1, 5])
-def test_portable_c_matches_numpy_reference(portable_lib, qtype, n_tokens):
+def test_portable_c_matches_numpy_reference(portable_lib, qtype, n_tokens, int8_activations):
     ffi, lib = portable_lib.ffi, portable_lib.lib
     data, x = quantized(qtype, 33, 96), activations(n_tokens, 96)
     y = np.empty((n_tokens, 33), dtype=np.float32)
-    getattr(lib, f"matmul_{qtype.lower()}_f32")(
+    name = f"matmul_{qtype.lower()}_f32" + ("_int8" if int8_activations else "")
+    getattr(lib, name)(
         ffi.from_buffer("float[]", y, require_writable=True), ffi.from_buffer("uint8_t[]", data),
         ffi.from_buffer("float[]", x), n_tokens, 33, 96, 2)
-    assert_close_to_reference(y, quant.quant_matmul(data, qtype, x))
+    assert_close_to_reference(y, reference(data, qtype, x, int8_activations))
 
 
 def test_portable_fp16_decoder_is_exact(portable_lib):

@@ -409,6 +409,12 @@ static inline __m256i dot_int8_int8_avx2(const int8_t qw[QK], const int8_t qx[QK
 }
 #endif
 
+/* The 16 nibble bytes of a Q4_0 or Q4_1 block. */
+static inline const uint8_t *nibbles_of(quant_type type, const uint8_t *block)
+{
+    return type == Q4_0 ? ((const block_q4_0 *)block)->qs : ((const block_q4_1 *)block)->qs;
+}
+
 /* Σ qw·qx over one block, in plain C. */
 static inline int32_t dot_block_int8(quant_type type, const uint8_t *block, const int8_t qx[QK])
 {
@@ -417,7 +423,7 @@ static inline int32_t dot_block_int8(quant_type type, const uint8_t *block, cons
         const int8_t *qw = ((const block_q8_0 *)block)->qs;
         for (int j = 0; j < QK; j++) sum += qw[j] * qx[j];
     } else {
-        const uint8_t *qs = type == Q4_0 ? ((const block_q4_0 *)block)->qs : ((const block_q4_1 *)block)->qs;
+        const uint8_t *qs = nibbles_of(type, block);
         for (int j = 0; j < QK / 2; j++) sum += (qs[j] & 0x0F) * qx[j] + (qs[j] >> 4) * qx[j + QK / 2];
     }
     return sum;
@@ -434,14 +440,15 @@ static float dot_row_int8(quant_type type, const uint8_t *row, const block_q8_ac
 #endif
     for (int64_t b = 0; b < n_blocks; b++) {
         const uint8_t *block = row + b * BLOCK_BYTES[type];
-        const float dw = fp16_to_fp32(*(const uint16_t *)block);  /* d comes first in every block */
+        uint16_t d_bits;
+        memcpy(&d_bits, block, sizeof d_bits);                     /* d comes first in every block */
+        const float dw = fp16_to_fp32(d_bits);
         if (type == Q4_0) offset -= 8.0f * dw * xq[b].s;
         if (type == Q4_1) offset += fp16_to_fp32(((const block_q4_1 *)block)->m) * xq[b].s;
 #ifdef USE_AVX2
         const __m256i sums = type == Q8_0
             ? dot_int8_int8_avx2(((const block_q8_0 *)block)->qs, xq[b].qs)
-            : dot_nibbles_int8_avx2(type == Q4_0 ? ((const block_q4_0 *)block)->qs
-                                                 : ((const block_q4_1 *)block)->qs, xq[b].qs);
+            : dot_nibbles_int8_avx2(nibbles_of(type, block), xq[b].qs);
         acc = _mm256_fmadd_ps(_mm256_set1_ps(dw * xq[b].d), _mm256_cvtepi32_ps(sums), acc);
 #else
         acc += dw * xq[b].d * (float)dot_block_int8(type, block, xq[b].qs);

@@ -120,7 +120,8 @@ def generate_text(model, tokenizer, prompt_ids, sampler, *, max_new_tokens, cach
         if stops.stopped:
             stats.stop_reason = "stop string"
             return
-    text = stops.push(decoder.flush())
+    # a reply cut off inside a multi-byte character ends before it, not with U+FFFD
+    text = stops.push(decoder.flush().rstrip("\ufffd"))
     text += "" if stops.stopped else stops.flush()
     if text:
         yield text

@@ -33,6 +33,8 @@ def read_safetensors(path):
     try:
         with open(path, "rb") as fh:
             header_len = int.from_bytes(fh.read(8), "little")
+            if header_len > os.path.getsize(path) - 8:
+                raise ValueError(f"header length {header_len} exceeds the file size")
             header = json.loads(fh.read(header_len))
         tensors = {}
         with safe_open(path, framework="numpy") as f:

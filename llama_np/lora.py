@@ -54,9 +54,10 @@ def lora_linear_forward(x, weight, lora_a, lora_b, scaling, dropout=0.0, rng=Non
     Dropout (only when `rng` is given, i.e. in training) zeroes each input of the low-rank
     branch with probability `dropout` and scales the rest by 1/(1 - dropout), as PEFT's
     `lora_dropout` does; the frozen branch always sees the whole x. The product is taken as
-    (x Aᵀ) Bᵀ, never forming B A [out, in]."""
+    (x Aᵀ) Bᵀ, never forming B A [out, in]. The cache does not hold W: backward is given
+    it again (a quantized W can then be dequantized again instead of being kept)."""
     # x: [N, in], weight: [out, in], lora_a: [r, in], lora_b: [out, r]
-    y, base_cache = ops.linear_forward(x, weight)                       # [N, out]
+    y, _ = ops.linear_forward(x, weight)                                # [N, out]
     keep = None
     x_lora = x
     if rng is not None and dropout > 0:
@@ -64,10 +65,10 @@ def lora_linear_forward(x, weight, lora_a, lora_b, scaling, dropout=0.0, rng=Non
         x_lora = x * keep * x.dtype.type(1.0 / (1.0 - dropout))
     u = x_lora @ lora_a.T                                               # [N, r]
     y += (u @ lora_b.T) * y.dtype.type(scaling)                         # [N, out]
-    return y, (base_cache, keep, u, lora_a, lora_b, scaling, dropout)
+    return y, (x, keep, u, lora_a, lora_b, scaling, dropout)
 
 
-def lora_linear_backward(dy, cache, input_grad=True):
+def lora_linear_backward(dy, cache, weight, input_grad=True):
     """Gradients of lora_linear_forward for A, B and the input x (W gets none: it is frozen).
 
         dB = s · dyᵀ u           u = dropout(x) Aᵀ   [N, r]
@@ -76,8 +77,7 @@ def lora_linear_backward(dy, cache, input_grad=True):
         dx = dy W + dropout'(du A)   (the same mask and 1/(1-p) scale as the forward)
 
     `input_grad=False` skips dx (the first layer, when nothing below it is trained)."""
-    base_cache, keep, u, lora_a, lora_b, scaling, dropout = cache
-    x = base_cache[0]
+    x, keep, u, lora_a, lora_b, scaling, dropout = cache
     s = dy.dtype.type(scaling)
     # dy: [N, out]
     dlora_b = (dy.T @ u) * s                                            # [out, r]
@@ -87,7 +87,7 @@ def lora_linear_backward(dy, cache, input_grad=True):
     dlora_a = du.T @ x_lora                                             # [r, in]
     dx = None
     if input_grad:
-        dx, _ = ops.linear_backward(dy, base_cache, weight_grad=False)  # [N, in]
+        dx, _ = ops.linear_backward(dy, (x, weight), weight_grad=False)  # [N, in]
         dx_lora = du @ lora_a                                           # [N, in]
         if keep is not None:
             dx_lora *= keep * inv_keep
@@ -125,9 +125,9 @@ class LoraLinear:
 
 
 def dense(weight):
-    """A weight as a float32 array (quantized weights dequantized: one matrix at a time)."""
-    if isinstance(weight, np.ndarray):
-        return weight.astype(np.float32, copy=False)
+    """A weight as a float array (quantized weights dequantized: one matrix at a time)."""
+    if isinstance(weight, np.ndarray):  # float64 stays float64 (gradient checks)
+        return weight if weight.dtype == np.float64 else weight.astype(np.float32, copy=False)
     if isinstance(weight, LoraLinear):
         return weight.merged()
     return weight.dequantize()

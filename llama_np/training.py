@@ -27,7 +27,7 @@ dequantized values block by block (QLoRA), and no fp32 copy of the model is made
 import numpy as np
 
 from llama_np import ops
-from llama_np.lora import (EMBED, LM_HEAD, lora_linear_backward, lora_linear_forward,
+from llama_np.lora import (EMBED, LM_HEAD, dense, lora_linear_backward, lora_linear_forward,
                            lora_names)
 from llama_np.model import layer_weight_names
 
@@ -81,41 +81,51 @@ class TrainableLlama:
         return None
 
     # ------------------------------------------------------------ one projection
-    def _project(self, x, name, rng, dtype):
-        """x Wᵀ for the weight `name`, through LoRA when the adapter targets it."""
+    def layer_weights(self, layer):
+        """The frozen weights of one block as float32 arrays, by `layer_weight_names` key.
+        Quantized weights are dequantized here, one block at a time, and dropped when the
+        block is done: big BLAS products on [B·T, D] beat multiplying 256-row tiles, and at
+        most one block (14 MB for SmolLM2) exists in fp32 besides an fp32 base."""
+        return {key: dense(self.weights[name]) for key, name in layer_weight_names(layer).items()}
+
+    def _project(self, x, name, weight, rng):
+        """x Wᵀ for the weight `name` (its value `weight`), through LoRA when targeted.
+        The tape entry keeps the input, not W (backward gets W from layer_weights again)."""
         if name in self.lora:
             a_name, b_name, scaling = self.lora[name]
-            y, cache = lora_linear_forward(x, self.weights[name], self.params[a_name].astype(dtype, copy=False),
-                                           self.params[b_name].astype(dtype, copy=False), scaling,
+            y, cache = lora_linear_forward(x, weight, self.params[a_name].astype(x.dtype, copy=False),
+                                           self.params[b_name].astype(x.dtype, copy=False), scaling,
                                            self.dropout, rng)
             return y, ("lora", name, cache)
-        y, cache = ops.linear_forward(x, self.weights[name])
-        return y, ("frozen", name, cache)
+        y, _ = ops.linear_forward(x, weight)
+        return y, ("frozen", name, x)
 
-    def _project_backward(self, dy, entry, grads, input_grad=True):
+    def _project_backward(self, dy, entry, weight, grads, input_grad=True):
         kind, name, cache = entry
         if kind == "lora":
             a_name, b_name, _ = self.lora[name]
-            dx, dlora_a, dlora_b = lora_linear_backward(dy, cache, input_grad)
+            dx, dlora_a, dlora_b = lora_linear_backward(dy, cache, weight, input_grad)
             _accumulate(grads, a_name, dlora_a)
             _accumulate(grads, b_name, dlora_b)
             return dx
-        return ops.linear_backward(dy, cache, weight_grad=False)[0] if input_grad else None
+        if not input_grad:
+            return None
+        return ops.linear_backward(dy, (cache, weight), weight_grad=False)[0]
 
     # ------------------------------------------------------------------ a block
     def block_forward(self, h, layer, batch, positions, rng):
         """One transformer block on h [B·T, D]; returns the new h and the block's tape."""
         cfg = self.config
-        w = layer_weight_names(layer)
+        names, w = layer_weight_names(layer), self.layer_weights(layer)
         n_tokens, n_heads, n_kv, hd = h.shape[0], cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         seq_len = n_tokens // batch
         eps, theta = cfg.rms_norm_eps, cfg.rope_theta
         tape = {}
 
-        x, tape["attn_norm"] = ops.rmsnorm_forward(h, self.weights[w["attn_norm"]], eps)  # [N, D]
-        q, tape["q"] = self._project(x, w["q"], rng, h.dtype)                           # [N, H*hd]
-        k, tape["k"] = self._project(x, w["k"], rng, h.dtype)                           # [N, H_kv*hd]
-        v, tape["v"] = self._project(x, w["v"], rng, h.dtype)                           # [N, H_kv*hd]
+        x, tape["attn_norm"] = ops.rmsnorm_forward(h, w["attn_norm"], eps)  # [N, D]
+        q, tape["q"] = self._project(x, names["q"], w["q"], rng)                           # [N, H*hd]
+        k, tape["k"] = self._project(x, names["k"], w["k"], rng)                           # [N, H_kv*hd]
+        v, tape["v"] = self._project(x, names["v"], w["v"], rng)                           # [N, H_kv*hd]
         q, tape["rope"] = ops.rope_forward(q.reshape(n_tokens, n_heads, hd), positions, theta)
         k, _ = ops.rope_forward(k.reshape(n_tokens, n_kv, hd), positions, theta)       # same angles
         q = q.reshape(batch, seq_len, n_heads, hd)
@@ -126,30 +136,31 @@ class TrainableLlama:
         for b in range(batch):  # each sequence has its own causal attention
             attn[b], cache = ops.attention_forward(q[b], k[b], v[b])
             tape["attention"].append(cache)
-        o, tape["o"] = self._project(attn.reshape(n_tokens, -1), w["o"], rng, h.dtype)  # [N, D]
+        o, tape["o"] = self._project(attn.reshape(n_tokens, -1), names["o"], w["o"], rng)  # [N, D]
         h = h + o
 
-        x, tape["mlp_norm"] = ops.rmsnorm_forward(h, self.weights[w["mlp_norm"]], eps)  # [N, D]
-        gate, tape["gate"] = self._project(x, w["gate"], rng, h.dtype)                  # [N, F]
-        up, tape["up"] = self._project(x, w["up"], rng, h.dtype)                        # [N, F]
+        x, tape["mlp_norm"] = ops.rmsnorm_forward(h, w["mlp_norm"], eps)  # [N, D]
+        gate, tape["gate"] = self._project(x, names["gate"], w["gate"], rng)                  # [N, F]
+        up, tape["up"] = self._project(x, names["up"], w["up"], rng)                        # [N, F]
         hidden, tape["swiglu"] = ops.swiglu_forward(gate, up)                          # [N, F]
-        down, tape["down"] = self._project(hidden, w["down"], rng, h.dtype)             # [N, D]
+        down, tape["down"] = self._project(hidden, names["down"], w["down"], rng)             # [N, D]
         return h + down, tape
 
-    def block_backward(self, dh, tape, grads, input_grad=True):
-        """Backward of one block: dh [N, D] at its output → dh at its input (None when
+    def block_backward(self, dh, layer, tape, grads, input_grad=True):
+        """Backward of block `layer`: dh [N, D] at its output → dh at its input (None when
         `input_grad` is False: nothing below this block needs it)."""
         cfg = self.config
+        w = self.layer_weights(layer)
         n_tokens, hd = dh.shape[0], cfg.head_dim
         # MLP branch: h_out = h_mid + down(swiglu(gate(x), up(x))), x = rmsnorm(h_mid)
-        dhidden = self._project_backward(dh, tape.pop("down"), grads)                   # [N, F]
+        dhidden = self._project_backward(dh, tape.pop("down"), w["down"], grads)                   # [N, F]
         dgate, dup = ops.swiglu_backward(dhidden, tape.pop("swiglu"))                   # [N, F]
-        dx = self._project_backward(dgate, tape.pop("gate"), grads)                     # [N, D]
-        dx += self._project_backward(dup, tape.pop("up"), grads)
+        dx = self._project_backward(dgate, tape.pop("gate"), w["gate"], grads)                     # [N, D]
+        dx += self._project_backward(dup, tape.pop("up"), w["up"], grads)
         dh = dh + ops.rmsnorm_backward(dx, tape.pop("mlp_norm"))[0]                    # [N, D]
 
         # attention branch: h_mid = h_in + o(attention(rope(q(x)), rope(k(x)), v(x)))
-        dattn = self._project_backward(dh, tape.pop("o"), grads)                        # [N, H*hd]
+        dattn = self._project_backward(dh, tape.pop("o"), w["o"], grads)                        # [N, H*hd]
         caches = tape.pop("attention")
         batch = len(caches)
         seq_len = n_tokens // batch
@@ -164,9 +175,9 @@ class TrainableLlama:
         dq = ops.rope_backward(dq.reshape(n_tokens, -1, hd), rope_cache).reshape(n_tokens, -1)
         dk = ops.rope_backward(dk.reshape(n_tokens, -1, hd), rope_cache).reshape(n_tokens, -1)
         dv = dv.reshape(n_tokens, -1)
-        dx = self._project_backward(dq, tape.pop("q"), grads, input_grad)
-        dx_k = self._project_backward(dk, tape.pop("k"), grads, input_grad)
-        dx_v = self._project_backward(dv, tape.pop("v"), grads, input_grad)
+        dx = self._project_backward(dq, tape.pop("q"), w["q"], grads, input_grad)
+        dx_k = self._project_backward(dk, tape.pop("k"), w["k"], grads, input_grad)
+        dx_v = self._project_backward(dv, tape.pop("v"), w["v"], grads, input_grad)
         if not input_grad:
             return None
         dx += dx_k
@@ -212,14 +223,14 @@ class TrainableLlama:
         # (softmax - onehot), so the [K, V] logits never need to be kept for later.
         head = self.output_head
         head_name = self._trained_name(head)
+        head = dense(head).astype(dtype, copy=False)   # a quantized head: dequantized for this step only
         total_nll = 0.0
         dh_norm = np.zeros_like(h_norm) if need_grads else None                         # [N, D]
         dhead = None
         for start in range(0, n_targets, HEAD_CHUNK):
             chunk = rows[start:start + HEAD_CHUNK]                                      # [C]
             x = h_norm[chunk]                                                           # [C, D]
-            logits, head_cache = ops.linear_forward(x, head.astype(dtype, copy=False)
-                                                    if isinstance(head, np.ndarray) else head)
+            logits, head_cache = ops.linear_forward(x, head)                          # [C, V]
             loss, ce_cache = ops.cross_entropy_forward(logits, targets[chunk])
             del logits
             total_nll += loss * len(chunk)
@@ -247,7 +258,7 @@ class TrainableLlama:
         layers = tape.pop("layers")
         for layer in reversed(range(len(layers))):
             needs_input = layer > 0 or embed_name is not None
-            dh = self.block_backward(dh, layers.pop(), grads, input_grad=needs_input)
+            dh = self.block_backward(dh, layer, layers.pop(), grads, input_grad=needs_input)
         if embed_name is not None:
             dtable = ops.embedding_backward(dh, tape.pop("embed"), self.trainable_rows)
             _accumulate(grads, embed_name, dtable)

@@ -39,7 +39,7 @@ def test_lora_linear_backward_matches_finite_differences(rng):
     fwd = lambda x, a, b: lora.lora_linear_forward(x, w, a, b, 1.5, 0.3, np.random.default_rng(7))[0]
     check_grads(fwd, [x, a, b],
                 lambda dy: lora.lora_linear_backward(
-                    dy, lora.lora_linear_forward(x, w, a, b, 1.5, 0.3, np.random.default_rng(7))[1]),
+                    dy, lora.lora_linear_forward(x, w, a, b, 1.5, 0.3, np.random.default_rng(7))[1], w),
                 rng)
 
 

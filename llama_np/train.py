@@ -1,0 +1,381 @@
+"""The training loop: AdamW, the learning-rate schedule, gradient clipping and accumulation,
+and checkpoints that make an interrupted run continue exactly where it stopped.
+
+One optimizer step:
+
+    for each of `grad_accum` micro-batches:            (B examples each, right-padded)
+        loss, grads = forward + backward                (gradients summed over micro-batches)
+    g = g · min(1, max_norm / ‖g‖)                      (clip the global gradient norm)
+    θ = AdamW(θ, g, lr(step))                           (decoupled weight decay)
+
+The gradient of the whole step is that of the mean loss over all its target tokens, however
+they are split into micro-batches.
+
+Exact resume: the batch of step n is a pure function of n (`data.BatchSchedule`), and a
+checkpoint holds everything else that changes — the adapter, AdamW's moments and step
+count, and the state of the random generator that draws LoRA dropout masks, taken at the
+start of the step. So 10 steps + resume + 10 steps computes bit for bit what 20 steps do.
+"""
+import json
+import math
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from llama_np.checkpoint.peft import load_adapter, save_adapter
+
+LATEST = "latest"                 # the file naming the newest checkpoint folder of a run
+OPTIMIZER_FILE = "optimizer.safetensors"
+STATE_FILE = "trainer_state.json"
+LOG_FILE = "train_log.jsonl"
+PLOT_FILE = "loss.png"
+
+
+# -------------------------------------------------------------------------- AdamW
+class AdamW:
+    """Adam with decoupled weight decay (Loshchilov & Hutter 2019), as torch.optim.AdamW:
+
+        θ ← θ - lr·λ·θ                                  (decay, not part of the gradient)
+        m ← β1 m + (1 - β1) g,   v ← β2 v + (1 - β2) g²
+        θ ← θ - lr · m̂ / (√v̂ + ε),   m̂ = m / (1 - β1^t),  v̂ = v / (1 - β2^t)
+    """
+
+    def __init__(self, params, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+        self.beta1, self.beta2 = betas
+        self.eps = eps
+        self.weight_decay = weight_decay
+        self.t = 0
+        self.m = {name: np.zeros_like(p) for name, p in params.items()}
+        self.v = {name: np.zeros_like(p) for name, p in params.items()}
+
+    def step(self, params, grads, lr):
+        """Update `params` in place with `grads` (a parameter without a gradient is left alone,
+        as torch does for p.grad is None)."""
+        self.t += 1
+        bias1 = 1.0 - self.beta1 ** self.t
+        bias2 = 1.0 - self.beta2 ** self.t
+        for name, g in grads.items():
+            p, m, v = params[name], self.m[name], self.v[name]
+            if self.weight_decay:
+                p *= p.dtype.type(1.0 - lr * self.weight_decay)
+            m *= m.dtype.type(self.beta1)
+            m += m.dtype.type(1.0 - self.beta1) * g
+            v *= v.dtype.type(self.beta2)
+            v += v.dtype.type(1.0 - self.beta2) * (g * g)
+            denom = np.sqrt(v) / v.dtype.type(math.sqrt(bias2)) + v.dtype.type(self.eps)
+            p -= p.dtype.type(lr / bias1) * m / denom
+
+    def state_tensors(self):
+        tensors = {f"m.{name}": m for name, m in self.m.items()}
+        tensors.update({f"v.{name}": v for name, v in self.v.items()})
+        return tensors
+
+    def load_state_tensors(self, tensors, t):
+        for name in self.m:
+            if f"m.{name}" not in tensors or f"v.{name}" not in tensors:
+                raise ValueError(f"optimizer state has no moments for {name!r}")
+            self.m[name][...] = tensors[f"m.{name}"]
+            self.v[name][...] = tensors[f"v.{name}"]
+        self.t = t
+
+
+# ------------------------------------------------------------ schedule, clipping
+def learning_rate(step, base_lr, total_steps, warmup_steps=0, schedule="cosine"):
+    """The learning rate of optimizer step `step` (0-based), as transformers' schedulers:
+    linear warm-up from 0 over `warmup_steps`, then cosine or linear decay to 0 at
+    `total_steps` (or constant)."""
+    if step < warmup_steps:
+        return base_lr * step / max(1, warmup_steps)
+    if schedule == "constant":
+        return base_lr
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    if schedule == "linear":
+        return base_lr * max(0.0, 1.0 - progress)
+    if schedule == "cosine":
+        return base_lr * max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+    raise ValueError(f"unknown learning-rate schedule {schedule!r} (cosine, linear, constant)")
+
+
+def clip_grad_norm(grads, max_norm):
+    """Scale all gradients by min(1, max_norm / ‖g‖), ‖g‖ the norm of all of them together.
+    Returns ‖g‖ before clipping."""
+    total = math.sqrt(sum(float(np.dot(g.reshape(-1), g.reshape(-1))) for g in grads.values()))
+    if max_norm and total > max_norm:
+        scale = max_norm / (total + 1e-6)
+        for g in grads.values():
+            g *= g.dtype.type(scale)
+    return total
+
+
+# ------------------------------------------------------------------- the trainer
+@dataclass
+class TrainConfig:
+    lr: float = 2e-4
+    steps: int = 100                # optimizer steps in the whole run
+    grad_accum: int = 1
+    warmup_steps: int = 0
+    schedule: str = "cosine"
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    seed: int = 42
+    save_every: int = 0             # 0: only at the end (and on Ctrl-C)
+    eval_every: int = 0             # 0: only at the end
+    keep_checkpoints: int = 2
+
+
+class Trainer:
+    """Runs `config.steps` optimizer steps of `model` (a `training.TrainableLlama`) on the
+    micro-batches of `batches` (a `data.BatchSchedule`), writing into `out_dir`:
+
+        checkpoint-{step}/     adapter (PEFT) + optimizer.safetensors + trainer_state.json
+        latest                 the name of the newest complete checkpoint
+        train_log.jsonl        one JSON object per step (loss, lr, grad norm, tokens/s, …)
+        loss.png               the loss curve, drawn at the end
+    """
+
+    def __init__(self, model, batches, config, out_dir, eval_batches=None, run_info=None,
+                 progress=True):
+        self.model = model
+        self.batches = batches
+        self.config = config
+        self.out_dir = os.fspath(out_dir)
+        self.eval_batches = eval_batches
+        self.run_info = run_info or {}   # e.g. the command-line arguments, kept in checkpoints
+        self.progress = progress
+        self.optimizer = AdamW(model.params, weight_decay=config.weight_decay)
+        self.rng = np.random.default_rng(config.seed)   # LoRA dropout masks
+        self.step = 0
+        self.history = []                 # the log records of this run
+
+    # ----------------------------------------------------------------- one step
+    def train_step(self):
+        """One optimizer step; returns its log record."""
+        cfg = self.config
+        started = time.perf_counter()
+        micro = [self.batches.micro_batch(self.step * cfg.grad_accum + k) for k in range(cfg.grad_accum)]
+        n_targets = sum(int(np.sum(labels[:, 1:] != -100)) for _, labels in micro)
+        grads, total_nll, n_tokens = {}, 0.0, 0
+        for ids, labels in micro:
+            loss, n, tape = self.model.forward(ids, labels, self.rng, n_targets_total=n_targets)
+            for name, g in self.model.backward(tape).items():
+                if name in grads:
+                    grads[name] += g
+                else:
+                    grads[name] = g
+            total_nll += loss * n
+            n_tokens += ids.size
+        grad_norm = clip_grad_norm(grads, cfg.max_grad_norm)
+        lr = learning_rate(self.step, cfg.lr, cfg.steps, cfg.warmup_steps, cfg.schedule)
+        self.optimizer.step(self.model.params, grads, lr)
+        self.step += 1
+        seconds = time.perf_counter() - started
+        return {"step": self.step, "loss": total_nll / max(n_targets, 1), "lr": lr,
+                "grad_norm": grad_norm, "tokens": n_tokens, "targets": n_targets,
+                "seconds": round(seconds, 3), "tokens_per_s": round(n_tokens / seconds, 1)}
+
+    def evaluate(self):
+        """Mean loss over every target token of the evaluation set (no dropout)."""
+        total, count = 0.0, 0
+        for m in range(len(self.eval_batches)):
+            ids, labels = self.eval_batches.micro_batch(m)
+            loss, n = self.model.loss(ids, labels)
+            total += loss * n
+            count += n
+        return total / max(count, 1)
+
+    # ----------------------------------------------------------------- the loop
+    def train(self, stop_at=None):
+        """Train until `config.steps` (or until step `stop_at`, as if interrupted there; the
+        schedule still runs over `config.steps`). The first Ctrl-C finishes the current step,
+        saves a checkpoint and raises KeyboardInterrupt; a second one stops at once (the last
+        checkpoint stays valid). Returns the log records of this call."""
+        cfg = self.config
+        stop_at = min(stop_at or cfg.steps, cfg.steps)
+        os.makedirs(self.out_dir, exist_ok=True)
+        stop = {"requested": False}
+        previous_handler = _install_sigint(stop)
+        bar = _progress_bar(self.progress, cfg.steps, self.step)
+        last_saved = self.step
+        try:
+            while self.step < stop_at:
+                record = self.train_step()  # a second Ctrl-C interrupts it: nothing is saved
+                if self.eval_batches is not None and (
+                        self.step == cfg.steps or (cfg.eval_every and self.step % cfg.eval_every == 0)):
+                    record["eval_loss"] = self.evaluate()
+                self._log(record)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
+                if cfg.save_every and self.step % cfg.save_every == 0:
+                    self.save_checkpoint()
+                    last_saved = self.step
+                if stop["requested"]:
+                    break
+        finally:
+            if bar is not None:
+                bar.close()
+            _restore_sigint(previous_handler)
+        if self.step != last_saved:
+            self.save_checkpoint()
+        if stop["requested"]:
+            raise KeyboardInterrupt(f"stopped at step {self.step}; checkpoint saved in {self.out_dir}")
+        return self.history
+
+    def _log(self, record):
+        self.history.append(record)
+        with open(os.path.join(self.out_dir, LOG_FILE), "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    # -------------------------------------------------------------- checkpoints
+    def save_checkpoint(self):
+        """Write checkpoint-{step}/ into a temporary folder, rename it into place, then point
+        `latest` at it (each rename atomic): a crash at any moment leaves the previous
+        checkpoint intact. Older checkpoints beyond `keep_checkpoints` are removed. The RNG
+        state saved is the one the next step starts from."""
+        from safetensors.numpy import save_file
+
+        name = f"checkpoint-{self.step}"
+        final = os.path.join(self.out_dir, name)
+        tmp = tempfile.mkdtemp(prefix=f".{name}.", dir=self.out_dir)
+        save_adapter(tmp, self.model.adapter)
+        save_file({k: np.ascontiguousarray(v) for k, v in self.optimizer.state_tensors().items()},
+                  os.path.join(tmp, OPTIMIZER_FILE))
+        state = {"step": self.step, "optimizer_t": self.optimizer.t,
+                 "rng": self.rng.bit_generator.state, "train_config": asdict(self.config),
+                 "run": self.run_info}
+        with open(os.path.join(tmp, STATE_FILE), "w", encoding="utf-8") as f:
+            json.dump(state, f, indent=1)
+        if os.path.exists(final):
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _write_atomic(os.path.join(self.out_dir, LATEST), name + "\n")
+        self._prune_checkpoints(keep=name)
+        return final
+
+    def _prune_checkpoints(self, keep):
+        found = sorted((int(d.split("-")[1]), d) for d in os.listdir(self.out_dir)
+                       if d.startswith("checkpoint-") and d.split("-")[1].isdigit())
+        for _, d in found[:-max(1, self.config.keep_checkpoints)]:
+            if d != keep:
+                shutil.rmtree(os.path.join(self.out_dir, d), ignore_errors=True)
+
+    def resume(self):
+        """Load the newest checkpoint of `out_dir` (adapter, optimizer, step, RNG) and drop
+        log lines written after it. Returns the step it resumes from."""
+        from llama_np.checkpoint.safetensors import read_safetensors
+
+        folder = latest_checkpoint(self.out_dir)
+        with open(os.path.join(folder, STATE_FILE), encoding="utf-8") as f:
+            state = json.load(f)
+        adapter = load_adapter(folder, tied_base=self.model.adapter.tied_base)
+        params = self.model.params
+        if set(adapter.params) != set(params):
+            raise ValueError(f"{folder}: the checkpoint's adapter has other tensors than this run's "
+                             f"(different --target-modules, --trainable or model?)")
+        for name, value in adapter.params.items():
+            if value.shape != params[name].shape:
+                raise ValueError(f"{folder}: {name} has shape {value.shape}, this run's is {params[name].shape}")
+            params[name][...] = value
+        self.optimizer.load_state_tensors(read_safetensors(os.path.join(folder, OPTIMIZER_FILE)),
+                                          state["optimizer_t"])
+        self.rng.bit_generator.state = state["rng"]
+        self.step = int(state["step"])
+        self._truncate_log()
+        return self.step
+
+    def _truncate_log(self):
+        path = os.path.join(self.out_dir, LOG_FILE)
+        if not os.path.exists(path):
+            return
+        with open(path, encoding="utf-8") as f:
+            kept = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= self.step]
+        _write_atomic(path, "".join(kept))
+
+    def plot(self, path=None):
+        """The loss curve of the whole run (from train_log.jsonl) as a PNG."""
+        return plot_log(os.path.join(self.out_dir, LOG_FILE), path or os.path.join(self.out_dir, PLOT_FILE))
+
+
+def latest_checkpoint(out_dir):
+    """The folder `latest` names in a run's output folder."""
+    pointer = os.path.join(out_dir, LATEST)
+    if not os.path.exists(pointer):
+        raise FileNotFoundError(f"{out_dir}: no checkpoint to resume from (no '{LATEST}' file)")
+    with open(pointer, encoding="utf-8") as f:
+        folder = os.path.join(out_dir, f.read().strip())
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"{pointer} names {folder}, which does not exist")
+    return folder
+
+
+def read_log(path):
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def plot_log(log_path, png_path):
+    """Training (and evaluation) loss against step, written atomically as a PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_log(log_path)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot([r["step"] for r in records], [r["loss"] for r in records], label="train loss", lw=1)
+    evals = [r for r in records if "eval_loss" in r]
+    if evals:
+        ax.plot([r["step"] for r in evals], [r["eval_loss"] for r in evals], "o-", label="eval loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = png_path + ".tmp.png"
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, png_path)
+    return png_path
+
+
+# ---------------------------------------------------------------------- helpers
+def _write_atomic(path, text):
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _install_sigint(stop):
+    """First Ctrl-C: ask the loop to stop after this step. Second: interrupt at once."""
+    import threading
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        if stop["requested"]:
+            raise KeyboardInterrupt
+        stop["requested"] = True
+        print("\nCtrl-C: finishing this step and saving a checkpoint (Ctrl-C again to stop at once)",
+              file=sys.stderr, flush=True)
+
+    previous = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, handler)
+    return previous
+
+
+def _restore_sigint(previous):
+    if previous is not None:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _progress_bar(enabled, total, initial):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, initial=initial, unit="step", file=sys.stderr, dynamic_ncols=True)

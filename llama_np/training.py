@@ -46,8 +46,9 @@ class TrainableLlama:
 
     `labels` are the token ids to learn, IGNORE_INDEX (-100) where nothing is learned
     (prompt, padding); the target of position t is labels[t + 1]. `rng` drives LoRA dropout
-    (None: no dropout, as in evaluation). `trainable_rows` limits the embedding's gradient
-    to some rows (the paper's stage 1 trains only the new tokens' embeddings)."""
+    (None: no dropout, as in evaluation). `trainable_rows` limits the gradients of the
+    embedding and output-head copies to some rows (the paper's stage 1 can train only the
+    new tokens' embeddings)."""
 
     def __init__(self, config, weights, adapter, trainable_rows=None):
         self.config = config
@@ -262,6 +263,10 @@ class TrainableLlama:
         if embed_name is not None:
             dtable = ops.embedding_backward(dh, tape.pop("embed"), self.trainable_rows)
             _accumulate(grads, embed_name, dtable)
+        if self.trainable_rows is not None and head_name is not None:  # the head's rows too
+            frozen = np.ones(len(grads[head_name]), dtype=bool)
+            frozen[self.trainable_rows] = False
+            grads[head_name][frozen] = 0
         return grads
 
     def loss_and_grads(self, ids, labels, rng=None, n_targets_total=None):

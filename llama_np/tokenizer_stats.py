@@ -70,19 +70,15 @@ def token_texts(tokenizer, ids):
     ("<E5 93>").
     """
     from llama_np.tokenizer import SentencePieceTokenizer
-    from llama_np.vocab_bpe import SYMBOL_BYTES, token_bytes
+    from llama_np.vocab_bpe import SYMBOL_BYTES, readable_token
 
     texts = []
     for i in ids:
         piece = tokenizer.id_to_piece(i)
         if isinstance(tokenizer, SentencePieceTokenizer) or not all(c in SYMBOL_BYTES for c in piece):
             texts.append(piece)  # SentencePiece, or a special token such as <|im_end|>
-            continue
-        raw = token_bytes(piece)
-        try:
-            texts.append(raw.decode("utf-8").replace(" ", "\u2581").replace("\n", "\\n"))
-        except UnicodeDecodeError:
-            texts.append("<" + " ".join(f"{b:02X}" for b in raw) + ">")
+        else:
+            texts.append(readable_token(piece))
     return texts
 
 

@@ -71,6 +71,17 @@ def token_bytes(token):
     return bytes(SYMBOL_BYTES[c] for c in token)
 
 
+def readable_token(token):
+    """A byte-level token as a person reads it: the text its bytes spell, with a space
+    shown as "▁" and a newline as "\\n"; or, for a token holding only part of a character,
+    its bytes in hex: "ä¸Ń" → "中", "Ġthe" → "▁the", "ä¸" → "<E4 B8>"."""
+    raw = token_bytes(token)
+    try:
+        return raw.decode("utf-8").replace(" ", "\u2581").replace("\n", "\\n")
+    except UnicodeDecodeError:
+        return "<" + " ".join(f"{b:02X}" for b in raw) + ">"
+
+
 def _has_non_ascii_byte(token):
     return any(SYMBOL_BYTES[c] >= FIRST_NON_ASCII_BYTE for c in token)
 

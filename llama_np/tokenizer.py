@@ -36,7 +36,8 @@ so importing this module is instant.
 import json
 import os
 import re
-import struct
+
+from llama_np import protowire
 
 # Token types, as GGUF stores them in `tokenizer.ggml.token_type`. llama.cpp took them from
 # SentencePiece's ModelProto.SentencePiece.Type, so the same numbers go straight into a
@@ -431,7 +432,7 @@ def _sentencepiece_model_proto(tokens, scores, token_types, *, unk_id, add_dummy
     """
     pieces = bytearray()
     for piece, score, token_type in zip(tokens, scores, token_types):
-        entry = (_proto_bytes(1, piece.encode("utf-8")) + _proto_float(2, score)
+        entry = (_proto_bytes(1, piece.encode("utf-8")) + protowire.encode_float(2, score)
                  + _proto_varint(3, token_type))
         pieces += _proto_bytes(1, entry)
     if unk_id is None:
@@ -443,26 +444,12 @@ def _sentencepiece_model_proto(tokens, scores, token_types, *, unk_id, add_dummy
     return bytes(pieces) + _proto_bytes(2, trainer_spec) + _proto_bytes(3, normalizer_spec)
 
 
-def _varint(n):
-    """Protobuf base-128 varint: 7 bits per byte, low bits first, high bit = "more follows"."""
-    out = bytearray()
-    while n > 0x7F:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 def _proto_varint(field, value):
-    return _varint(field << 3 | 0) + _varint(value)
+    return protowire.encode_field(field, protowire.VARINT, value)
 
 
 def _proto_bytes(field, data):
-    return _varint(field << 3 | 2) + _varint(len(data)) + data
-
-
-def _proto_float(field, value):
-    return _varint(field << 3 | 5) + struct.pack("<f", value)
+    return protowire.encode_field(field, protowire.LENGTH_DELIMITED, data)
 
 
 # ----- byte-level BPE helpers --------------------------------------------------------------

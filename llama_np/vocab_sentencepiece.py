@@ -31,20 +31,17 @@ from dataclasses import dataclass
 
 from llama_np import protowire
 from llama_np.atomic_write import atomic_write_bytes
+# SentencePiece.Type: the same numbers GGUF uses for token types
+from llama_np.tokenizer import TOKEN_BYTE as BYTE
+from llama_np.tokenizer import TOKEN_CONTROL as CONTROL
+from llama_np.tokenizer import TOKEN_NORMAL as NORMAL
+from llama_np.tokenizer import TOKEN_UNKNOWN as UNKNOWN
 
 # ModelProto and SentencePiece field numbers (sentencepiece_model.proto)
 MODEL_PIECES = 1
 PIECE_TEXT = 1
 PIECE_SCORE = 2
 PIECE_TYPE = 3
-
-# SentencePiece.Type (the same numbers GGUF uses for token types)
-NORMAL = 1
-UNKNOWN = 2
-CONTROL = 3
-USER_DEFINED = 4
-UNUSED = 5
-BYTE = 6
 
 MERGED_PIECE_SCORE = 0.0  # what the paper's merge_tokenizers.py gives every appended piece
 

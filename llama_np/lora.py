@@ -48,50 +48,53 @@ class AdapterError(ValueError):
 
 
 # ------------------------------------------------------------------- the LoRA layer
-def lora_linear_forward(x, weight, lora_a, lora_b, scaling, dropout=0.0, rng=None):
-    """y = x Wᵀ + scaling · (dropout(x) Aᵀ) Bᵀ, with W frozen (float32 or quantized).
+# A LoRA linear layer is the frozen product plus a low-rank branch:
+#     y = ops.linear_forward(x, W) + lora_forward(x, A, B, scaling, dropout)
+# so only the branch needs code of its own; the frozen product (and its input gradient
+# dy W) is the ordinary linear op.
 
-    Dropout (only when `rng` is given, i.e. in training) zeroes each input of the low-rank
-    branch with probability `dropout` and scales the rest by 1/(1 - dropout), as PEFT's
-    `lora_dropout` does; the frozen branch always sees the whole x. The product is taken as
-    (x Aᵀ) Bᵀ, never forming B A [out, in]. The cache does not hold W: backward is given
-    it again (a quantized W can then be dequantized again instead of being kept)."""
-    # x: [N, in], weight: [out, in], lora_a: [r, in], lora_b: [out, r]
-    y, _ = ops.linear_forward(x, weight)                                # [N, out]
+def lora_forward(x, lora_a, lora_b, scaling, dropout=0.0, rng=None):
+    """The LoRA branch: scaling · (dropout(x) Aᵀ) Bᵀ, never forming B A [out, in].
+
+    Dropout (only when `rng` is given, i.e. in training) zeroes each input of the branch
+    with probability p, as PEFT's `lora_dropout`, and scales the survivors by 1/(1 - p).
+    That factor, like `scaling`, multiplies the r-wide product x Aᵀ rather than the
+    [N, in] input: the same numbers, N·r multiplications instead of N·in."""
+    # x: [N, in], lora_a: [r, in], lora_b: [out, r]
     keep = None
-    x_lora = x
+    factor = scaling
+    x_kept = x
     if rng is not None and dropout > 0:
-        keep = rng.random(x.shape, dtype=np.float32) >= dropout         # [N, in] bool
-        x_lora = x * keep * x.dtype.type(1.0 / (1.0 - dropout))
-    u = x_lora @ lora_a.T                                               # [N, r]
-    y += (u @ lora_b.T) * y.dtype.type(scaling)                         # [N, out]
-    return y, (x, keep, u, lora_a, lora_b, scaling, dropout)
+        keep = rng.random(x.shape, dtype=np.float32) >= dropout        # [N, in] bool
+        x_kept = x * keep                                              # [N, in]
+        factor = scaling / (1.0 - dropout)
+    u = x_kept @ lora_a.T                                              # [N, r]
+    u *= u.dtype.type(factor)
+    delta = u @ lora_b.T                                               # [N, out]
+    return delta, (x_kept, keep, u, lora_a, lora_b, factor)
 
 
-def lora_linear_backward(dy, cache, weight, input_grad=True):
-    """Gradients of lora_linear_forward for A, B and the input x (W gets none: it is frozen).
+def lora_backward(ddelta, cache, input_grad=True):
+    """Gradients of lora_forward. With c = scaling / (1 - p), m the dropout mask and
+    u = c · (m ⊙ x) Aᵀ:
 
-        dB = s · dyᵀ u           u = dropout(x) Aᵀ   [N, r]
-        du = s · dy B
-        dA = duᵀ dropout(x)
-        dx = dy W + dropout'(du A)   (the same mask and 1/(1-p) scale as the forward)
+        dB = dyᵀ u                 [out, r]
+        g  = c · dy B              [N, r]
+        dA = gᵀ (m ⊙ x)            [r, in]
+        dx = m ⊙ (g A)             [N, in]   (added to the frozen product's dy W)
 
     `input_grad=False` skips dx (the first layer, when nothing below it is trained)."""
-    x, keep, u, lora_a, lora_b, scaling, dropout = cache
-    s = dy.dtype.type(scaling)
-    # dy: [N, out]
-    dlora_b = (dy.T @ u) * s                                            # [out, r]
-    du = (dy @ lora_b) * s                                              # [N, r]
-    inv_keep = x.dtype.type(1.0 / (1.0 - dropout)) if keep is not None else None
-    x_lora = x if keep is None else x * keep * inv_keep                 # [N, in]
-    dlora_a = du.T @ x_lora                                             # [r, in]
+    x_kept, keep, u, lora_a, lora_b, factor = cache
+    # ddelta: [N, out]
+    dlora_b = ddelta.T @ u                                              # [out, r]
+    g = ddelta @ lora_b                                                 # [N, r]
+    g *= g.dtype.type(factor)
+    dlora_a = g.T @ x_kept                                              # [r, in]
     dx = None
     if input_grad:
-        dx, _ = ops.linear_backward(dy, (x, weight), weight_grad=False)  # [N, in]
-        dx_lora = du @ lora_a                                           # [N, in]
+        dx = g @ lora_a                                                 # [N, in]
         if keep is not None:
-            dx_lora *= keep * inv_keep
-        dx += dx_lora
+            dx *= keep
     return dx, dlora_a, dlora_b
 
 
@@ -112,7 +115,7 @@ class LoraLinear:
 
     def matmul(self, x):
         y = ops.linear_forward(x, self.base)[0]                          # [..., out]
-        return y + ((x @ self.lora_a.T) @ self.lora_b.T) * np.float32(self.scaling)
+        return y + lora_forward(x, self.lora_a, self.lora_b, self.scaling)[0]
 
     def matmul_t(self, dy):
         dx = ops.linear_backward(dy, (None, self.base), weight_grad=False)[0]  # [..., in]

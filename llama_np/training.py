@@ -27,15 +27,13 @@ dequantized values block by block (QLoRA), and no fp32 copy of the model is made
 import numpy as np
 
 from llama_np import ops
-from llama_np.lora import (EMBED, LM_HEAD, dense, lora_linear_backward, lora_linear_forward,
-                           lora_names)
+from llama_np.lora import EMBED, LM_HEAD, dense, lora_backward, lora_forward, lora_names
 from llama_np.model import layer_weight_names
+from llama_np.quant import QuantizedMatrix, dequantize
 
 # Positions whose logits are computed at once by the output head: the logits and their
 # gradient for HEAD_CHUNK × V (1024 × 49,152 × 4 bytes = 200 MB) exist at a time.
 HEAD_CHUNK = 1024
-
-PROJECTION_KEYS = ("q", "k", "v", "o", "gate", "up", "down")
 
 
 class TrainableLlama:
@@ -81,52 +79,71 @@ class TrainableLlama:
                 return name
         return None
 
-    # ------------------------------------------------------------ one projection
-    def layer_weights(self, layer):
-        """The frozen weights of one block as float32 arrays, by `layer_weight_names` key.
-        Quantized weights are dequantized here, one block at a time, and dropped when the
-        block is done: big BLAS products on [B·T, D] beat multiplying 256-row tiles, and at
-        most one block (14 MB for SmolLM2) exists in fp32 besides an fp32 base."""
-        return {key: dense(self.weights[name]) for key, name in layer_weight_names(layer).items()}
+    # ----------------------------------------------------------- the projections
+    def group_weight(self, layer, keys):
+        """The frozen weights of the projections `keys` of block `layer` as one float32
+        matrix, their rows stacked ([Wq; Wk; Wv] is [H·hd + 2·H_kv·hd, D]): projections that
+        read the same input are then one large BLAS product instead of several small ones.
+        Quantized weights are dequantized here, for one block at a time, and dropped when
+        the block is done (and dequantized again in backward): no fp32 copy of the model."""
+        names = layer_weight_names(layer)
+        ws = [self.weights[names[k]] for k in keys]
+        if all(isinstance(w, QuantizedMatrix) for w in ws) and len({w.qtype for w in ws}) == 1:
+            return dequantize(np.concatenate([w.data for w in ws]), ws[0].qtype)   # [Σout, in]
+        return np.concatenate([dense(w) for w in ws]) if len(ws) > 1 else dense(ws[0])
 
-    def _project(self, x, name, weight, rng):
-        """x Wᵀ for the weight `name` (its value `weight`), through LoRA when targeted.
-        The tape entry keeps the input, not W (backward gets W from layer_weights again)."""
-        if name in self.lora:
-            a_name, b_name, scaling = self.lora[name]
-            y, cache = lora_linear_forward(x, weight, self.params[a_name].astype(x.dtype, copy=False),
-                                           self.params[b_name].astype(x.dtype, copy=False), scaling,
-                                           self.dropout, rng)
-            return y, ("lora", name, cache)
-        y, _ = ops.linear_forward(x, weight)
-        return y, ("frozen", name, x)
+    def _project(self, x, layer, keys, rng):
+        """x times the frozen weights of `keys` (one product), plus the LoRA branch of each
+        targeted projection. Returns one output per key (views of one [N, Σout] array)
+        and the tape entry; the tape keeps inputs, not weights."""
+        names = layer_weight_names(layer)
+        y, _ = ops.linear_forward(x, self.group_weight(layer, keys))              # [N, Σout]
+        outputs, branches, start = [], {}, 0
+        for key in keys:
+            width = self.weights[names[key]].shape[0]
+            out = y[:, start:start + width]                                       # [N, out]
+            start += width
+            if names[key] in self.lora:
+                a_name, b_name, scaling = self.lora[names[key]]
+                delta, branches[key] = lora_forward(x, self.params[a_name].astype(x.dtype, copy=False),
+                                                    self.params[b_name].astype(x.dtype, copy=False),
+                                                    scaling, self.dropout, rng)
+                out += delta
+            outputs.append(out)
+        return outputs, (layer, keys, x, branches)
 
-    def _project_backward(self, dy, entry, weight, grads, input_grad=True):
-        kind, name, cache = entry
-        if kind == "lora":
-            a_name, b_name, _ = self.lora[name]
-            dx, dlora_a, dlora_b = lora_linear_backward(dy, cache, weight, input_grad)
-            _accumulate(grads, a_name, dlora_a)
-            _accumulate(grads, b_name, dlora_b)
-            return dx
+    def _project_backward(self, douts, entry, grads, input_grad=True):
+        """Backward of _project: LoRA gradients into `grads`; returns dx [N, in] (or None)."""
+        layer, keys, x, branches = entry
+        names = layer_weight_names(layer)
+        lora_dx = []
+        for key, dout in zip(keys, douts):
+            if key in branches:
+                a_name, b_name, _ = self.lora[names[key]]
+                dx, dlora_a, dlora_b = lora_backward(dout, branches[key], input_grad)
+                _accumulate(grads, a_name, dlora_a)
+                _accumulate(grads, b_name, dlora_b)
+                lora_dx.append(dx)
         if not input_grad:
             return None
-        return ops.linear_backward(dy, (cache, weight), weight_grad=False)[0]
+        dy = douts[0] if len(douts) == 1 else np.concatenate(douts, axis=1)       # [N, Σout]
+        dx, _ = ops.linear_backward(dy, (x, self.group_weight(layer, keys)), weight_grad=False)
+        for d in lora_dx:
+            dx += d
+        return dx                                                                 # [N, in]
 
     # ------------------------------------------------------------------ a block
     def block_forward(self, h, layer, batch, positions, rng):
         """One transformer block on h [B·T, D]; returns the new h and the block's tape."""
         cfg = self.config
-        names, w = layer_weight_names(layer), self.layer_weights(layer)
+        names = layer_weight_names(layer)
         n_tokens, n_heads, n_kv, hd = h.shape[0], cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         seq_len = n_tokens // batch
         eps, theta = cfg.rms_norm_eps, cfg.rope_theta
         tape = {}
 
-        x, tape["attn_norm"] = ops.rmsnorm_forward(h, w["attn_norm"], eps)  # [N, D]
-        q, tape["q"] = self._project(x, names["q"], w["q"], rng)                           # [N, H*hd]
-        k, tape["k"] = self._project(x, names["k"], w["k"], rng)                           # [N, H_kv*hd]
-        v, tape["v"] = self._project(x, names["v"], w["v"], rng)                           # [N, H_kv*hd]
+        x, tape["attn_norm"] = ops.rmsnorm_forward(h, self.weights[names["attn_norm"]], eps)   # [N, D]
+        (q, k, v), tape["qkv"] = self._project(x, layer, ("q", "k", "v"), rng)  # [N, H*hd], [N, H_kv*hd] x 2
         q, tape["rope"] = ops.rope_forward(q.reshape(n_tokens, n_heads, hd), positions, theta)
         k, _ = ops.rope_forward(k.reshape(n_tokens, n_kv, hd), positions, theta)       # same angles
         q = q.reshape(batch, seq_len, n_heads, hd)
@@ -137,31 +154,28 @@ class TrainableLlama:
         for b in range(batch):  # each sequence has its own causal attention
             attn[b], cache = ops.attention_forward(q[b], k[b], v[b])
             tape["attention"].append(cache)
-        o, tape["o"] = self._project(attn.reshape(n_tokens, -1), names["o"], w["o"], rng)  # [N, D]
+        (o,), tape["o"] = self._project(attn.reshape(n_tokens, -1), layer, ("o",), rng)  # [N, D]
         h = h + o
 
-        x, tape["mlp_norm"] = ops.rmsnorm_forward(h, w["mlp_norm"], eps)  # [N, D]
-        gate, tape["gate"] = self._project(x, names["gate"], w["gate"], rng)                  # [N, F]
-        up, tape["up"] = self._project(x, names["up"], w["up"], rng)                        # [N, F]
-        hidden, tape["swiglu"] = ops.swiglu_forward(gate, up)                          # [N, F]
-        down, tape["down"] = self._project(hidden, names["down"], w["down"], rng)             # [N, D]
+        x, tape["mlp_norm"] = ops.rmsnorm_forward(h, self.weights[names["mlp_norm"]], eps)     # [N, D]
+        (gate, up), tape["gate_up"] = self._project(x, layer, ("gate", "up"), rng)       # [N, F] x 2
+        hidden, tape["swiglu"] = ops.swiglu_forward(gate, up)                            # [N, F]
+        (down,), tape["down"] = self._project(hidden, layer, ("down",), rng)             # [N, D]
         return h + down, tape
 
-    def block_backward(self, dh, layer, tape, grads, input_grad=True):
-        """Backward of block `layer`: dh [N, D] at its output → dh at its input (None when
+    def block_backward(self, dh, tape, grads, input_grad=True):
+        """Backward of one block: dh [N, D] at its output → dh at its input (None when
         `input_grad` is False: nothing below this block needs it)."""
         cfg = self.config
-        w = self.layer_weights(layer)
         n_tokens, hd = dh.shape[0], cfg.head_dim
         # MLP branch: h_out = h_mid + down(swiglu(gate(x), up(x))), x = rmsnorm(h_mid)
-        dhidden = self._project_backward(dh, tape.pop("down"), w["down"], grads)                   # [N, F]
-        dgate, dup = ops.swiglu_backward(dhidden, tape.pop("swiglu"))                   # [N, F]
-        dx = self._project_backward(dgate, tape.pop("gate"), w["gate"], grads)                     # [N, D]
-        dx += self._project_backward(dup, tape.pop("up"), w["up"], grads)
-        dh = dh + ops.rmsnorm_backward(dx, tape.pop("mlp_norm"))[0]                    # [N, D]
+        dhidden = self._project_backward([dh], tape.pop("down"), grads)                  # [N, F]
+        dgate, dup = ops.swiglu_backward(dhidden, tape.pop("swiglu"))                    # [N, F]
+        dx = self._project_backward([dgate, dup], tape.pop("gate_up"), grads)            # [N, D]
+        dh = dh + ops.rmsnorm_backward(dx, tape.pop("mlp_norm"))[0]                     # [N, D]
 
         # attention branch: h_mid = h_in + o(attention(rope(q(x)), rope(k(x)), v(x)))
-        dattn = self._project_backward(dh, tape.pop("o"), w["o"], grads)                        # [N, H*hd]
+        dattn = self._project_backward([dh], tape.pop("o"), grads)                       # [N, H*hd]
         caches = tape.pop("attention")
         batch = len(caches)
         seq_len = n_tokens // batch
@@ -175,14 +189,9 @@ class TrainableLlama:
         rope_cache = tape.pop("rope")
         dq = ops.rope_backward(dq.reshape(n_tokens, -1, hd), rope_cache).reshape(n_tokens, -1)
         dk = ops.rope_backward(dk.reshape(n_tokens, -1, hd), rope_cache).reshape(n_tokens, -1)
-        dv = dv.reshape(n_tokens, -1)
-        dx = self._project_backward(dq, tape.pop("q"), w["q"], grads, input_grad)
-        dx_k = self._project_backward(dk, tape.pop("k"), w["k"], grads, input_grad)
-        dx_v = self._project_backward(dv, tape.pop("v"), w["v"], grads, input_grad)
+        dx = self._project_backward([dq, dk, dv.reshape(n_tokens, -1)], tape.pop("qkv"), grads, input_grad)
         if not input_grad:
             return None
-        dx += dx_k
-        dx += dx_v
         return dh + ops.rmsnorm_backward(dx, tape.pop("attn_norm"))[0]                 # [N, D]
 
     # ------------------------------------------------------------ whole model
@@ -259,7 +268,7 @@ class TrainableLlama:
         layers = tape.pop("layers")
         for layer in reversed(range(len(layers))):
             needs_input = layer > 0 or embed_name is not None
-            dh = self.block_backward(dh, layer, layers.pop(), grads, input_grad=needs_input)
+            dh = self.block_backward(dh, layers.pop(), grads, input_grad=needs_input)
         if embed_name is not None:
             dtable = ops.embedding_backward(dh, tape.pop("embed"), self.trainable_rows)
             _accumulate(grads, embed_name, dtable)

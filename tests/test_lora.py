@@ -33,23 +33,24 @@ def random_adapter(config, weights, rng, dtype=np.float64, **kw):
     return adapter
 
 
-def test_lora_linear_backward_matches_finite_differences(rng):
-    x, w = rng.standard_normal((6, 5)), rng.standard_normal((4, 5))
+def test_lora_backward_matches_finite_differences(rng):
+    """The branch with dropout (the same mask in every evaluation: a fixed seed)."""
+    x = rng.standard_normal((6, 5))
     a, b = rng.standard_normal((2, 5)), rng.standard_normal((4, 2))
-    fwd = lambda x, a, b: lora.lora_linear_forward(x, w, a, b, 1.5, 0.3, np.random.default_rng(7))[0]
+    fwd = lambda x, a, b: lora.lora_forward(x, a, b, 1.5, 0.3, np.random.default_rng(7))[0]
     check_grads(fwd, [x, a, b],
-                lambda dy: lora.lora_linear_backward(
-                    dy, lora.lora_linear_forward(x, w, a, b, 1.5, 0.3, np.random.default_rng(7))[1], w),
+                lambda dy: lora.lora_backward(dy, lora.lora_forward(x, a, b, 1.5, 0.3, np.random.default_rng(7))[1]),
                 rng)
 
 
-def test_lora_dropout_drops_only_the_low_rank_branch(rng):
-    x, w = rng.standard_normal((200, 8)).astype(np.float32), rng.standard_normal((3, 8)).astype(np.float32)
-    a, b = np.zeros((2, 8), np.float32), np.zeros((3, 2), np.float32)
-    y, cache = lora.lora_linear_forward(x, w, a, b, 2.0, 0.25, np.random.default_rng(0))
-    np.testing.assert_allclose(y, x @ w.T, rtol=1e-6)  # B = 0: exactly the base
-    keep = cache[1]
+def test_lora_dropout_zeroes_inputs_and_rescales(rng):
+    x = rng.standard_normal((400, 8)).astype(np.float32)
+    a, b = rng.standard_normal((2, 8)).astype(np.float32), rng.standard_normal((3, 2)).astype(np.float32)
+    delta, (x_kept, keep, *_) = lora.lora_forward(x, a, b, 2.0, 0.25, np.random.default_rng(0))
     assert 0.7 < keep.mean() < 0.8
+    np.testing.assert_allclose(delta, 2.0 / 0.75 * (x * keep) @ a.T @ b.T, rtol=1e-5, atol=1e-5)
+    no_dropout, _ = lora.lora_forward(x, a, b, 2.0, 0.25, rng=None)  # inference: no dropout
+    np.testing.assert_allclose(no_dropout, 2.0 * x @ a.T @ b.T, rtol=1e-5, atol=1e-5)
 
 
 def test_fresh_adapter_is_kaiming_uniform_a_and_zero_b(rng):

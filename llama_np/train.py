@@ -248,7 +248,7 @@ class Trainer:
         save_file({k: np.ascontiguousarray(v) for k, v in self.optimizer.state_tensors().items()},
                   os.path.join(tmp, OPTIMIZER_FILE))
         state = {"step": self.step, "optimizer_t": self.optimizer.t,
-                 "rng": self.rng.bit_generator.state, "train_config": asdict(self.config),
+                 "rng": _to_json(self.rng.bit_generator.state), "train_config": asdict(self.config),
                  "run": self.run_info}
         with open(os.path.join(tmp, STATE_FILE), "w", encoding="utf-8") as f:
             json.dump(state, f, indent=1)
@@ -285,7 +285,7 @@ class Trainer:
             params[name][...] = value
         self.optimizer.load_state_tensors(read_safetensors(os.path.join(folder, OPTIMIZER_FILE)),
                                           state["optimizer_t"])
-        self.rng.bit_generator.state = state["rng"]
+        self.rng.bit_generator.state = _from_json(state["rng"])
         self.step = int(state["step"])
         self._truncate_log()
         return self.step
@@ -345,6 +345,23 @@ def plot_log(log_path, png_path):
 
 
 # ---------------------------------------------------------------------- helpers
+def _to_json(value):
+    """A random generator's state (with uint64 arrays in it) as plain JSON values."""
+    if isinstance(value, dict):
+        return {k: _to_json(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray):
+        return {"ndarray": [int(x) for x in value.reshape(-1)], "dtype": str(value.dtype)}
+    return value
+
+
+def _from_json(value):
+    if isinstance(value, dict):
+        if set(value) == {"ndarray", "dtype"}:
+            return np.array(value["ndarray"], dtype=value["dtype"])
+        return {k: _from_json(v) for k, v in value.items()}
+    return value
+
+
 def _write_atomic(path, text):
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:

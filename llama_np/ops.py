@@ -150,12 +150,18 @@ def attention_forward(q, k, v):
     qg = q.reshape(n_tokens, n_kv_heads, n_rep, head_dim).transpose(1, 2, 0, 3)  # [H_kv, rep, T, hd]
     kg = k.transpose(1, 2, 0)                                                    # [H_kv, hd, S]
     vg = v.transpose(1, 0, 2)                                                    # [H_kv, S, hd]
-    scores = (qg @ kg[:, None]) * np.float32(1.0 / np.sqrt(head_dim))           # [H_kv, rep, T, S]
+    # The rep query heads of a group meet the same keys: stacking their rows makes one
+    # matrix product per group ([rep·T, hd] @ [hd, S]) instead of rep small ones.
+    q_rows = qg.reshape(n_kv_heads, n_rep * n_tokens, head_dim)                  # [H_kv, rep*T, hd]
+    qg = q_rows.reshape(qg.shape)
+    scores = (q_rows @ kg).reshape(n_kv_heads, n_rep, n_tokens, n_keys)
+    scores *= np.float32(1.0 / np.sqrt(head_dim))                                # [H_kv, rep, T, S]
     query_pos = np.arange(n_keys - n_tokens, n_keys)[:, None]                    # [T, 1]
     future = np.arange(n_keys)[None, :] > query_pos                              # [T, S]
     scores = np.where(future, np.float32(-np.inf), scores)
     probs = softmax(scores).astype(q.dtype, copy=False)                          # [H_kv, rep, T, S]
-    out = probs @ vg[:, None]                                                    # [H_kv, rep, T, hd]
+    out = probs.reshape(n_kv_heads, n_rep * n_tokens, n_keys) @ vg               # [H_kv, rep*T, hd]
+    out = out.reshape(n_kv_heads, n_rep, n_tokens, head_dim)                     # [H_kv, rep, T, hd]
     out = out.transpose(2, 0, 1, 3).reshape(n_tokens, n_heads * head_dim)       # [T, H*hd]
     return out, (qg, kg, vg, probs)
 
@@ -167,23 +173,28 @@ def attention_backward(dout, cache):
         dv = Pᵀ dout                     dP = dout vᵀ
         dZ = P ⊙ (dP - rowsum(dP ⊙ P))   (softmax backward; masked entries have P = 0)
         dq = dZ k / √hd                  dk = dZᵀ q / √hd
-    The query heads of a group share their key/value head, so their dk and dv add up."""
+    The query heads of a group share their key/value head; with their rows stacked
+    ([rep·T, ·], as in the forward) the products Pᵀ dout and dZᵀ q add up their dk and dv."""
     qg, kg, vg, probs = cache
     n_kv_heads, n_rep, n_tokens, head_dim = qg.shape
     n_keys = kg.shape[-1]
-    scale = 1.0 / np.sqrt(head_dim)
-    # dout: [T, H*hd] -> [H_kv, rep, T, hd], the layout of qg
-    dout_g = dout.reshape(n_tokens, n_kv_heads, n_rep, head_dim).transpose(1, 2, 0, 3)
-    dvg = (probs.swapaxes(-1, -2) @ dout_g).sum(axis=1)                         # [H_kv, S, hd]
-    dprobs = dout_g @ vg[:, None].swapaxes(-1, -2)                              # [H_kv, rep, T, S]
-    dscores = probs * (dprobs - np.sum(dprobs * probs, axis=-1, keepdims=True))  # [H_kv, rep, T, S]
-    dscores *= dscores.dtype.type(scale)
-    dqg = dscores @ kg[:, None].swapaxes(-1, -2)                                # [H_kv, rep, T, hd]
-    dkg = (dscores.swapaxes(-1, -2) @ qg).sum(axis=1)                           # [H_kv, S, hd]
-    dq = dqg.transpose(2, 0, 1, 3).reshape(n_tokens, n_kv_heads * n_rep, head_dim)  # [T, H, hd]
-    dk = dkg.transpose(1, 0, 2)                                                 # [S, H_kv, hd]
-    dv = dvg.transpose(1, 0, 2)                                                 # [S, H_kv, hd]
-    assert dk.shape[0] == n_keys
+    rows = n_rep * n_tokens
+    q_rows = qg.reshape(n_kv_heads, rows, head_dim)                              # [H_kv, rep*T, hd]
+    p_rows = probs.reshape(n_kv_heads, rows, n_keys)                             # [H_kv, rep*T, S]
+    # dout: [T, H*hd] -> the layout of q_rows
+    dout_rows = (dout.reshape(n_tokens, n_kv_heads, n_rep, head_dim).transpose(1, 2, 0, 3)
+                 .reshape(n_kv_heads, rows, head_dim))                           # [H_kv, rep*T, hd]
+    dvg = p_rows.swapaxes(-1, -2) @ dout_rows                                    # [H_kv, S, hd]
+    dscores = dout_rows @ vg.swapaxes(-1, -2)                                    # dP: [H_kv, rep*T, S]
+    dscores -= np.sum(dscores * p_rows, axis=-1, keepdims=True)
+    dscores *= p_rows
+    dscores *= dscores.dtype.type(1.0 / np.sqrt(head_dim))                       # dZ / √hd
+    dq_rows = dscores @ kg.swapaxes(-1, -2)                                      # [H_kv, rep*T, hd]
+    dkg = dscores.swapaxes(-1, -2) @ q_rows                                      # [H_kv, S, hd]
+    dq = (dq_rows.reshape(n_kv_heads, n_rep, n_tokens, head_dim).transpose(2, 0, 1, 3)
+          .reshape(n_tokens, n_kv_heads * n_rep, head_dim))                      # [T, H, hd]
+    dk = dkg.transpose(1, 0, 2)                                                  # [S, H_kv, hd]
+    dv = dvg.transpose(1, 0, 2)                                                  # [S, H_kv, hd]
     return dq, dk, dv
 
 

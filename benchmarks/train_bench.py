@@ -68,7 +68,7 @@ def run_llama_np(args, ids):
     times, losses = [], []
     for _ in range(args.steps + 1):
         start = time.perf_counter()
-        loss, _, grads = model.loss_and_grads(ids, ids, rng)
+        loss, _, grads = model.loss_and_grads(ids, ids, rng, threads=args.threads)
         clip_grad_norm(grads, 1.0)
         optimizer.step(model.params, grads, 2e-4)
         times.append(time.perf_counter() - start)

@@ -38,7 +38,8 @@ DEFAULTS = dict(
 TRAINABLE = ("lora", "embeddings", "lm_head")
 DEFAULT_MAX_SEQ_LEN = 512  # the paper's max length
 # Flags that describe the run itself; on --resume they come from the checkpoint.
-RUN_FLAGS = [k for k in DEFAULTS if k not in ("threads", "progress")]
+# (--threads too: the batch is split into that many shards, and dropout masks follow it.)
+RUN_FLAGS = [k for k in DEFAULTS if k != "progress"]
 
 
 def _dropout(text):
@@ -93,7 +94,9 @@ def build_parser():
                    help="keep a quantized base quantized (dequantized one block at a time), or make "
                         "one float32 copy of it up front: faster, 4-8x the memory (default: quantized)")
     g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    cli.add_threads_arg(p)
+    g.add_argument("--threads", type=cli.positive_int,
+                   help="CPU threads: each micro-batch is split into this many shards run at once "
+                        f"(default: all cores, {os.cpu_count() or 1})")
     return p
 
 
@@ -205,7 +208,7 @@ def main(argv=None):
         save_every=args.save_every, eval_every=args.eval_every, keep_checkpoints=args.keep_checkpoints)
     run_args = {k: getattr(args, k) for k in RUN_FLAGS}
     trainer = Trainer(trainable, batches, train_config, out, eval_batches=eval_batches,
-                      run_info={"args": run_args}, progress=args.progress)
+                      run_info={"args": run_args}, progress=args.progress, threads=args.threads)
     if args.resume:
         trainer.resume()
         print(f"resuming at step {trainer.step} of {steps}", file=sys.stderr)

@@ -216,10 +216,17 @@ def swiglu_backward(dout, cache):
 
         dgate = dout ⊙ up ⊙ σ(g)(1 + g(1 - σ(g))),   dup = dout ⊙ silu(g)"""
     gate, up = cache
-    # dout, gate, up: [T, F]
-    sig = 1.0 / (1.0 + np.exp(-gate))                                            # [T, F]
-    dup = dout * gate * sig                                                      # [T, F]
-    dgate = dout * up * sig * (1.0 + gate * (1.0 - sig))                         # [T, F]
+    # dout, gate, up: [T, F]; computed in place, the arrays are large
+    sig = np.exp(-gate)
+    sig += 1.0
+    np.reciprocal(sig, out=sig)                                                  # σ(g), [T, F]
+    silu_g = gate * sig                                                          # [T, F]
+    dup = dout * silu_g                                                          # [T, F]
+    dgate = 1.0 - sig                                                            # σ' / σ
+    dgate *= silu_g
+    dgate += sig                                                                 # silu'(g) = σ + silu·(1 - σ)
+    dgate *= up
+    dgate *= dout                                                                # [T, F]
     return dgate.astype(gate.dtype, copy=False), dup.astype(gate.dtype, copy=False)
 
 

@@ -140,7 +140,7 @@ class Trainer:
     """
 
     def __init__(self, model, batches, config, out_dir, eval_batches=None, run_info=None,
-                 progress=True):
+                 progress=True, threads=1):
         self.model = model
         self.batches = batches
         self.config = config
@@ -148,6 +148,7 @@ class Trainer:
         self.eval_batches = eval_batches
         self.run_info = run_info or {}   # e.g. the command-line arguments, kept in checkpoints
         self.progress = progress
+        self.threads = threads            # micro-batches are split into this many shards
         self.optimizer = AdamW(model.params, weight_decay=config.weight_decay)
         # LoRA dropout draws millions of numbers per step: SFC64 is NumPy's fastest generator
         self.rng = np.random.Generator(np.random.SFC64(config.seed))
@@ -163,8 +164,9 @@ class Trainer:
         n_targets = sum(int(np.sum(labels[:, 1:] != -100)) for _, labels in micro)
         grads, total_nll, n_tokens = {}, 0.0, 0
         for ids, labels in micro:
-            loss, n, tape = self.model.forward(ids, labels, self.rng, n_targets_total=n_targets)
-            for name, g in self.model.backward(tape).items():
+            loss, n, micro_grads = self.model.loss_and_grads(ids, labels, self.rng, n_targets_total=n_targets,
+                                                             threads=self.threads)
+            for name, g in micro_grads.items():
                 if name in grads:
                     grads[name] += g
                 else:

@@ -278,14 +278,95 @@ class TrainableLlama:
             grads[head_name][frozen] = 0
         return grads
 
-    def loss_and_grads(self, ids, labels, rng=None, n_targets_total=None):
-        loss, n_targets, tape = self.forward(ids, labels, rng, n_targets_total)
-        return loss, n_targets, self.backward(tape)
+    def loss_and_grads(self, ids, labels, rng=None, n_targets_total=None, threads=1):
+        """forward + backward of a batch: (loss, n_targets, grads).
+
+        With threads > 1 the batch is split by rows into that many shards, each run in its
+        own thread with a single-threaded BLAS (NumPy releases the GIL inside its loops and
+        BLAS calls, so the shards really run at once, element-wise work included), and the
+        gradients are summed. Each shard draws its dropout masks from its own generator,
+        seeded from `rng`: the masks depend on the number of shards, like on a seed."""
+        ids = np.atleast_2d(np.asarray(ids, dtype=np.int64))
+        labels = np.atleast_2d(np.asarray(labels, dtype=np.int64))
+        n_shards = min(threads, len(ids))
+        if n_shards <= 1:
+            loss, n_targets, tape = self.forward(ids, labels, rng, n_targets_total)
+            return loss, n_targets, self.backward(tape)
+        n_targets_total = n_targets_total or int(np.sum(ops.causal_lm_targets(labels) != ops.IGNORE_INDEX))
+        seeds = rng.integers(0, 2 ** 63, n_shards) if rng is not None else [None] * n_shards
+
+        def run(shard):
+            rows, seed = shard
+            shard_ids, shard_labels = trim_padding(ids[rows], labels[rows])
+            shard_rng = None if seed is None else np.random.Generator(np.random.SFC64(seed))
+            loss, n, tape = self.forward(shard_ids, shard_labels, shard_rng, n_targets_total)
+            return loss, n, self.backward(tape)
+
+        shards = zip(np.array_split(np.arange(len(ids)), n_shards), seeds)
+        results = list(_thread_pool(n_shards).map(run, shards))
+        grads = {}
+        for _, _, shard_grads in results:
+            for name, g in shard_grads.items():
+                _accumulate(grads, name, g)
+        n_targets = sum(n for _, n, _ in results)
+        loss = sum(loss * n for loss, n, _ in results) / max(n_targets, 1)
+        return loss, n_targets, grads
 
     def loss(self, ids, labels):
         """Evaluation loss (no dropout, no gradients): (mean loss, number of targets)."""
         loss, n_targets, _ = self.forward(ids, labels, rng=None, need_grads=False)
         return loss, n_targets
+
+
+def trim_padding(ids, labels):
+    """Drop the trailing positions after the last target of every row (padding): under a
+    causal mask they influence nothing before them."""
+    has_label = np.any(labels != ops.IGNORE_INDEX, axis=0)                       # [T]
+    length = int(np.flatnonzero(has_label)[-1]) + 1 if has_label.any() else ids.shape[1]
+    return ids[:, :length], labels[:, :length]   # the last kept label is the last target
+
+
+# ------------------------------------------------------------- worker threads
+_pool = {"size": 0, "executor": None}
+
+
+def _thread_pool(size):
+    """A pool of `size` worker threads, each with a single-threaded BLAS."""
+    if _pool["size"] != size:
+        from concurrent.futures import ThreadPoolExecutor
+        if _pool["executor"] is not None:
+            _pool["executor"].shutdown(wait=True)
+        _pool["executor"] = ThreadPoolExecutor(size, thread_name_prefix="llama_np-shard",
+                                               initializer=set_blas_threads_here, initargs=(1,))
+        _pool["size"] = size
+    return _pool["executor"]
+
+
+def set_blas_threads_here(n):
+    """Set the BLAS thread count of the calling thread only (OpenBLAS >= 0.3.27,
+    `openblas_set_num_threads_local`, found among the loaded libraries). Where that is not
+    available nothing happens: shards then share the cores with BLAS's own threads."""
+    setter = _local_thread_setter()
+    if setter is not None:
+        setter(int(n))
+
+
+def _local_thread_setter():
+    if "setter" not in _pool:
+        _pool["setter"] = None
+        try:
+            import ctypes
+            with open("/proc/self/maps") as maps:
+                paths = {line.split()[-1] for line in maps if "openblas" in line and ".so" in line}
+            for path in sorted(paths):
+                setter = getattr(ctypes.CDLL(path), "openblas_set_num_threads_local", None)
+                if setter is not None:
+                    setter.argtypes, setter.restype = [ctypes.c_int], ctypes.c_int
+                    _pool["setter"] = setter
+                    break
+        except (OSError, AttributeError):
+            pass
+    return _pool["setter"]
 
 
 def _accumulate(grads, name, g):

@@ -1,0 +1,65 @@
+"""`python -m llama_np.recipe` end to end on a tiny model (a GGUF with a byte-level BPE
+tokenizer): extend, resize, stage 1, stage 2, SFT, bits per character after each; stage 1
+leaves every non-embedding tensor bit-identical (by hash); a rerun redoes nothing."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from llama_np import lora, quantize, recipe
+from llama_np.checkpoint.peft import save_adapter
+from test_train_cli import run_cli, tiny_model_folder
+
+TINY_RECIPE = ["--new-tokens", "30", "--stage1-steps", "1", "--stage2-steps", "1", "--sft-steps", "1",
+               "--max-seq-len", "128", "--documents", "40", "--batch-size", "2", "--eval-ctx", "16", "--eval-windows", "1",
+               "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny")
+    tiny_model_folder(folder / "hf")
+    path = str(folder / "tiny.gguf")
+    with pytest.raises(SystemExit) as done:
+        from llama_np import cli
+        cli.run(lambda: quantize.main([str(folder / "hf"), "--type", "F32", "--out", path, "--quiet"]))
+    assert done.value.code == 0
+    return path
+
+
+def test_recipe_end_to_end_and_rerun_skips_finished_steps(tiny_gguf, tmp_path, capsys):
+    out = tmp_path / "recipe"
+    code, err = run_cli(recipe.main, ["--model", tiny_gguf, "--out", str(out)] + TINY_RECIPE, capsys)
+    assert code == 0, err
+    results = json.load(open(out / "results.json"))["steps"]
+    assert list(results) == ["base", "tokenizer", "resized", "stage1", "stage2", "sft"]
+    assert all(np.isfinite(results[s]["bits_per_char"]) for s in ("base", "resized", "stage1", "stage2", "sft"))
+    assert results["stage1"]["non_embedding_unchanged"] is True
+    assert results["sft"]["steps"] == 1 and results["sft"]["tokens"] > 0
+    for stage in recipe.STAGES:
+        assert os.path.exists(out / stage / "adapter_model.safetensors")
+    adapter = json.load(open(out / "sft" / "adapter_config.json"))
+    assert len(adapter["target_modules"]) == 7 and "embed_tokens" in adapter["modules_to_save"]
+    assert "| stage2 |" in (out / "results.md").read_text()
+
+    stamp = os.path.getmtime(out / "sft" / "adapter_model.safetensors")
+    code, err = run_cli(recipe.main, ["--model", tiny_gguf, "--out", str(out)] + TINY_RECIPE, capsys)
+    assert code == 0, err
+    assert os.path.getmtime(out / "sft" / "adapter_model.safetensors") == stamp
+
+
+def test_stage1_check_sees_a_changed_transformer_tensor(tiny_gguf, tmp_path):
+    """The hash comparison is not vacuous: an adapter that also moves q_proj fails it."""
+    from llama_np.checkpoint import load_model
+    model, _ = load_model(tiny_gguf)
+    config = lora.LoraConfig(target_modules=["q_proj"], modules_to_save=["embed_tokens"], ensure_weight_tying=True)
+    adapter = lora.Adapter.init(model.config, model.weights, config, np.random.default_rng(0))
+    save_adapter(tmp_path / "embed_only", lora.Adapter(
+        lora.LoraConfig(target_modules=[], modules_to_save=["embed_tokens"], ensure_weight_tying=True),
+        {lora.EMBED: adapter.params[lora.EMBED] + 1}, tied_base=True))
+    assert recipe.stage1_left_transformer_alone(tiny_gguf, str(tmp_path / "embed_only"))
+    name = next(n for n in adapter.params if n.endswith("lora_B.weight"))
+    adapter.params[name][:] = 0.5
+    save_adapter(tmp_path / "moved", adapter)
+    assert not recipe.stage1_left_transformer_alone(tiny_gguf, str(tmp_path / "moved"))

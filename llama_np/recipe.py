@@ -137,7 +137,7 @@ def main(argv=None):
     final = results["steps"]["sft"]["bits_per_char"]
     before = results["steps"]["base"]["bits_per_char"]
     print(f"held-out bits per character: base {before:.3f} → after the recipe {final:.3f} "
-          f"({100 * (before - final) / before:.1f}% lower); {os.path.join(out, 'results.md')}", file=sys.stderr)
+          f"({100 * (final - before) / before:+.1f}%); {os.path.join(out, 'results.md')}", file=sys.stderr)
     return 0
 
 

@@ -1,0 +1,362 @@
+"""Inference speed and memory: llama_np beside llama.cpp and transformers on the same GGUF.
+
+    python benchmarks/bench_inference.py                         # default model, 1 and 2 threads, 5 runs
+    python benchmarks/bench_inference.py --runs 3 --threads 2    # quicker
+    python benchmarks/bench_inference.py --engines llama_np,llama_cpp --json results.json
+
+What is measured (DESIGN.md §5 has the anchors of the reference machine):
+
+- prefill tok/s: one forward pass over a 128-token prompt (the first answers of
+  alpaca_en_demo.json, the same token ids for every engine) from an empty cache;
+- decode tok/s: then 128 greedy one-token steps, each feeding back the argmax;
+- peak RSS: the ru_maxrss of the process that did both;
+- time to first token: wall time from starting a new process to its exit, for a process
+  that loads the model, applies the chat template to a 16-token message and produces one
+  token (`python -m llama_np.chat --prompt ... --max-new-tokens 1` for llama_np); its peak
+  RSS is the memory of a short chat.
+
+Engines: llama_np (this repository), llama.cpp through llama-cpp-python (same Q4_1 file;
+build recipe in DESIGN.md §5) and transformers + torch (the GGUF dequantized to fp32, as
+`from_pretrained(gguf_file=...)` loads it). An engine that is not importable is skipped.
+
+Every measurement runs in a fresh process (thread counts are fixed at process start, and
+RSS is then that engine's alone) after one short warm-up pass; runs alternate between
+engines, so a machine that gets busier slows every engine alike. Reported: medians over
+the runs, and the ratios llama_np / other. The load average before and after is printed:
+on a shared machine it says how far to trust the numbers.
+"""
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, REPO)
+if not os.environ.get("LLAMA_NP_DATA") and os.path.isdir(os.path.join(REPO, "..", "shared", "data")):
+    os.environ["LLAMA_NP_DATA"] = os.path.join(REPO, "..", "shared", "data")  # the data mirror
+
+ENGINES = ("llama_np", "llama_cpp", "transformers")
+ENGINE_MODULES = {"llama_np": "llama_np", "llama_cpp": "llama_cpp", "transformers": "transformers"}
+PROMPT_TOKENS = 128
+NEW_TOKENS = 128
+WARMUP_TOKENS = 8
+# A user message of 16 tokens in SmolLM2's vocabulary (the chat template adds its own)
+CHAT_MESSAGE = "Please explain in two short sentences why the sky looks blue during a clear day."
+ALPACA_EN_FILE = "hiyouga/LLaMA-Factory/data/alpaca_en_demo.json"
+
+# DESIGN.md §5: the reference machine (2 cores, Sapphire Rapids, AVX-512/VNNI)
+ANCHORS = {("llama_cpp", 2): (302, 86), ("llama_cpp", 1): (165, 53), ("transformers", 2): (764, 29)}
+ANCHOR_TTFT = {"llama_cpp": 0.28, "transformers": 2.9}
+ANCHOR_RSS_MB = {"llama_cpp": 208, "transformers": 928}
+
+
+def prompt_ids(model_path, n_tokens):
+    """The first `n_tokens` tokens of the Alpaca answers, in the model's vocabulary."""
+    from llama_np import hub
+    from llama_np.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(model_path)
+    with open(hub.data_path(ALPACA_EN_FILE), encoding="utf-8") as f:
+        text = "\n\n".join(example["output"] for example in json.load(f)[:20])
+    ids = tokenizer.encode(text)[:n_tokens]
+    if len(ids) < n_tokens:
+        raise SystemExit(f"the prompt text has only {len(ids)} tokens")
+    return ids
+
+
+def peak_rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kB → MiB
+
+
+# ----- one engine in this process: load, warm up, prefill, decode ---------------------------
+
+def llama_np_steps(model_path, threads):
+    """(prefill(ids) → last logits, decode(id) → logits) for llama_np."""
+    from llama_np import kernels
+    from llama_np.checkpoint import load_model
+
+    kernels.set_num_threads(threads)
+    model, _ = load_model(model_path)
+    state = {}
+
+    def prefill(ids):
+        state["cache"] = model.new_cache(len(ids) + NEW_TOKENS + 1)
+        return model.forward(ids, state["cache"], last_only=True)[-1]
+
+    def decode(token):
+        return model.forward([token], state["cache"], last_only=True)[-1]
+    return prefill, decode
+
+
+def llama_cpp_steps(model_path, threads):
+    from llama_cpp import Llama
+
+    llm = Llama(model_path, n_ctx=PROMPT_TOKENS + NEW_TOKENS + 16, n_batch=PROMPT_TOKENS + 16,
+                n_threads=threads, n_threads_batch=threads, verbose=False)
+
+    def prefill(ids):
+        llm.reset()
+        llm.eval(ids)
+        return llm.scores[llm.n_tokens - 1]
+
+    def decode(token):
+        llm.eval([token])
+        return llm.scores[llm.n_tokens - 1]
+    return prefill, decode
+
+
+def transformers_steps(model_path, threads):
+    import torch
+    import transformers
+
+    torch.set_num_threads(threads)
+    folder, name = os.path.split(os.path.abspath(model_path))
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32).eval()
+    state = {}
+
+    @torch.inference_mode()
+    def prefill(ids):
+        out = model(torch.tensor([ids]), use_cache=True)
+        state["past"] = out.past_key_values
+        return out.logits[0, -1].numpy()
+
+    @torch.inference_mode()
+    def decode(token):
+        out = model(torch.tensor([[token]]), past_key_values=state["past"], use_cache=True)
+        state["past"] = out.past_key_values
+        return out.logits[0, -1].numpy()
+    return prefill, decode
+
+
+STEPS = {"llama_np": llama_np_steps, "llama_cpp": llama_cpp_steps, "transformers": transformers_steps}
+
+
+def speed_child(engine, model_path, threads, ids):
+    """Prefill `ids`, then NEW_TOKENS greedy steps; after a short warm-up of both."""
+    import numpy as np
+
+    prefill, decode = STEPS[engine](model_path, threads)
+    decode(int(np.argmax(prefill(ids[:WARMUP_TOKENS]))))  # warm-up: first-call costs, page-ins
+    start = time.perf_counter()
+    token = int(np.argmax(prefill(ids)))
+    prefill_seconds = time.perf_counter() - start
+    generated = [token]
+    start = time.perf_counter()
+    for _ in range(NEW_TOKENS):
+        token = int(np.argmax(decode(token)))
+        generated.append(token)
+    decode_seconds = time.perf_counter() - start
+    return {"prefill_tok_s": len(ids) / prefill_seconds, "decode_tok_s": NEW_TOKENS / decode_seconds,
+            "peak_rss_mb": peak_rss_mb(), "tokens": generated[:16]}
+
+
+def first_token_child(engine, model_path, threads):
+    """What a chat does for its first reply, for the engines without a chat CLI here."""
+    messages = [{"role": "user", "content": CHAT_MESSAGE}]
+    if engine == "llama_cpp":
+        from llama_cpp import Llama
+        llm = Llama(model_path, n_ctx=512, n_threads=threads, n_threads_batch=threads, verbose=False)
+        llm.create_chat_completion(messages, max_tokens=1, temperature=0.0)
+    else:
+        import torch
+        import transformers
+        torch.set_num_threads(threads)
+        folder, name = os.path.split(os.path.abspath(model_path))
+        tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        model = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                            return_dict=True)
+        model.generate(**ids, max_new_tokens=1, do_sample=False)
+
+
+# ----- the parent: spawn, collect, report ---------------------------------------------------
+
+def thread_env(threads):
+    env = dict(os.environ)
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[var] = str(threads)
+    return env
+
+
+def run_speed(engine, model_path, threads, ids_arg):
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", "speed", "--engine", engine,
+           "--model", model_path, "--threads", str(threads), "--ids", ids_arg]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=thread_env(threads))
+    if out.returncode:
+        raise SystemExit(f"{engine} ({threads} threads) failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run_first_token(engine, model_path, threads):
+    """Seconds from spawning the process to its exit, and its peak RSS (os.wait4's rusage)."""
+    if engine == "llama_np":
+        cmd = [sys.executable, "-m", "llama_np.chat", "--model", model_path, "--prompt", CHAT_MESSAGE,
+               "--max-new-tokens", "1", "--temperature", "0", "--threads", str(threads)]
+    else:
+        cmd = [sys.executable, os.path.abspath(__file__), "--child", "first_token", "--engine", engine,
+               "--model", model_path, "--threads", str(threads)]
+    start = time.perf_counter()
+    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=thread_env(threads),
+                               cwd=REPO)
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - start
+    if status:
+        raise SystemExit(f"{engine} first-token run failed:\n{process.stderr.read().decode()[-2000:]}")
+    process.stderr.close()
+    process.returncode = 0  # reaped by wait4
+    return seconds, usage.ru_maxrss / 1024
+
+
+def machine_description():
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read()
+        cpu = next(line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name"))
+        flags = set(next(line for line in info.splitlines() if line.startswith("flags")).split())
+        simd = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    except (OSError, StopIteration):
+        simd = "?"
+    memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024 ** 3
+    return f"{cpu}, {os.cpu_count()} cores, {simd}, {memory_gib:.0f} GiB RAM, Python {platform.python_version()}"
+
+
+def versions(engines):
+    import numpy
+    found = [f"numpy {numpy.__version__}"]
+    for engine in engines:
+        if engine == "llama_cpp":
+            import llama_cpp
+            found.append(f"llama-cpp-python {llama_cpp.__version__}")
+        elif engine == "transformers":
+            import torch
+            import transformers
+            found.append(f"transformers {transformers.__version__} + torch {torch.__version__}")
+    commit = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    found.append(f"llama_np {commit.stdout.strip() or '?'}")
+    return ", ".join(found)
+
+
+def importable(engine):
+    import importlib.util
+    return importlib.util.find_spec(ENGINE_MODULES[engine]) is not None
+
+
+def ratio(a, b):
+    return f"{a / b:.2f}x" if a and b else "-"
+
+
+def report(results, first_token, engines, thread_counts, runs, model_path):
+    """The tables, as markdown, on stdout."""
+    print(f"\n### Inference, {os.path.basename(model_path)} (medians of {runs} runs)\n")
+    print("| engine | threads | prefill tok/s (128) | decode tok/s (128) | peak RSS MiB | "
+          "reference machine (DESIGN §5) |")
+    print("|---|---|---|---|---|---|")
+    medians = {}
+    for engine in engines:
+        for threads in thread_counts:
+            records = results[(engine, threads)]
+            m = {key: statistics.median(r[key] for r in records)
+                 for key in ("prefill_tok_s", "decode_tok_s", "peak_rss_mb")}
+            medians[(engine, threads)] = m
+            anchor = ANCHORS.get((engine, threads))
+            anchor_text = f"{anchor[0]} / {anchor[1]}" if anchor else "-"
+            print(f"| {engine} | {threads} | {m['prefill_tok_s']:.0f} | {m['decode_tok_s']:.1f} | "
+                  f"{m['peak_rss_mb']:.0f} | {anchor_text} |")
+    others = [e for e in engines if e != "llama_np"]
+    if "llama_np" in engines and others:
+        print("\n| llama_np vs | threads | prefill | decode | peak RSS |")
+        print("|---|---|---|---|---|")
+        for other in others:
+            for threads in thread_counts:
+                ours, theirs = medians[("llama_np", threads)], medians[(other, threads)]
+                print(f"| {other} | {threads} | {ratio(ours['prefill_tok_s'], theirs['prefill_tok_s'])} | "
+                      f"{ratio(ours['decode_tok_s'], theirs['decode_tok_s'])} | "
+                      f"{ratio(ours['peak_rss_mb'], theirs['peak_rss_mb'])} |")
+    if first_token:
+        threads = max(thread_counts)
+        print(f"\n| engine | time to first token, s (process start, 16-token message, {threads} threads) | "
+              f"peak RSS of that chat, MiB | reference machine |")
+        print("|---|---|---|---|")
+        for engine in engines:
+            seconds = statistics.median(s for s, _ in first_token[engine])
+            rss = statistics.median(r for _, r in first_token[engine])
+            anchor = (f"{ANCHOR_TTFT[engine]} s, {ANCHOR_RSS_MB[engine]} MiB" if engine in ANCHOR_TTFT else "-")
+            print(f"| {engine} | {seconds:.2f} | {rss:.0f} | {anchor} |")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None, help="a .gguf file (default: SmolLM2-135M-Instruct Q4_1)")
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="thread counts (default: 1 2)")
+    p.add_argument("--runs", type=int, default=5, help="runs per engine and thread count (default: 5)")
+    p.add_argument("--engines", default=",".join(ENGINES), help="comma-separated, from " + ", ".join(ENGINES))
+    p.add_argument("--no-first-token", action="store_true", help="skip the time-to-first-token runs")
+    p.add_argument("--json", help="also write every measurement to this JSON file")
+    p.add_argument("--child", choices=["speed", "first_token"], help=argparse.SUPPRESS)  # internal
+    p.add_argument("--engine", help=argparse.SUPPRESS)
+    p.add_argument("--ids", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.model is None:
+        from llama_np import hub
+        args.model = hub.default_model_path()
+    if args.child == "speed":
+        ids = [int(i) for i in args.ids.split(",")]
+        print(json.dumps(speed_child(args.engine, args.model, args.threads[0], ids)))
+        return
+    if args.child == "first_token":
+        first_token_child(args.engine, args.model, args.threads[0])
+        return
+
+    engines = [e for e in args.engines.split(",") if e]
+    unknown = [e for e in engines if e not in ENGINES]
+    if unknown:
+        raise SystemExit(f"unknown engine {unknown[0]!r}; choose from {', '.join(ENGINES)}")
+    for engine in list(engines):
+        if not importable(engine):
+            print(f"{engine}: not importable, skipped", file=sys.stderr)
+            engines.remove(engine)
+    ids_arg = ",".join(map(str, prompt_ids(args.model, PROMPT_TOKENS)))
+    load_before = os.getloadavg()
+    results = {(e, t): [] for e in engines for t in args.threads}
+    first_token = {e: [] for e in engines} if not args.no_first_token else {}
+    for run in range(args.runs):
+        for threads in args.threads:
+            for engine in engines:
+                record = run_speed(engine, args.model, threads, ids_arg)
+                results[(engine, threads)].append(record)
+                print(f"run {run + 1}/{args.runs} {engine:12s} {threads} thr: prefill "
+                      f"{record['prefill_tok_s']:6.0f} tok/s, decode {record['decode_tok_s']:5.1f} tok/s, "
+                      f"RSS {record['peak_rss_mb']:4.0f} MiB", file=sys.stderr)
+        for engine in first_token:
+            seconds, rss = run_first_token(engine, args.model, max(args.threads))
+            first_token[engine].append((seconds, rss))
+            print(f"run {run + 1}/{args.runs} {engine:12s} first token after {seconds:.2f} s, "
+                  f"RSS {rss:.0f} MiB", file=sys.stderr)
+    load_after = os.getloadavg()
+
+    print(f"Machine: {machine_description()}")
+    print(f"Software: {versions(engines)}")
+    print(f"Load average (1/5/15 min) before: {' '.join(f'{x:.2f}' for x in load_before)}, "
+          f"after: {' '.join(f'{x:.2f}' for x in load_after)}")
+    report(results, first_token, engines, args.threads, args.runs, args.model)
+    greedy = {e: results[(e, max(args.threads))][0]["tokens"] for e in engines}
+    print("\nFirst 16 greedy tokens after the prompt: "
+          + "; ".join(f"{e}: {'same as llama_np' if e != 'llama_np' and t == greedy.get('llama_np') else t}"
+                      for e, t in greedy.items()))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump({"machine": machine_description(), "software": versions(engines),
+                       "load_before": load_before, "load_after": load_after,
+                       "speed": {f"{e}/{t}": r for (e, t), r in results.items()},
+                       "first_token": first_token}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -24,6 +24,8 @@ targeted projections and full copies of embed_tokens / lm_head (modules_to_save)
 weights may be float32 or quantized (`QuantizedMatrix`): gradients flow through their
 dequantized values block by block (QLoRA), and no fp32 copy of the model is made.
 """
+import threading
+
 import numpy as np
 
 from llama_np import ops
@@ -58,6 +60,7 @@ class TrainableLlama:
         for name, lora_a, _, scaling in adapter.lora_pairs():
             self.lora[name] = (*lora_names(name), scaling)
         self.dropout = adapter.config.lora_dropout
+        self._shared = None             # a SharedOnce while shards run in threads
 
     # -------------------------------------------------------------- the parameters
     @property
@@ -80,12 +83,18 @@ class TrainableLlama:
         return None
 
     # ----------------------------------------------------------- the projections
-    def group_weight(self, layer, keys):
+    def group_weight(self, layer, keys, phase="forward"):
         """The frozen weights of the projections `keys` of block `layer` as one float32
         matrix, their rows stacked ([Wq; Wk; Wv] is [H·hd + 2·H_kv·hd, D]): projections that
         read the same input are then one large BLAS product instead of several small ones.
         Quantized weights are dequantized here, for one block at a time, and dropped when
-        the block is done (and dequantized again in backward): no fp32 copy of the model."""
+        the block is done (and dequantized again in backward): no fp32 copy of the model.
+        Shards running at once share each such matrix (see `SharedOnce`)."""
+        if self._shared is not None:
+            return self._shared.get((phase, layer, keys), lambda: self._stacked(layer, keys))
+        return self._stacked(layer, keys)
+
+    def _stacked(self, layer, keys):
         names = layer_weight_names(layer)
         ws = [self.weights[names[k]] for k in keys]
         if all(isinstance(w, QuantizedMatrix) for w in ws) and len({w.qtype for w in ws}) == 1:
@@ -127,7 +136,7 @@ class TrainableLlama:
         if not input_grad:
             return None
         dy = douts[0] if len(douts) == 1 else np.concatenate(douts, axis=1)       # [N, Σout]
-        dx, _ = ops.linear_backward(dy, (x, self.group_weight(layer, keys)), weight_grad=False)
+        dx, _ = ops.linear_backward(dy, (x, self.group_weight(layer, keys, "backward")), weight_grad=False)
         for d in lora_dx:
             dx += d
         return dx                                                                 # [N, in]
@@ -233,7 +242,9 @@ class TrainableLlama:
         # (softmax - onehot), so the [K, V] logits never need to be kept for later.
         head = self.output_head
         head_name = self._trained_name(head)
-        head = dense(head).astype(dtype, copy=False)   # a quantized head: dequantized for this step only
+        if self._shared is not None and not isinstance(head, np.ndarray):  # a quantized head:
+            head = self._shared.get("head", lambda: dense(head))              # dequantized for
+        head = dense(head).astype(dtype, copy=False)                          # this step only
         total_nll = 0.0
         dh_norm = np.zeros_like(h_norm) if need_grads else None                         # [N, D]
         dhead = None
@@ -303,7 +314,11 @@ class TrainableLlama:
             return loss, n, self.backward(tape)
 
         shards = zip(np.array_split(np.arange(len(ids)), n_shards), seeds)
-        results = list(_thread_pool(n_shards).map(run, shards))
+        self._shared = SharedOnce(n_shards)
+        try:
+            results = list(_thread_pool(n_shards).map(run, shards))
+        finally:
+            self._shared = None
         grads = {}
         for _, _, shard_grads in results:
             for name, g in shard_grads.items():
@@ -327,6 +342,30 @@ def trim_padding(ids, labels):
 
 
 # ------------------------------------------------------------- worker threads
+class SharedOnce:
+    """What the shards of one batch all need, made once: the first shard to ask for a key
+    makes the value (e.g. dequantizes a block's weights), the others take it, and it is
+    dropped when all `n_users` have — so shards in step share, and nothing outlives its use."""
+
+    def __init__(self, n_users):
+        self.n_users = n_users
+        self.entries = {}                 # key -> [lock, value, users left]
+        self.lock = threading.Lock()
+
+    def get(self, key, make):
+        with self.lock:
+            entry = self.entries.setdefault(key, [threading.Lock(), None, self.n_users])
+        with entry[0]:                    # one shard makes it; one arriving meanwhile waits
+            if entry[1] is None:
+                entry[1] = make()
+            value = entry[1]
+        with self.lock:
+            entry[2] -= 1
+            if entry[2] == 0:
+                del self.entries[key]
+        return value
+
+
 _pool = {"size": 0, "executor": None}
 
 

@@ -141,3 +141,23 @@ def test_existing_run_is_not_overwritten(tiny, alpaca, tmp_path, capsys):
     assert run_cli(finetune.main, argv, capsys)[0] == 0
     code, err = run_cli(finetune.main, argv, capsys)
     assert code == 1 and "already holds a training run" in err
+
+
+def test_ctrl_c_saves_a_checkpoint_and_resume_continues(tiny, alpaca, tmp_path):
+    """A real SIGINT to the CLI process: it finishes the step, saves, exits 130, no traceback."""
+    import signal
+    import time
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "llama_np.finetune", "--model", tiny, "--data", alpaca, "--out", str(out),
+           "--steps", "100000", "--save-every", "0", "--no-progress", "--threads", "2"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stderr=subprocess.PIPE, text=True)
+    log = out / "train_log.jsonl"
+    deadline = time.time() + 120
+    while not (log.exists() and log.read_text().count("\n") >= 2) and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "checkpoint saved" in err
+    step = int(open(out / "latest").read().strip().split("-")[1])
+    assert step >= 2 and len(train.read_log(log)) == step

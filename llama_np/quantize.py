@@ -37,7 +37,6 @@ WEIGHT_TYPES = ("F32", "F16", "Q8_0", "Q4_1", "Q4_0")
 FOUR_BIT_TYPES = ("Q4_0", "Q4_1")
 DEFAULT_4BIT_EMBED_TYPE = "Q8_0"
 VOCABULARY_MATRICES = ("model.embed_tokens.weight", "lm_head.weight")
-QUANT_BLOCK = 32  # weights per block, llama.cpp QK4_0 = QK4_1 = QK8_0
 # recomputed for the new file rather than copied from a GGUF source
 RECOMPUTED_KEYS = ("general.architecture", "general.file_type", "general.quantization_version",
                    "general.alignment")
@@ -68,6 +67,7 @@ def parse_args(argv=None):
 def tensor_types(config, weight_type, embed_type):
     """Hugging Face tensor name → the type it is written as (see the module docstring)."""
     from llama_np.model import expected_shapes
+    from llama_np.quant import QK
 
     types = {}
     for name, shape in expected_shapes(config).items():
@@ -75,7 +75,7 @@ def tensor_types(config, weight_type, embed_type):
             types[name] = "F32"
             continue
         wanted = embed_type if name in VOCABULARY_MATRICES else weight_type
-        blocks_fit = shape[-1] % QUANT_BLOCK == 0
+        blocks_fit = shape[-1] % QK == 0
         types[name] = wanted if blocks_fit or wanted in ("F32", "F16") else "F32"
     return types
 

@@ -32,9 +32,10 @@ PROMPT = "The quick brown fox, in 1969"
 MEAN_LOGIT_ERROR = {"Q8_0": 0.02, "Q4_1": 0.25, "Q4_0": 0.25}
 
 
-def save_tiny_bpe_model(folder, *, tied, seed=0):
+def save_tiny_bpe_model(folder, *, tied, seed=0, extra_rows=0):
     """A tiny random LLaMA with a byte-level BPE tokenizer trained here on a few sentences,
-    SmolLM's kind (digits split off, then GPT-2's regex), ChatML special tokens and template."""
+    SmolLM's kind (digits split off, then GPT-2's regex), ChatML special tokens and template.
+    The embedding has `extra_rows` more rows than the tokenizer has tokens (negative: fewer)."""
     import torch
     from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -45,7 +46,7 @@ def save_tiny_bpe_model(folder, *, tied, seed=0):
     trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=SPECIAL_TOKENS, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(CORPUS * 5, trainer)
-    model = save_tiny_llama(folder, tied=tied, vocab=tok.get_vocab_size(), seed=seed)
+    model = save_tiny_llama(folder, tied=tied, vocab=tok.get_vocab_size() + extra_rows, seed=seed)
     # save_tiny_llama's weights (std 0.3) make every layer amplify by ~2.4, so the smallest
     # rounding grows chaotically; std 1/sqrt(fan_in), as a trained network keeps its
     # activations, lets the logits show the quantization error itself
@@ -116,6 +117,20 @@ def test_tokenizer_and_chat_template_travel_with_the_weights(tiny_folder, tmp_pa
     text = "Paris, 1969: <|im_start|>user\nthe lazy dog<|im_end|> 12345 ünïcödé 你好"
     assert ours.encode(text) == theirs.encode(text)
     assert (ours.bos_id, ours.eos_id, ours.add_bos) == (theirs.bos_id, theirs.eos_id, theirs.add_bos)
+
+
+def test_vocabulary_is_padded_to_the_embedding_rows(tmp_path, capsys):
+    """A model with more embedding rows than tokens (rounded up for speed, as many are): the
+    GGUF vocabulary is padded with unused tokens, as llama.cpp needs one token per row."""
+    folder = tmp_path / "padded"
+    save_tiny_bpe_model(folder, tied=True, extra_rows=5)
+    out = str(tmp_path / "padded.gguf")
+    assert run_cli([str(folder), "--type", "Q8_0", "--out", out], capsys)[0] == 0
+    meta = GGUFFile(out).metadata
+    n_tokens = Tokenizer.from_hf_dir(str(folder)).vocab_size
+    assert len(meta["tokenizer.ggml.tokens"]) == meta["llama.vocab_size"] == n_tokens + 5
+    assert meta["tokenizer.ggml.tokens"][-1] == f"[PAD{n_tokens + 4}]"
+    assert meta["tokenizer.ggml.token_type"][-5:] == [5] * 5          # UNUSED
 
 
 def test_sentencepiece_folder_becomes_a_llama_vocabulary(tmp_path, capsys):
@@ -220,6 +235,8 @@ def test_real_model_dequantizes_exactly(real_model_path, tmp_path, capsys):
 def test_bad_inputs_say_why(tmp_path, capsys):
     no_tokenizer = tmp_path / "no_tok"
     save_tiny_llama(no_tokenizer, tied=True)
+    too_few_rows = tmp_path / "too_few_rows"
+    save_tiny_bpe_model(too_few_rows, tied=True, extra_rows=-3)
     not_gguf = tmp_path / "notes.txt"
     not_gguf.write_text("hello")
     out = tmp_path / "out.gguf"
@@ -227,6 +244,7 @@ def test_bad_inputs_say_why(tmp_path, capsys):
         ([str(tmp_path / "missing"), "--type", "Q4_0", "--out", str(out)], "no such model"),
         ([str(no_tokenizer), "--type", "Q4_0", "--out", str(out)], "neither tokenizer.json nor tokenizer.model"),
         ([str(not_gguf), "--type", "Q4_0", "--out", str(out)], "not a GGUF file"),
+        ([str(too_few_rows), "--type", "Q4_0", "--out", str(out)], "but the model only"),
         ([str(no_tokenizer), "--type", "Q4_0", "--out", str(tmp_path)], "is a folder"),
         ([str(no_tokenizer), "--type", "Q4_0", "--out", str(tmp_path / "nowhere" / "x.gguf")],
          "does not exist"),

@@ -25,18 +25,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from llama_np import protowire
 from llama_np.checkpoint.gguf import gguf_name, permute_qk
 from llama_np.model import expected_shapes
 from llama_np.quant import BLOCK_BYTES, QK, QuantizedMatrix, dequantize, quantize
+from llama_np.tokenizer import (TOKEN_CONTROL, TOKEN_NORMAL, TOKEN_UNKNOWN, TOKEN_UNUSED,
+                                TOKEN_USER_DEFINED, Tokenizer)
 
 FLOAT_TYPES = {"F32": np.float32, "F16": np.float16}
 TENSOR_TYPES = tuple(FLOAT_TYPES) + tuple(BLOCK_BYTES)   # what a tensor can be written as
 # general.file_type: the main tensor type of the file (enum llama_ftype in llama.h)
 FILE_TYPES = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7}
 QUANTIZATION_VERSION = 2  # ggml.h GGML_QNT_VERSION: the block layouts of DESIGN.md §3
-
-# Token types (tokenizer.ggml.token_type; SentencePiece's ModelProto.SentencePiece.Type)
-TOKEN_NORMAL, TOKEN_UNKNOWN, TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNUSED = 1, 2, 3, 4, 5
+# the score convert_hf_to_gguf.py gives tokens that are not SentencePiece pieces ([PAD…], added)
+NON_PIECE_SCORE = -1000.0
 
 
 class GGUFWriteError(ValueError):
@@ -119,8 +121,6 @@ def tokenizer_metadata_from_hf_dir(folder, vocab_size):
     Special token ids, add_bos_token and the chat template are what llama_np's
     `Tokenizer.from_hf_dir` reads from the folder's side files.
     """
-    from llama_np.tokenizer import Tokenizer
-
     tokenizer = Tokenizer.from_hf_dir(folder)  # raises naming the folder if it has no tokenizer
     model_path = os.path.join(folder, "tokenizer.model")
     if os.path.isfile(model_path):
@@ -136,7 +136,7 @@ def tokenizer_metadata_from_hf_dir(folder, vocab_size):
     tokens.extend(f"[PAD{i}]" for i in padding)
     meta["tokenizer.ggml.token_type"].value.extend(TOKEN_UNUSED for _ in padding)
     if "tokenizer.ggml.scores" in meta:
-        meta["tokenizer.ggml.scores"].value.extend(-1000.0 for _ in padding)
+        meta["tokenizer.ggml.scores"].value.extend(NON_PIECE_SCORE for _ in padding)
 
     for key, token_id in [("bos_token_id", tokenizer.bos_id), ("eos_token_id", tokenizer.eos_id),
                           ("unknown_token_id", unk_id), ("padding_token_id", tokenizer.pad_id)]:
@@ -153,7 +153,6 @@ def _sentencepiece_vocabulary(path, tokenizer):
     """A SentencePiece model's pieces as a "llama" vocabulary; tokens the folder adds beyond
     the pieces (e.g. Chinese-Alpaca's "[PAD]" = 49953) follow as control tokens, as llama_np's
     SentencePiece tokenizer treats them. Returns (metadata, unknown token id)."""
-    from llama_np import protowire
     from llama_np.vocab_sentencepiece import read_model
 
     model = read_model(path)
@@ -162,7 +161,7 @@ def _sentencepiece_vocabulary(path, tokenizer):
     types = [p.type for p in model.pieces]
     for token_id in range(len(tokens), tokenizer.vocab_size):
         tokens.append(tokenizer.id_to_piece(token_id))
-        scores.append(0.0)
+        scores.append(NON_PIECE_SCORE)
         types.append(TOKEN_CONTROL)
     unk_id = types.index(TOKEN_UNKNOWN) if TOKEN_UNKNOWN in types else None
     return {
@@ -170,17 +169,22 @@ def _sentencepiece_vocabulary(path, tokenizer):
         "tokenizer.ggml.tokens": array(tokens, "STRING"),
         "tokenizer.ggml.scores": array(scores, "FLOAT32"),
         "tokenizer.ggml.token_type": array(types, "INT32"),
-        "tokenizer.ggml.add_space_prefix": boolean(_adds_dummy_prefix(model.other_fields, protowire)),
+        "tokenizer.ggml.add_space_prefix": boolean(_adds_dummy_prefix(model.other_fields)),
     }, unk_id
 
 
-def _adds_dummy_prefix(model_fields, protowire):
-    """NormalizerSpec.add_dummy_prefix of a SentencePiece model (ModelProto field 3 is the
-    normalizer spec, its field 3 the flag; protobuf's default when unwritten is true)."""
+# sentencepiece_model.proto: ModelProto.normalizer_spec = 3, NormalizerSpec.add_dummy_prefix = 3
+MODEL_NORMALIZER_SPEC = 3
+NORMALIZER_ADD_DUMMY_PREFIX = 3
+
+
+def _adds_dummy_prefix(model_fields):
+    """NormalizerSpec.add_dummy_prefix of a SentencePiece model: whether it puts a "▁" in
+    front of every text (protobuf's default, when the field is not written, is true)."""
     for number, wire_type, value in protowire.read_fields(model_fields):
-        if number == 3 and wire_type == protowire.LENGTH_DELIMITED:
+        if number == MODEL_NORMALIZER_SPEC and wire_type == protowire.LENGTH_DELIMITED:
             for inner, inner_type, flag in protowire.read_fields(value):
-                if inner == 3 and inner_type == protowire.VARINT:
+                if inner == NORMALIZER_ADD_DUMMY_PREFIX and inner_type == protowire.VARINT:
                     return bool(flag)
     return True
 

@@ -46,10 +46,13 @@ class AdamW:
         θ ← θ - lr · m̂ / (√v̂ + ε),   m̂ = m / (1 - β1^t),  v̂ = v / (1 - β2^t)
     """
 
-    def __init__(self, params, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+    def __init__(self, params, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, row_masks=None):
         self.beta1, self.beta2 = betas
         self.eps = eps
         self.weight_decay = weight_decay
+        # {name: bool [rows]}: rows that train. The others get no gradient, so Adam leaves
+        # them alone, but weight decay would not: it is applied to the trained rows only.
+        self.row_masks = row_masks or {}
         self.t = 0
         self.m = {name: np.zeros_like(p) for name, p in params.items()}
         self.v = {name: np.zeros_like(p) for name, p in params.items()}
@@ -63,7 +66,11 @@ class AdamW:
         for name, g in grads.items():
             p, m, v = params[name], self.m[name], self.v[name]
             if self.weight_decay:
-                p *= p.dtype.type(1.0 - lr * self.weight_decay)
+                decay = p.dtype.type(1.0 - lr * self.weight_decay)
+                if name in self.row_masks:
+                    p[self.row_masks[name]] *= decay
+                else:
+                    p *= decay
             m *= m.dtype.type(self.beta1)
             m += m.dtype.type(1.0 - self.beta1) * g
             v *= v.dtype.type(self.beta2)
@@ -149,7 +156,8 @@ class Trainer:
         self.run_info = run_info or {}   # e.g. the command-line arguments, kept in checkpoints
         self.progress = progress
         self.threads = threads            # micro-batches are split into this many shards
-        self.optimizer = AdamW(model.params, weight_decay=config.weight_decay)
+        self.optimizer = AdamW(model.params, weight_decay=config.weight_decay,
+                               row_masks=getattr(model, "row_masks", lambda: None)())
         # LoRA dropout draws millions of numbers per step: SFC64 is NumPy's fastest generator
         self.rng = np.random.Generator(np.random.SFC64(config.seed))
         self.step = 0

@@ -63,6 +63,18 @@ class TrainableLlama:
         self._shared = None             # a SharedOnce while shards run in threads
 
     # -------------------------------------------------------------- the parameters
+    def row_masks(self):
+        """{params name: bool [rows]} for the embedding/head copies limited to `trainable_rows`."""
+        if self.trainable_rows is None:
+            return {}
+        masks = {}
+        for array in (self.adapter.embedding, self.adapter.output_head):
+            name = None if array is None else self._trained_name(array)
+            if name is not None:
+                masks[name] = np.zeros(len(array), dtype=bool)
+                masks[name][self.trainable_rows] = True
+        return masks
+
     @property
     def embedding(self):
         copy = self.adapter.embedding

@@ -195,7 +195,7 @@ class Trainer:
         total, count = 0.0, 0
         for m in range(len(self.eval_batches)):
             ids, labels = self.eval_batches.micro_batch(m)
-            loss, n = self.model.loss(ids, labels)
+            loss, n = self.model.loss(ids, labels, threads=self.threads)
             total += loss * n
             count += n
         return total / max(count, 1)

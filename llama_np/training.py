@@ -309,26 +309,36 @@ class TrainableLlama:
         BLAS calls, so the shards really run at once, element-wise work included), and the
         gradients are summed. Each shard draws its dropout masks from its own generator,
         seeded from `rng`: the masks depend on the number of shards, like on a seed."""
+        return self._in_shards(ids, labels, rng, n_targets_total, threads, need_grads=True)
+
+    def loss(self, ids, labels, threads=1):
+        """Evaluation loss (no dropout, no gradients): (mean loss, number of targets)."""
+        loss, n_targets, _ = self._in_shards(ids, labels, None, None, threads, need_grads=False)
+        return loss, n_targets
+
+    def _in_shards(self, ids, labels, rng, n_targets_total, threads, need_grads):
         ids = np.atleast_2d(np.asarray(ids, dtype=np.int64))
         labels = np.atleast_2d(np.asarray(labels, dtype=np.int64))
+
+        def run(rows, shard_rng):
+            loss, n, tape = self.forward(ids[rows], labels[rows], shard_rng, n_targets_total, need_grads)
+            return loss, n, self.backward(tape) if need_grads else {}
+
         n_shards = min(threads, len(ids))
         if n_shards <= 1:
-            loss, n_targets, tape = self.forward(ids, labels, rng, n_targets_total)
-            return loss, n_targets, self.backward(tape)
+            return run(slice(None), rng)
         n_targets_total = n_targets_total or int(np.sum(ops.causal_lm_targets(labels) != ops.IGNORE_INDEX))
         seeds = rng.integers(0, 2 ** 63, n_shards) if rng is not None else [None] * n_shards
 
-        def run(shard):
+        def run_shard(shard):
             rows, seed = shard
-            shard_ids, shard_labels = trim_padding(ids[rows], labels[rows])
-            shard_rng = None if seed is None else np.random.Generator(np.random.SFC64(seed))
-            loss, n, tape = self.forward(shard_ids, shard_labels, shard_rng, n_targets_total)
-            return loss, n, self.backward(tape)
+            rows = trim_padding_columns(labels[rows], rows)
+            return run(rows, None if seed is None else np.random.Generator(np.random.SFC64(seed)))
 
         shards = zip(np.array_split(np.arange(len(ids)), n_shards), seeds)
         self._shared = SharedOnce(n_shards)
         try:
-            results = list(_thread_pool(n_shards).map(run, shards))
+            results = list(_thread_pool(n_shards).map(run_shard, shards))
         finally:
             self._shared = None
         grads = {}
@@ -339,18 +349,13 @@ class TrainableLlama:
         loss = sum(loss * n for loss, n, _ in results) / max(n_targets, 1)
         return loss, n_targets, grads
 
-    def loss(self, ids, labels):
-        """Evaluation loss (no dropout, no gradients): (mean loss, number of targets)."""
-        loss, n_targets, _ = self.forward(ids, labels, rng=None, need_grads=False)
-        return loss, n_targets
 
-
-def trim_padding(ids, labels):
-    """Drop the trailing positions after the last target of every row (padding): under a
-    causal mask they influence nothing before them."""
+def trim_padding_columns(labels, rows):
+    """An index (rows, :length) of the batch without the trailing positions after the
+    last label of every row (padding): under a causal mask they influence nothing before."""
     has_label = np.any(labels != ops.IGNORE_INDEX, axis=0)                       # [T]
-    length = int(np.flatnonzero(has_label)[-1]) + 1 if has_label.any() else ids.shape[1]
-    return ids[:, :length], labels[:, :length]   # the last kept label is the last target
+    length = int(np.flatnonzero(has_label)[-1]) + 1 if has_label.any() else labels.shape[1]
+    return np.s_[rows[0]:rows[-1] + 1, :length]   # the last kept label is the last target
 
 
 # ------------------------------------------------------------- worker threads

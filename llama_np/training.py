@@ -41,8 +41,9 @@ HEAD_CHUNK = 1024
 class TrainableLlama:
     """A frozen LLaMA base plus a trainable adapter.
 
-        loss, tape = model.forward(ids, labels, rng)   # ids, labels: [B, T]
-        grads = model.backward(tape)                   # {name: gradient}, names of adapter.params
+        loss, n_targets, tape = model.forward(ids, labels, rng)   # ids, labels: [B, T]
+        grads = model.backward(tape)              # {name: gradient}, names of adapter.params
+        loss, n_targets, grads = model.loss_and_grads(ids, labels, rng, threads=2)  # both, in 2 shards
 
     `labels` are the token ids to learn, IGNORE_INDEX (-100) where nothing is learned
     (prompt, padding); the target of position t is labels[t + 1]. `rng` drives LoRA dropout

@@ -180,7 +180,7 @@ class Trainer:
                 else:
                     grads[name] = g
             total_nll += loss * n
-            n_tokens += ids.size
+            n_tokens += _real_tokens(labels)
         grad_norm = clip_grad_norm(grads, cfg.max_grad_norm)
         lr = learning_rate(self.step, cfg.lr, cfg.steps, cfg.warmup_steps, cfg.schedule)
         self.optimizer.step(self.model.params, grads, lr)
@@ -221,8 +221,9 @@ class Trainer:
                     record["eval_loss"] = self.evaluate()
                 self._log(record)
                 if bar is not None:
+                    bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}",
+                                    refresh=False)
                     bar.update(1)
-                    bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
                 if cfg.save_every and self.step % cfg.save_every == 0:
                     self.save_checkpoint()
                     last_saved = self.step
@@ -355,6 +356,13 @@ def plot_log(log_path, png_path):
 
 
 # ---------------------------------------------------------------------- helpers
+def _real_tokens(labels):
+    """Tokens of a right-padded batch that are not padding: each row up to its last label."""
+    labelled = labels != -100                                                     # [B, T]
+    last = labels.shape[1] - 1 - np.argmax(labelled[:, ::-1], axis=1)             # [B]
+    return int(np.sum(np.where(labelled.any(axis=1), last + 1, 0)))
+
+
 def _to_json(value):
     """A random generator's state (with uint64 arrays in it) as plain JSON values."""
     if isinstance(value, dict):

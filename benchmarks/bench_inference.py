@@ -95,19 +95,24 @@ def llama_np_steps(model_path, threads):
 
 
 def llama_cpp_steps(model_path, threads):
-    from llama_cpp import Llama
+    import llama_cpp
+    import numpy as np
 
-    llm = Llama(model_path, n_ctx=PROMPT_TOKENS + NEW_TOKENS + 16, n_batch=PROMPT_TOKENS + 16,
-                n_threads=threads, n_threads_batch=threads, verbose=False)
+    llm = llama_cpp.Llama(model_path, n_ctx=PROMPT_TOKENS + NEW_TOKENS + 16, n_batch=PROMPT_TOKENS + 16,
+                          n_threads=threads, n_threads_batch=threads, verbose=False)
+
+    def last_logits():
+        # only the last position's logits are computed (logits_all=False), as llama_np's last_only
+        return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(llm.n_vocab(),))
 
     def prefill(ids):
         llm.reset()
         llm.eval(ids)
-        return llm.scores[llm.n_tokens - 1]
+        return last_logits()
 
     def decode(token):
         llm.eval([token])
-        return llm.scores[llm.n_tokens - 1]
+        return last_logits()
     return prefill, decode
 
 

@@ -12,6 +12,13 @@ import numpy as np
 
 from llama_np.quant import BLOCK_BYTES, QK
 
+# How idle OpenMP threads wait between kernel calls, read once when the C library loads.
+# Spinning ("ACTIVE", libgomp's default for a while) answers fastest on an idle machine, but
+# decoding runs ~120 short parallel loops a token: on a shared, busy machine a spinning
+# thread keeps the core from the very thread it waits for, and 2-thread decode collapsed
+# from 13 to 3 tok/s (load 7, Zen 3). Sleeping waiters cost a few µs per loop instead.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 try:
     from llama_np._kernels import ffi, lib
     AVAILABLE = True

@@ -13,6 +13,7 @@ import numpy as np
 
 from llama_np import kernels, ops
 from llama_np.config import LlamaConfig
+from llama_np.quant import QuantizedMatrix
 
 
 def layer_weight_names(i):
@@ -49,6 +50,24 @@ def expected_shapes(config: LlamaConfig):
     return shapes
 
 
+def stack_rows(matrices):
+    """One QuantizedMatrix holding the rows of `matrices` one after another, or None when
+    they are not all quantized alike.
+
+    x @ [A; B; C]ᵀ = [x Aᵀ, x Bᵀ, x Cᵀ]: each output is still the dot product of one
+    weight row with x, so q, k and v (or gate and up) come out of one kernel call instead
+    of three. Decoding makes ~210 calls a token; every call saved is a few µs of Python
+    and one parallel region fewer. The stacked copy costs memory only once: the original
+    rows, memory-mapped from the file, are then never read."""
+    first = matrices[0]
+    if not all(isinstance(m, QuantizedMatrix) and m.qtype == first.qtype
+               and m.shape[1] == first.shape[1] and m.int8_activations == first.int8_activations
+               for m in matrices):
+        return None
+    data = np.concatenate([m.data for m in matrices])                    # [Σ out, row_bytes]
+    return QuantizedMatrix(data, first.qtype, (data.shape[0], first.shape[1]), first.int8_activations)
+
+
 def check_weights(config, weights, source="checkpoint"):
     """Raise a ValueError naming the first missing or misshapen tensor."""
     for name, shape in expected_shapes(config).items():
@@ -83,6 +102,7 @@ class Llama:
         self.use_kernels = use_kernels and kernels.AVAILABLE
         self.layers = [{key: weights[name] for key, name in layer_weight_names(i).items()}
                        for i in range(config.num_hidden_layers)]
+        self._stacked = {}  # (layer, keys) → (the matrices stacked, stack_rows of them)
 
     @property
     def lm_head(self):
@@ -105,6 +125,23 @@ class Llama:
             return kernels.rope_(x, positions, self.config.rope_theta)
         return ops.rope_forward(x, positions, self.config.rope_theta)[0]
 
+    def _linears(self, x, layer_index, keys):
+        """x [T, D] through the weights `keys` of one layer (e.g. q, k, v) → one [T, out]
+        per key. With the C kernels, matrices quantized alike are multiplied as one stack
+        (`stack_rows`), made on first use and remade if a layer's weights were replaced
+        (LoRA swaps them); the NumPy path multiplies them one by one, the reference."""
+        w = self.layers[layer_index]
+        parts = tuple(w[key] for key in keys)
+        if self.use_kernels:
+            made = self._stacked.get((layer_index, keys))
+            if made is None or any(a is not b for a, b in zip(made[0], parts)):
+                made = self._stacked[(layer_index, keys)] = (parts, stack_rows(parts))
+            if made[1] is not None:
+                y = made[1].matmul(x)                                                  # [T, Σ out]
+                ends = np.cumsum([part.shape[0] for part in parts])[:-1]
+                return np.split(y, ends, axis=1)
+        return [ops.linear_forward(x, part)[0] for part in parts]
+
     def block(self, h, layer_index, positions, cache):
         """One transformer block on h [T, D]: attention then MLP, each a residual branch."""
         cfg, w = self.config, self.layers[layer_index]
@@ -112,11 +149,12 @@ class Llama:
         start = cache.length
 
         x = self._rmsnorm(h, w["attn_norm"])                                               # [T, D]
-        q = ops.linear_forward(x, w["q"])[0].reshape(n_tokens, cfg.num_attention_heads, cfg.head_dim)
-        k = ops.linear_forward(x, w["k"])[0].reshape(n_tokens, cfg.num_key_value_heads, cfg.head_dim)
-        v = ops.linear_forward(x, w["v"])[0].reshape(n_tokens, cfg.num_key_value_heads, cfg.head_dim)
-        q = self._rope(np.ascontiguousarray(q), positions)                                 # [T, H, hd]
-        k = self._rope(np.ascontiguousarray(k), positions)                                 # [T, H_kv, hd]
+        q, k, v = self._linears(x, layer_index, ("q", "k", "v"))                          # [T, *]
+        q = np.ascontiguousarray(q).reshape(n_tokens, cfg.num_attention_heads, cfg.head_dim)
+        k = np.ascontiguousarray(k).reshape(n_tokens, cfg.num_key_value_heads, cfg.head_dim)
+        v = v.reshape(n_tokens, cfg.num_key_value_heads, cfg.head_dim)
+        q = self._rope(q, positions)                                                       # [T, H, hd]
+        k = self._rope(k, positions)                                                       # [T, H_kv, hd]
         cache.k[layer_index, start:start + n_tokens] = k
         cache.v[layer_index, start:start + n_tokens] = v
         keys = cache.k[layer_index, :start + n_tokens]                                     # [S, H_kv, hd]
@@ -125,8 +163,7 @@ class Llama:
         h = h + ops.linear_forward(attn, w["o"])[0]                                        # [T, D]
 
         x = self._rmsnorm(h, w["mlp_norm"])                                                # [T, D]
-        gate = ops.linear_forward(x, w["gate"])[0]                                         # [T, F]
-        up = ops.linear_forward(x, w["up"])[0]                                             # [T, F]
+        gate, up = self._linears(x, layer_index, ("gate", "up"))                           # [T, F] each
         hidden = ops.swiglu_forward(gate, up)[0]                                           # [T, F]
         return h + ops.linear_forward(hidden, w["down"])[0]                                # [T, D]
 

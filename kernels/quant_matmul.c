@@ -192,20 +192,64 @@ static inline void decode_block(quant_type type, const uint8_t *block, float w[Q
 }
 #endif
 
-static float dot_row(quant_type type, const uint8_t *row, const float *x, int64_t n_blocks)
+#ifdef USE_AVX2
+/* Σ_k q[k] x[k] over one block as 8 lane sums: the nibbles (or bytes) become floats, but the
+ * scales wait until the block is summed. Two chains of two products each, so no FMA waits
+ * for the one before it for long. */
+static inline __m256 dot_block_q_avx2(const __m256 q[4], const float *xb)
+{
+    const __m256 s01 = _mm256_fmadd_ps(q[1], _mm256_loadu_ps(xb + 8), _mm256_mul_ps(q[0], _mm256_loadu_ps(xb)));
+    const __m256 s23 = _mm256_fmadd_ps(q[3], _mm256_loadu_ps(xb + 24), _mm256_mul_ps(q[2], _mm256_loadu_ps(xb + 16)));
+    return _mm256_add_ps(s01, s23);
+}
+
+static inline void nibbles_as_floats_avx2(const uint8_t qs[QK / 2], __m256 q[4])
+{
+    __m256i qi[4];
+    unpack_nibbles_avx2(qs, qi);
+    for (int i = 0; i < 4; i++) q[i] = _mm256_cvtepi32_ps(qi[i]);
+}
+#endif
+
+/* dot_row for the GEMV. A block's weights are w = d·q + m (Q4_1), d·(q - 8) (Q4_0) or d·q
+ * (Q8_0), so its share of the dot product factors as
+ *
+ *   Σ w x = d · Σ q x  +  m · Σ x        (Q4_0: m = -8 d)
+ *
+ * Σ x of each block (x_sums) is the same for every row: computed once per activation row,
+ * it leaves one multiply by d per block instead of one per weight. */
+static float dot_row(quant_type type, const uint8_t *row, const float *x, const float *x_sums,
+                     int64_t n_blocks)
 {
 #ifdef USE_AVX2
-    /* Four independent accumulators, one per 8-lane quarter of a block: one chain of
-     * dependent FMAs would wait out the FMA latency (4 cycles) at every step. */
-    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    float offset = 0.0f;  /* Σ over blocks of m · Σ x */
+    __m256 acc = _mm256_setzero_ps();
     for (int64_t b = 0; b < n_blocks; b++) {
-        const f32x32 w = decode_block_avx2(type, row + b * BLOCK_BYTES[type]);
-        for (int i = 0; i < 4; i++)
-            acc[i] = _mm256_fmadd_ps(w.v[i], _mm256_loadu_ps(x + b * QK + 8 * i), acc[i]);
+        const uint8_t *block = row + b * BLOCK_BYTES[type];
+        __m256 q[4];
+        float d;
+        if (type == Q8_0) {
+            const block_q8_0 *blk = (const block_q8_0 *)block;
+            d = fp16_to_fp32(blk->d);
+            for (int i = 0; i < 4; i++)
+                q[i] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(blk->qs + 8 * i))));
+        } else if (type == Q4_1) {
+            const block_q4_1 *blk = (const block_q4_1 *)block;
+            d = fp16_to_fp32(blk->d);
+            offset += fp16_to_fp32(blk->m) * x_sums[b];
+            nibbles_as_floats_avx2(blk->qs, q);
+        } else {
+            const block_q4_0 *blk = (const block_q4_0 *)block;
+            d = fp16_to_fp32(blk->d);
+            offset -= 8.0f * d * x_sums[b];
+            nibbles_as_floats_avx2(blk->qs, q);
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), dot_block_q_avx2(q, x + b * QK), acc);
     }
-    return hsum_avx2(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+    return hsum_avx2(acc) + offset;
 #else
-    float sum = 0.0f, w[QK];
+    float sum = 0.0f, w[QK];  /* plain C: decode each block, then multiply */
+    (void)x_sums;
     for (int64_t b = 0; b < n_blocks; b++) {
         decode_block(type, row + b * BLOCK_BYTES[type], w);
         for (int j = 0; j < QK; j++) sum += w[j] * x[b * QK + j];
@@ -280,27 +324,37 @@ static float dot_f32(const float *a, const float *b, int64_t n)
 
 /* out[t, r] for rows r0 <= r < r1, every token, decoding each block once per token. */
 static void gemv_rows(quant_type type, float *out, const uint8_t *w, const float *x,
-                      int64_t n_tokens, int64_t out_features, int64_t in_features,
-                      int64_t r0, int64_t r1)
+                      const float *x_sums, int64_t n_tokens, int64_t out_features,
+                      int64_t in_features, int64_t r0, int64_t r1)
 {
     const int64_t n_blocks = in_features / QK;
     const int64_t row_bytes = n_blocks * BLOCK_BYTES[type];
     for (int64_t r = r0; r < r1; r++)
         for (int64_t t = 0; t < n_tokens; t++)
-            out[t * out_features + r] = dot_row(type, w + r * row_bytes, x + t * in_features, n_blocks);
+            out[t * out_features + r] = dot_row(type, w + r * row_bytes, x + t * in_features,
+                                                x_sums + t * n_blocks, n_blocks);
 }
 
-static void quant_matmul(quant_type type, float *out, const uint8_t *w, const float *x,
-                         int64_t n_tokens, int64_t out_features, int64_t in_features, int n_threads)
+/* Returns 0, or -1 when there is no memory for the block sums of x. */
+static int quant_matmul(quant_type type, float *out, const uint8_t *w, const float *x,
+                        int64_t n_tokens, int64_t out_features, int64_t in_features, int n_threads)
 {
     const int64_t n_blocks = in_features / QK;
     const int64_t row_bytes = n_blocks * BLOCK_BYTES[type];
+    float *x_sums = malloc((n_tokens * n_blocks + 1) * sizeof(float));  /* [T, n_blocks]: Σ x per block */
+    if (x_sums == NULL) return -1;
+    for (int64_t i = 0; i < n_tokens * n_blocks; i++) {
+        float sum = 0.0f;
+        for (int j = 0; j < QK; j++) sum += x[i * QK + j];
+        x_sums[i] = sum;
+    }
 
     if (n_tokens < GEMM_MIN_TOKENS) {
         #pragma omp parallel for num_threads(n_threads) schedule(static)
         for (int64_t r = 0; r < out_features; r++)
-            gemv_rows(type, out, w, x, n_tokens, out_features, in_features, r, r + 1);
-        return;
+            gemv_rows(type, out, w, x, x_sums, n_tokens, out_features, in_features, r, r + 1);
+        free(x_sums);
+        return 0;
     }
 
     #pragma omp parallel num_threads(n_threads)
@@ -310,7 +364,7 @@ static void quant_matmul(quant_type type, float *out, const uint8_t *w, const fl
         for (int64_t r0 = 0; r0 < out_features; r0 += TILE_ROWS) {
             const int64_t r1 = r0 + TILE_ROWS < out_features ? r0 + TILE_ROWS : out_features;
             if (w_tile == NULL || r1 - r0 < TILE_ROWS) {  /* no scratch, or the last rows */
-                gemv_rows(type, out, w, x, n_tokens, out_features, in_features, r0, r1);
+                gemv_rows(type, out, w, x, x_sums, n_tokens, out_features, in_features, r0, r1);
                 continue;
             }
             for (int64_t r = r0; r < r1; r++)
@@ -325,24 +379,26 @@ static void quant_matmul(quant_type type, float *out, const uint8_t *w, const fl
         }
         free(w_tile);
     }
+    free(x_sums);
+    return 0;
 }
 
-void matmul_q4_0_f32(float *out, const uint8_t *w, const float *x, int64_t n_rows_x,
-                     int64_t out_features, int64_t in_features, int n_threads)
+int matmul_q4_0_f32(float *out, const uint8_t *w, const float *x, int64_t n_rows_x,
+                    int64_t out_features, int64_t in_features, int n_threads)
 {
-    quant_matmul(Q4_0, out, w, x, n_rows_x, out_features, in_features, n_threads);
+    return quant_matmul(Q4_0, out, w, x, n_rows_x, out_features, in_features, n_threads);
 }
 
-void matmul_q4_1_f32(float *out, const uint8_t *w, const float *x, int64_t n_rows_x,
-                     int64_t out_features, int64_t in_features, int n_threads)
+int matmul_q4_1_f32(float *out, const uint8_t *w, const float *x, int64_t n_rows_x,
+                    int64_t out_features, int64_t in_features, int n_threads)
 {
-    quant_matmul(Q4_1, out, w, x, n_rows_x, out_features, in_features, n_threads);
+    return quant_matmul(Q4_1, out, w, x, n_rows_x, out_features, in_features, n_threads);
 }
 
-void matmul_q8_0_f32(float *out, const uint8_t *w, const float *x, int64_t n_rows_x,
-                     int64_t out_features, int64_t in_features, int n_threads)
+int matmul_q8_0_f32(float *out, const uint8_t *w, const float *x, int64_t n_rows_x,
+                    int64_t out_features, int64_t in_features, int n_threads)
 {
-    quant_matmul(Q8_0, out, w, x, n_rows_x, out_features, in_features, n_threads);
+    return quant_matmul(Q8_0, out, w, x, n_rows_x, out_features, in_features, n_threads);
 }
 
 /* =======================================================================================

@@ -121,8 +121,7 @@ def quant_matmul(data, qtype, x, int8_activations=False):
     out = np.empty((n_tokens, out_features), dtype=np.float32)            # [T, out]
     args = (ffi.from_buffer("float[]", out, require_writable=True), w_buffer,
             ffi.from_buffer("float[]", x), n_tokens, out_features, in_features, _num_threads)
-    if not int8_activations:
-        getattr(lib, _QUANT_MATMUL_KERNELS[qtype])(*args)
-    elif getattr(lib, _QUANT_MATMUL_KERNELS[qtype] + "_int8")(*args) != 0:
-        raise MemoryError(f"no memory to quantize {n_tokens} x {in_features} activations")
+    kernel = _QUANT_MATMUL_KERNELS[qtype] + ("_int8" if int8_activations else "")
+    if getattr(lib, kernel)(*args) != 0:
+        raise MemoryError(f"no scratch memory for {n_tokens} x {in_features} activations")
     return out

@@ -125,3 +125,31 @@ def quant_matmul(data, qtype, x, int8_activations=False):
     if getattr(lib, kernel)(*args) != 0:
         raise MemoryError(f"no scratch memory for {n_tokens} x {in_features} activations")
     return out
+
+
+def attention_forward(q, k, v):
+    """C causal grouped-query attention: q [T, H, hd], k and v [S, H_kv, hd] (S ≥ T, the
+    queries being the last T positions), all float32 → [T, H*hd].
+    NumPy reference: llama_np.ops.attention_forward (which also returns a backward cache)."""
+    _require(q, "q", np.float32, 3)
+    _require(k, "k", np.float32, 3)
+    _require(v, "v", np.float32, 3)
+    n_tokens, n_heads, head_dim = q.shape
+    n_keys, n_kv_heads, _ = k.shape
+    if k.shape != v.shape:
+        raise ValueError(f"k {k.shape} and v {v.shape} differ")
+    if k.shape[2] != head_dim:
+        raise ValueError(f"q heads have {head_dim} dims, k heads {k.shape[2]}")
+    if n_kv_heads == 0 or n_heads % n_kv_heads:
+        raise ValueError(f"{n_heads} query heads cannot share {n_kv_heads} key/value heads")
+    if n_keys < n_tokens:
+        raise ValueError(f"{n_tokens} queries need at least as many keys, got {n_keys}")
+    out = np.empty((n_tokens, n_heads * head_dim), dtype=np.float32)        # [T, H*hd]
+    scores = np.empty((_num_threads, max(n_keys, 1)), dtype=np.float32)    # scratch per thread
+    lib.attention_forward_f32(ffi.from_buffer("float[]", out, require_writable=True),
+                              ffi.from_buffer("float[]", q), ffi.from_buffer("float[]", k),
+                              ffi.from_buffer("float[]", v),
+                              ffi.from_buffer("float[]", scores, require_writable=True),
+                              n_tokens, n_heads, n_kv_heads, n_keys, head_dim, _num_threads)
+    return out
+

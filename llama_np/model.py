@@ -125,6 +125,11 @@ class Llama:
             return kernels.rope_(x, positions, self.config.rope_theta)
         return ops.rope_forward(x, positions, self.config.rope_theta)[0]
 
+    def _attention(self, q, keys, values):
+        if self.use_kernels:
+            return kernels.attention_forward(q, keys, values)
+        return ops.attention_forward(q, keys, values)[0]
+
     def _linears(self, x, layer_index, keys):
         """x [T, D] through the weights `keys` of one layer (e.g. q, k, v) → one [T, out]
         per key. With the C kernels, matrices quantized alike are multiplied as one stack
@@ -159,7 +164,7 @@ class Llama:
         cache.v[layer_index, start:start + n_tokens] = v
         keys = cache.k[layer_index, :start + n_tokens]                                     # [S, H_kv, hd]
         values = cache.v[layer_index, :start + n_tokens]                                   # [S, H_kv, hd]
-        attn = ops.attention_forward(q, keys, values)[0]                                   # [T, H*hd]
+        attn = self._attention(q, keys, values)                                            # [T, H*hd]
         h = h + ops.linear_forward(attn, w["o"])[0]                                        # [T, D]
 
         x = self._rmsnorm(h, w["mlp_norm"])                                                # [T, D]

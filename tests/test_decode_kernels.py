@@ -1,9 +1,10 @@
-"""The C decode path against the NumPy path it replaces: stacked projections, and on the
-real model the same greedy tokens with and without the kernels (issue 3)."""
+"""The C decode path against the NumPy path it replaces: stacked projections, attention over
+the KV cache, and on the real model the same greedy tokens with and without the kernels
+(issue 3)."""
 import numpy as np
 import pytest
 
-from llama_np import kernels
+from llama_np import kernels, ops
 from llama_np.generation import generate
 from llama_np.model import Llama, stack_rows
 from llama_np.quant import QuantizedMatrix
@@ -36,6 +37,44 @@ def test_matrices_quantized_differently_are_not_stacked():
     b = QuantizedMatrix.from_float(rand(4, 64), "Q8_0")
     assert stack_rows([a, b]) is None
     assert stack_rows([a, rand(4, 64)]) is None
+
+
+@needs_kernels
+@pytest.mark.parametrize("n_tokens, n_keys, n_heads, n_kv_heads, head_dim",
+                         [(1, 1, 2, 1, 2), (1, 37, 9, 3, 64), (5, 5, 6, 2, 10), (3, 11, 4, 4, 6),
+                          (7, 130, 9, 3, 64)])
+def test_c_attention_matches_numpy(n_tokens, n_keys, n_heads, n_kv_heads, head_dim):
+    q = rand(n_tokens, n_heads, head_dim, seed=1)                         # [T, H, hd]
+    k = rand(n_keys, n_kv_heads, head_dim, seed=2) * 3                    # [S, H_kv, hd]
+    v = rand(n_keys, n_kv_heads, head_dim, seed=3)
+    expected = ops.attention_forward(q, k, v)[0]                          # [T, H*hd]
+    for threads in (1, 3):
+        saved = kernels.get_num_threads()
+        kernels.set_num_threads(threads)
+        try:
+            ours = kernels.attention_forward(q, k, v)
+        finally:
+            kernels.set_num_threads(saved)
+        np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-5)
+
+
+@needs_kernels
+def test_c_attention_refuses_bad_arguments_before_c():
+    q, kv = rand(2, 4, 8), rand(5, 2, 8)
+    with pytest.raises(TypeError, match="dtype"):
+        kernels.attention_forward(q.astype(np.float64), kv, kv)
+    with pytest.raises(ValueError, match="contiguous"):
+        kernels.attention_forward(rand(2, 4, 16)[:, :, ::2], kv, kv)
+    with pytest.raises(ValueError, match="dimensions"):
+        kernels.attention_forward(q.reshape(2, 32), kv, kv)
+    with pytest.raises(ValueError, match="differ"):
+        kernels.attention_forward(q, kv, rand(4, 2, 8))
+    with pytest.raises(ValueError, match="dims"):
+        kernels.attention_forward(q, rand(5, 2, 4), rand(5, 2, 4))
+    with pytest.raises(ValueError, match="share"):
+        kernels.attention_forward(q, rand(5, 3, 8), rand(5, 3, 8))
+    with pytest.raises(ValueError, match="at least"):
+        kernels.attention_forward(q, rand(1, 2, 8), rand(1, 2, 8))
 
 
 @pytest.mark.slow

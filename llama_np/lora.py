@@ -43,6 +43,9 @@ LM_HEAD = "lm_head.weight"
 SAVABLE_MODULES = {"embed_tokens": EMBED, "lm_head": LM_HEAD}
 
 
+DROPOUT_LEVELS = 1 << 16  # dropout masks come from uint16 draws: p in steps of 1/65536
+
+
 class AdapterError(ValueError):
     """A LoRA configuration or adapter that does not fit the model it is applied to."""
 
@@ -59,15 +62,18 @@ def lora_forward(x, lora_a, lora_b, scaling, dropout=0.0, rng=None):
     Dropout (only when `rng` is given, i.e. in training) zeroes each input of the branch
     with probability p, as PEFT's `lora_dropout`, and scales the survivors by 1/(1 - p).
     That factor, like `scaling`, multiplies the r-wide product x Aᵀ rather than the
-    [N, in] input: the same numbers, N·r multiplications instead of N·in."""
+    [N, in] input: the same numbers, N·r multiplications instead of N·in. The mask compares
+    16-bit random integers with a threshold (half the random bits of float draws, and
+    training draws millions per step), so p is taken to the nearest multiple of 1/65536."""
     # x: [N, in], lora_a: [r, in], lora_b: [out, r]
     keep = None
     factor = scaling
     x_kept = x
     if rng is not None and dropout > 0:
-        keep = rng.random(x.shape, dtype=np.float32) >= dropout        # [N, in] bool
+        threshold = round(dropout * DROPOUT_LEVELS)
+        keep = rng.integers(0, DROPOUT_LEVELS, x.shape, dtype=np.uint16) >= threshold  # [N, in] bool
         x_kept = x * keep                                              # [N, in]
-        factor = scaling / (1.0 - dropout)
+        factor = scaling / (1.0 - threshold / DROPOUT_LEVELS)
     u = x_kept @ lora_a.T                                              # [N, r]
     u *= u.dtype.type(factor)
     delta = u @ lora_b.T                                               # [N, out]

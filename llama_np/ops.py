@@ -251,7 +251,8 @@ def cross_entropy_forward(logits, targets):
     keep = targets != IGNORE_INDEX                                   # [N]
     shifted = logits - logits.max(axis=-1, keepdims=True)
     log_z = np.log(np.exp(shifted).sum(axis=-1, keepdims=True))      # [N, 1]
-    log_probs = shifted - log_z                                      # [N, V]
+    log_probs = shifted
+    log_probs -= log_z                                               # [N, V], in place
     n_kept = max(int(keep.sum()), 1)
     picked = log_probs[np.arange(len(targets)), np.where(keep, targets, 0)]
     loss = -np.sum(np.where(keep, picked, 0.0)) / n_kept

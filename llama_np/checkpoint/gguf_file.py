@@ -93,6 +93,22 @@ class _Cursor:
         n = self.scalar("<Q")
         return bytes(self.take(n)).decode("utf-8", errors="replace")
 
+    def strings(self, count):
+        """`count` consecutive strings: the tokenizer's vocabulary and merges, ~100k of
+        them, so this loop is kept tight (it dominates the time to open a model)."""
+        buf, pos, end = self.buf, self.pos, len(self.buf)
+        out = []
+        for _ in range(count):
+            n = int.from_bytes(buf[pos:pos + 8], "little")
+            pos += 8
+            if pos + n > end:
+                self.pos = pos
+                self.take(n)  # raises the truncation error
+            out.append(str(buf[pos:pos + n], "utf-8", "replace"))
+            pos += n
+        self.pos = pos
+        return out
+
     def value(self, vtype):
         if vtype in _SCALAR_FORMATS:
             return self.scalar(_SCALAR_FORMATS[vtype])
@@ -103,6 +119,8 @@ class _Cursor:
             if elem_type in _NUMPY_DTYPES:  # numeric arrays in one go
                 dtype = np.dtype(_NUMPY_DTYPES[elem_type])
                 return np.frombuffer(self.take(count * dtype.itemsize), dtype=dtype).tolist()
+            if elem_type == _STRING:
+                return self.strings(count)
             return [self.value(elem_type) for _ in range(count)]
         raise GGUFError(f"{self.path}: unknown metadata value type {vtype} at offset {self.pos}")
 

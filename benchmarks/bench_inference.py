@@ -16,8 +16,11 @@ What is measured (DESIGN.md §5 has the anchors of the reference machine):
   RSS is the memory of a short chat.
 
 Engines: llama_np (this repository), llama.cpp through llama-cpp-python (same Q4_1 file;
-build recipe in DESIGN.md §5) and transformers + torch (the GGUF dequantized to fp32, as
-`from_pretrained(gguf_file=...)` loads it). An engine that is not importable is skipped.
+build recipe in DESIGN.md §5) and transformers + torch in fp32. For transformers the GGUF is
+dequantized once, at the start, by `from_pretrained(gguf_file=...)` and saved as a Hugging
+Face folder in a temporary directory, which its runs then load as a transformers user would
+(reading the GGUF itself takes transformers about a minute, mostly building its tokenizer).
+An engine that is not importable is skipped.
 
 Every measurement runs in a fresh process (thread counts are fixed at process start, and
 RSS is then that engine's alone) after one short warm-up pass; runs alternate between
@@ -33,6 +36,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -116,13 +120,12 @@ def llama_cpp_steps(model_path, threads):
     return prefill, decode
 
 
-def transformers_steps(model_path, threads):
+def transformers_steps(hf_folder, threads):
     import torch
     import transformers
 
     torch.set_num_threads(threads)
-    folder, name = os.path.split(os.path.abspath(model_path))
-    model = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32).eval()
+    model = transformers.AutoModelForCausalLM.from_pretrained(hf_folder, dtype=torch.float32).eval()
     state = {}
 
     @torch.inference_mode()
@@ -162,7 +165,8 @@ def speed_child(engine, model_path, threads, ids):
 
 
 def first_token_child(engine, model_path, threads):
-    """What a chat does for its first reply, for the engines without a chat CLI here."""
+    """What a chat does for its first reply, for the engines without a chat CLI here
+    (`model_path`: the GGUF for llama.cpp, the converted folder for transformers)."""
     messages = [{"role": "user", "content": CHAT_MESSAGE}]
     if engine == "llama_cpp":
         from llama_cpp import Llama
@@ -172,12 +176,24 @@ def first_token_child(engine, model_path, threads):
         import torch
         import transformers
         torch.set_num_threads(threads)
-        folder, name = os.path.split(os.path.abspath(model_path))
-        tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=name)
-        model = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(model_path)
+        model = transformers.AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
         ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
                                             return_dict=True)
         model.generate(**ids, max_new_tokens=1, do_sample=False)
+
+
+def convert_child(model_path, out_folder):
+    """The GGUF dequantized to fp32 by transformers, saved as a Hugging Face folder."""
+    import torch
+    import transformers
+    folder, name = os.path.split(os.path.abspath(model_path))
+    transformers.AutoTokenizer.from_pretrained(folder, gguf_file=name).save_pretrained(out_folder)
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    # a model loaded from GGUF refuses save_pretrained; an ordinary one with its weights does not
+    plain = transformers.AutoModelForCausalLM.from_config(model.config, dtype=torch.float32)
+    plain.load_state_dict(model.state_dict())
+    plain.save_pretrained(out_folder)
 
 
 # ----- the parent: spawn, collect, report ---------------------------------------------------
@@ -216,6 +232,39 @@ def run_first_token(engine, model_path, threads):
     process.stderr.close()
     process.returncode = 0  # reaped by wait4
     return seconds, usage.ru_maxrss / 1024
+
+
+def convert_for_transformers(model_path, folder):
+    print("transformers: converting the GGUF to an fp32 Hugging Face folder (once)", file=sys.stderr)
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", "convert", "--model", model_path, "--out", folder]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"converting for transformers failed:\n{out.stderr[-2000:]}")
+    return folder
+
+
+def measure(engines, model_for, args, ids_arg):
+    """All runs, engines alternating: ({(engine, threads): [records]}, {engine: [(s, MiB)]},
+    [1-minute load average before each measurement])."""
+    results = {(e, t): [] for e in engines for t in args.threads}
+    first_token = {e: [] for e in engines} if not args.no_first_token else {}
+    loads = []
+    for run in range(args.runs):
+        for threads in args.threads:
+            for engine in engines:
+                loads.append(os.getloadavg()[0])
+                record = run_speed(engine, model_for[engine], threads, ids_arg)
+                results[(engine, threads)].append(record)
+                print(f"run {run + 1}/{args.runs} {engine:12s} {threads} thr: prefill "
+                      f"{record['prefill_tok_s']:6.0f} tok/s, decode {record['decode_tok_s']:5.1f} tok/s, "
+                      f"RSS {record['peak_rss_mb']:4.0f} MiB (load {loads[-1]:.1f})", file=sys.stderr)
+        for engine in first_token:
+            loads.append(os.getloadavg()[0])
+            seconds, rss = run_first_token(engine, model_for[engine], max(args.threads))
+            first_token[engine].append((seconds, rss))
+            print(f"run {run + 1}/{args.runs} {engine:12s} first token after {seconds:.2f} s, "
+                  f"RSS {rss:.0f} MiB (load {loads[-1]:.1f})", file=sys.stderr)
+    return results, first_token, loads
 
 
 def machine_description():
@@ -260,8 +309,8 @@ def ratio(a, b):
 def report(results, first_token, engines, thread_counts, runs, model_path):
     """The tables, as markdown, on stdout."""
     print(f"\n### Inference, {os.path.basename(model_path)} (medians of {runs} runs)\n")
-    print("| engine | threads | prefill tok/s (128) | decode tok/s (128) | peak RSS MiB | "
-          "reference machine (DESIGN §5) |")
+    print("| engine | threads | prefill tok/s, 128 tokens: median (best) | decode tok/s, 128 tokens: median (best) "
+          "| peak RSS MiB | reference machine (DESIGN §5) |")
     print("|---|---|---|---|---|---|")
     medians = {}
     for engine in engines:
@@ -269,14 +318,15 @@ def report(results, first_token, engines, thread_counts, runs, model_path):
             records = results[(engine, threads)]
             m = {key: statistics.median(r[key] for r in records)
                  for key in ("prefill_tok_s", "decode_tok_s", "peak_rss_mb")}
+            best = {key: max(r[key] for r in records) for key in ("prefill_tok_s", "decode_tok_s")}
             medians[(engine, threads)] = m
             anchor = ANCHORS.get((engine, threads))
             anchor_text = f"{anchor[0]} / {anchor[1]}" if anchor else "-"
-            print(f"| {engine} | {threads} | {m['prefill_tok_s']:.0f} | {m['decode_tok_s']:.1f} | "
-                  f"{m['peak_rss_mb']:.0f} | {anchor_text} |")
+            print(f"| {engine} | {threads} | {m['prefill_tok_s']:.0f} ({best['prefill_tok_s']:.0f}) | "
+                  f"{m['decode_tok_s']:.1f} ({best['decode_tok_s']:.1f}) | {m['peak_rss_mb']:.0f} | {anchor_text} |")
     others = [e for e in engines if e != "llama_np"]
     if "llama_np" in engines and others:
-        print("\n| llama_np vs | threads | prefill | decode | peak RSS |")
+        print("\n| llama_np vs (ratio of medians) | threads | prefill | decode | peak RSS |")
         print("|---|---|---|---|---|")
         for other in others:
             for threads in thread_counts:
@@ -286,14 +336,16 @@ def report(results, first_token, engines, thread_counts, runs, model_path):
                       f"{ratio(ours['peak_rss_mb'], theirs['peak_rss_mb'])} |")
     if first_token:
         threads = max(thread_counts)
-        print(f"\n| engine | time to first token, s (process start, 16-token message, {threads} threads) | "
+        print(f"\n| engine | time to first token, s: median (best); process start, 16-token message, "
+              f"{threads} threads | "
               f"peak RSS of that chat, MiB | reference machine |")
         print("|---|---|---|---|")
         for engine in engines:
             seconds = statistics.median(s for s, _ in first_token[engine])
+            fastest = min(s for s, _ in first_token[engine])
             rss = statistics.median(r for _, r in first_token[engine])
             anchor = (f"{ANCHOR_TTFT[engine]} s, {ANCHOR_RSS_MB[engine]} MiB" if engine in ANCHOR_TTFT else "-")
-            print(f"| {engine} | {seconds:.2f} | {rss:.0f} | {anchor} |")
+            print(f"| {engine} | {seconds:.2f} ({fastest:.2f}) | {rss:.0f} | {anchor} |")
 
 
 def main():
@@ -304,9 +356,10 @@ def main():
     p.add_argument("--engines", default=",".join(ENGINES), help="comma-separated, from " + ", ".join(ENGINES))
     p.add_argument("--no-first-token", action="store_true", help="skip the time-to-first-token runs")
     p.add_argument("--json", help="also write every measurement to this JSON file")
-    p.add_argument("--child", choices=["speed", "first_token"], help=argparse.SUPPRESS)  # internal
+    p.add_argument("--child", choices=["speed", "first_token", "convert"], help=argparse.SUPPRESS)  # internal
     p.add_argument("--engine", help=argparse.SUPPRESS)
     p.add_argument("--ids", help=argparse.SUPPRESS)
+    p.add_argument("--out", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.model is None:
         from llama_np import hub
@@ -318,6 +371,9 @@ def main():
     if args.child == "first_token":
         first_token_child(args.engine, args.model, args.threads[0])
         return
+    if args.child == "convert":
+        convert_child(args.model, args.out)
+        return
 
     engines = [e for e in args.engines.split(",") if e]
     unknown = [e for e in engines if e not in ENGINES]
@@ -328,28 +384,16 @@ def main():
             print(f"{engine}: not importable, skipped", file=sys.stderr)
             engines.remove(engine)
     ids_arg = ",".join(map(str, prompt_ids(args.model, PROMPT_TOKENS)))
-    load_before = os.getloadavg()
-    results = {(e, t): [] for e in engines for t in args.threads}
-    first_token = {e: [] for e in engines} if not args.no_first_token else {}
-    for run in range(args.runs):
-        for threads in args.threads:
-            for engine in engines:
-                record = run_speed(engine, args.model, threads, ids_arg)
-                results[(engine, threads)].append(record)
-                print(f"run {run + 1}/{args.runs} {engine:12s} {threads} thr: prefill "
-                      f"{record['prefill_tok_s']:6.0f} tok/s, decode {record['decode_tok_s']:5.1f} tok/s, "
-                      f"RSS {record['peak_rss_mb']:4.0f} MiB", file=sys.stderr)
-        for engine in first_token:
-            seconds, rss = run_first_token(engine, args.model, max(args.threads))
-            first_token[engine].append((seconds, rss))
-            print(f"run {run + 1}/{args.runs} {engine:12s} first token after {seconds:.2f} s, "
-                  f"RSS {rss:.0f} MiB", file=sys.stderr)
-    load_after = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="bench_inference_") as scratch:
+        model_for = {engine: args.model for engine in engines}
+        if "transformers" in engines:
+            model_for["transformers"] = convert_for_transformers(args.model, os.path.join(scratch, "hf"))
+        results, first_token, loads = measure(engines, model_for, args, ids_arg)
 
     print(f"Machine: {machine_description()}")
     print(f"Software: {versions(engines)}")
-    print(f"Load average (1/5/15 min) before: {' '.join(f'{x:.2f}' for x in load_before)}, "
-          f"after: {' '.join(f'{x:.2f}' for x in load_after)}")
+    print(f"Load average (1 min) at the start of each measurement: median {statistics.median(loads):.1f}, "
+          f"range {min(loads):.1f}-{max(loads):.1f} (on {os.cpu_count()} cores)")
     report(results, first_token, engines, args.threads, args.runs, args.model)
     greedy = {e: results[(e, max(args.threads))][0]["tokens"] for e in engines}
     print("\nFirst 16 greedy tokens after the prompt: "
@@ -357,8 +401,7 @@ def main():
                       for e, t in greedy.items()))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
-            json.dump({"machine": machine_description(), "software": versions(engines),
-                       "load_before": load_before, "load_after": load_after,
+            json.dump({"machine": machine_description(), "software": versions(engines), "load": loads,
                        "speed": {f"{e}/{t}": r for (e, t), r in results.items()},
                        "first_token": first_token}, f, indent=1)
 

@@ -9,19 +9,20 @@
  * token with S up to a few thousand: there the NumPy version's dozen small array
  * operations cost more than the arithmetic.
  *
- * scores: scratch of n_threads × S floats. Parallel over the T·H (token, head) pairs. */
-#include <math.h>
+ * scores: scratch of n_threads × S floats. Parallel over the T·H (token, head) pairs; the
+ * work for one pair is attend_one_query (internal/attend.h). */
 #include <stdint.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+
+#include "internal/attend.h"
 
 void attention_forward_f32(float *out, const float *q, const float *k, const float *v,
                            float *scores, int64_t n_tokens, int64_t n_heads, int64_t n_kv_heads,
                            int64_t n_keys, int64_t head_dim, int n_threads)
 {
     const int64_t rep = n_heads / n_kv_heads;
-    const float scale = 1.0f / sqrtf((float)head_dim);
     #pragma omp parallel num_threads(n_threads)
     {
 #ifdef _OPENMP
@@ -33,29 +34,8 @@ void attention_forward_f32(float *out, const float *q, const float *k, const flo
         for (int64_t pair = 0; pair < n_tokens * n_heads; pair++) {
             const int64_t t = pair / n_heads, h = pair % n_heads, g = h / rep;
             const int64_t n_seen = n_keys - n_tokens + t + 1;       /* keys 0 … S-T+t */
-            const float *qt = q + pair * head_dim;                  /* [hd] */
-            float *ot = out + pair * head_dim;                      /* [hd] */
-            float max_score = -INFINITY;
-            for (int64_t s = 0; s < n_seen; s++) {
-                const float *ks = k + (s * n_kv_heads + g) * head_dim;
-                float dot = 0.0f;
-                #pragma omp simd reduction(+:dot)
-                for (int64_t i = 0; i < head_dim; i++) dot += qt[i] * ks[i];
-                p[s] = dot * scale;
-                max_score = fmaxf(max_score, p[s]);
-            }
-            float total = 0.0f;   /* softmax: subtract the maximum so exp cannot overflow */
-            for (int64_t s = 0; s < n_seen; s++) {
-                p[s] = expf(p[s] - max_score);
-                total += p[s];
-            }
-            for (int64_t i = 0; i < head_dim; i++) ot[i] = 0.0f;
-            for (int64_t s = 0; s < n_seen; s++) {
-                const float *vs = v + (s * n_kv_heads + g) * head_dim;
-                const float weight = p[s] / total;
-                #pragma omp simd
-                for (int64_t i = 0; i < head_dim; i++) ot[i] += weight * vs[i];
-            }
+            attend_one_query(out + pair * head_dim, q + pair * head_dim, k + g * head_dim,
+                             v + g * head_dim, n_kv_heads * head_dim, n_seen, head_dim, p);
         }
     }
 }

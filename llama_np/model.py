@@ -50,25 +50,6 @@ def expected_shapes(config: LlamaConfig):
     return shapes
 
 
-def stack_rows(matrices):
-    """One QuantizedMatrix holding the rows of `matrices` one after another, or None when
-    they are not all quantized alike.
-
-    x @ [A; B; C]ᵀ = [x Aᵀ, x Bᵀ, x Cᵀ]: each output is still the dot product of one
-    weight row with x, so q, k and v (or gate and up) come out of one kernel call instead
-    of three (decoding then makes ~120 kernel calls a token instead of ~210; each call
-    saved is a few µs of Python and one parallel region fewer). From a GGUF the original
-    rows stay memory-mapped and are never read, so the copy takes their place in memory;
-    matrices already in memory are held twice."""
-    first = matrices[0]
-    if not all(isinstance(m, QuantizedMatrix) and m.qtype == first.qtype
-               and m.shape[1] == first.shape[1] and m.int8_activations == first.int8_activations
-               for m in matrices):
-        return None
-    data = np.concatenate([m.data for m in matrices])                    # [Σ out, row_bytes]
-    return QuantizedMatrix(data, first.qtype, (data.shape[0], first.shape[1]), first.int8_activations)
-
-
 def check_weights(config, weights, source="checkpoint"):
     """Raise a ValueError naming the first missing or misshapen tensor."""
     for name, shape in expected_shapes(config).items():
@@ -103,7 +84,7 @@ class Llama:
         self.use_kernels = use_kernels and kernels.AVAILABLE
         self.layers = [{key: weights[name] for key, name in layer_weight_names(i).items()}
                        for i in range(config.num_hidden_layers)]
-        self._stacked = {}  # (layer, keys) → (the matrices stacked, stack_rows of them)
+        self._decoders = None  # (the layers' weights, a kernels.DecodeLayer per layer or None)
 
     @property
     def lm_head(self):
@@ -131,22 +112,22 @@ class Llama:
             return kernels.attention_forward(q, keys, values)
         return ops.attention_forward(q, keys, values)[0]
 
-    def _linears(self, x, layer_index, keys):
-        """x [T, D] through the weights `keys` of one layer (e.g. q, k, v) → one [T, out]
-        per key. With the C kernels, matrices quantized alike are multiplied as one stack
-        (`stack_rows`), made on first use and remade if a layer's weights were replaced
-        (LoRA swaps them); the NumPy path multiplies them one by one, the reference."""
-        w = self.layers[layer_index]
-        parts = tuple(w[key] for key in keys)
-        if self.use_kernels:
-            made = self._stacked.get((layer_index, keys))
-            if made is None or any(a is not b for a, b in zip(made[0], parts)):
-                made = self._stacked[(layer_index, keys)] = (parts, stack_rows(parts))
-            if made[1] is not None:
-                y = made[1].matmul(x)                                                  # [T, Σ out]
-                ends = np.cumsum([part.shape[0] for part in parts])[:-1]
-                return np.split(y, ends, axis=1)
-        return [ops.linear_forward(x, part)[0] for part in parts]
+    def _fused_decoders(self):
+        """A `kernels.DecodeLayer` per block (one C call per block for a one-token step),
+        made on first use and remade when the weights were replaced (LoRA swaps them);
+        None when the kernels are off or some block's weights are of a kind the fused
+        kernel does not take (e.g. a LoRA wrapper): decoding then runs `block`."""
+        if not self.use_kernels:
+            return None
+        layers = [tuple(layer.values()) for layer in self.layers]
+        if self._decoders is None or any(a is not b for old, new in zip(self._decoders[0], layers)
+                                         for a, b in zip(old, new)):
+            try:
+                decoders = [kernels.DecodeLayer(layer, self.config) for layer in self.layers]
+            except (TypeError, ValueError):
+                decoders = None
+            self._decoders = (layers, decoders)
+        return self._decoders[1]
 
     def block(self, h, layer_index, positions, cache):
         """One transformer block on h [T, D]: attention then MLP, each a residual branch."""
@@ -155,10 +136,9 @@ class Llama:
         start = cache.length
 
         x = self._rmsnorm(h, w["attn_norm"])                                               # [T, D]
-        q, k, v = self._linears(x, layer_index, ("q", "k", "v"))                          # [T, *]
-        q = np.ascontiguousarray(q).reshape(n_tokens, cfg.num_attention_heads, cfg.head_dim)
-        k = np.ascontiguousarray(k).reshape(n_tokens, cfg.num_key_value_heads, cfg.head_dim)
-        v = v.reshape(n_tokens, cfg.num_key_value_heads, cfg.head_dim)
+        q = ops.linear_forward(x, w["q"])[0].reshape(n_tokens, cfg.num_attention_heads, cfg.head_dim)
+        k = ops.linear_forward(x, w["k"])[0].reshape(n_tokens, cfg.num_key_value_heads, cfg.head_dim)
+        v = ops.linear_forward(x, w["v"])[0].reshape(n_tokens, cfg.num_key_value_heads, cfg.head_dim)
         q = self._rope(q, positions)                                                       # [T, H, hd]
         k = self._rope(k, positions)                                                       # [T, H_kv, hd]
         cache.k[layer_index, start:start + n_tokens] = k
@@ -169,7 +149,7 @@ class Llama:
         h = h + ops.linear_forward(attn, w["o"])[0]                                        # [T, D]
 
         x = self._rmsnorm(h, w["mlp_norm"])                                                # [T, D]
-        gate, up = self._linears(x, layer_index, ("gate", "up"))                           # [T, F] each
+        gate, up = ops.linear_forward(x, w["gate"])[0], ops.linear_forward(x, w["up"])[0]  # [T, F] each
         hidden = ops.swiglu_forward(gate, up)[0]                                           # [T, F]
         return h + ops.linear_forward(hidden, w["down"])[0]                                # [T, D]
 
@@ -189,8 +169,12 @@ class Llama:
         positions = np.arange(cache.length, cache.length + len(ids), dtype=np.int64)    # [T]
         h = ops.embedding_forward(ids, self.weights["model.embed_tokens.weight"])[0]     # [T, D]
         h = np.ascontiguousarray(h, dtype=np.float32)
+        decoders = self._fused_decoders() if len(ids) == 1 else None
         for i in range(self.config.num_hidden_layers):
-            h = self.block(h, i, positions, cache)
+            if decoders:   # one new token: the same block as one C call (kernels/decode_layer.c)
+                decoders[i](h, cache.k[i], cache.v[i], cache.length)
+            else:
+                h = self.block(h, i, positions, cache)
         cache.length += len(ids)
         if last_only:
             h = h[-1:]

@@ -1,12 +1,13 @@
-"""The C decode path against the NumPy path it replaces: stacked projections, attention over
-the KV cache, and on the real model the same greedy tokens with and without the kernels
+"""The C decode path against the NumPy path it replaces: the fused one-token block, attention
+over the KV cache, and on the real model the same greedy tokens with and without the kernels
 (issue 3)."""
 import numpy as np
 import pytest
 
 from llama_np import kernels, ops
 from llama_np.generation import generate
-from llama_np.model import Llama, stack_rows
+from llama_np.config import LlamaConfig
+from llama_np.model import Llama, expected_shapes
 from llama_np.quant import QuantizedMatrix
 from llama_np.sample import Sampler, SamplingSettings
 
@@ -22,21 +23,116 @@ def rand(*shape, seed=0):
     return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 
 
-@pytest.mark.parametrize("n_tokens", [1, 3, 7])
-def test_stacked_rows_give_each_matrix_its_own_product(n_tokens):
-    parts = [QuantizedMatrix.from_float(rand(rows, 96, seed=rows), "Q4_1") for rows in (13, 5, 7)]
-    stacked = stack_rows(parts)
-    x = rand(n_tokens, 96, seed=1)
-    y = stacked.matmul(x)                                                   # [T, 25]
-    expected = np.concatenate([part.matmul(x) for part in parts], axis=1)
-    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+def decode_config(layers=2):
+    """GQA (6 query heads on 2 key/value heads), every width a multiple of 32."""
+    return LlamaConfig(vocab_size=50, hidden_size=96, intermediate_size=160, num_hidden_layers=layers,
+                       num_attention_heads=6, num_key_value_heads=2, head_dim=16, rms_norm_eps=1e-5,
+                       rope_theta=10000.0)
 
 
-def test_matrices_quantized_differently_are_not_stacked():
-    a = QuantizedMatrix.from_float(rand(4, 64), "Q4_1")
-    b = QuantizedMatrix.from_float(rand(4, 64), "Q8_0")
-    assert stack_rows([a, b]) is None
-    assert stack_rows([a, rand(4, 64)]) is None
+def decode_weights(config, formats, int8_activations=False, seed=0):
+    """Random weights, the i-th matrix of each layer stored as formats[i % len(formats)]."""
+    rng = np.random.default_rng(seed)
+    weights = {}
+    for i, (name, shape) in enumerate(expected_shapes(config).items()):
+        if len(shape) == 1:                                               # norms near 1
+            weights[name] = (1 + 0.1 * rng.standard_normal(shape)).astype(np.float32)
+            continue
+        w = (rng.standard_normal(shape) * 0.2).astype(np.float32)
+        fmt = formats[i % len(formats)]
+        weights[name] = w if fmt == "F32" or "embed" in name else QuantizedMatrix.from_float(w, fmt, int8_activations)
+    return weights
+
+
+@needs_kernels
+@pytest.mark.parametrize("formats", [("Q4_1",), ("Q4_0",), ("Q8_0",), ("F32",), ("Q4_0", "Q8_0", "F32", "Q4_1")])
+def test_fused_decode_layer_matches_the_numpy_block(formats):
+    """Prefill 5 tokens, then decode 3 one at a time: the fused C block and Llama.block
+    (NumPy, one op at a time) give the same hidden states and cache rows, 1 or 3 threads."""
+    config = decode_config()
+    weights = decode_weights(config, formats)
+    fused, reference = Llama(config, weights), Llama(config, weights, use_kernels=False)
+    assert fused._fused_decoders() is not None
+    ids = [3, 14, 15, 9, 26, 5, 35, 8]
+    saved = kernels.get_num_threads()
+    try:
+        for threads in (1, 3):
+            kernels.set_num_threads(threads)
+            caches = [fused.new_cache(16), reference.new_cache(16)]
+            for model, cache in zip((fused, reference), caches):
+                model.forward(ids[:5], cache)
+            for token in ids[5:]:
+                ours, expected = (m.forward([token], c) for m, c in zip((fused, reference), caches))
+                np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-4)
+            n = caches[1].length
+            np.testing.assert_allclose(caches[0].k[:, :n], caches[1].k[:, :n], rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(caches[0].v[:, :n], caches[1].v[:, :n], rtol=1e-4, atol=1e-5)
+    finally:
+        kernels.set_num_threads(saved)
+
+
+@needs_kernels
+def test_fused_decode_with_int8_activations_matches_its_numpy_reference():
+    """With int8 activations the NumPy path rounds activations the same way
+    (quant.quant_matmul_int8): the two agree far more closely than either with fp32."""
+    config = decode_config()
+    weights = decode_weights(config, ("Q4_1", "Q4_0", "Q8_0"), int8_activations=True)
+    fused, reference = Llama(config, weights), Llama(config, weights, use_kernels=False)
+    assert fused._fused_decoders() is not None
+    caches = [fused.new_cache(8), reference.new_cache(8)]
+    for model, cache in zip((fused, reference), caches):
+        model.forward([1, 2, 3], cache)
+    ours, expected = (m.forward([4], c) for m, c in zip((fused, reference), caches))
+    np.testing.assert_allclose(ours, expected, rtol=1e-3, atol=1e-3)
+
+
+@needs_kernels
+def test_decode_falls_back_to_the_block_for_weights_the_kernel_cannot_take():
+    """A weight of another kind (here a LoRA wrapper) makes the model decode op by op,
+    with the same logits; putting the plain weight back brings the fused path back."""
+    from llama_np.lora import LoraLinear
+
+    config = decode_config()
+    weights = decode_weights(config, ("Q4_1",))
+    model = Llama(config, weights)
+    assert model._fused_decoders() is not None
+    plain = model.layers[1]["v"]
+    zero_a, zero_b = np.zeros((2, config.hidden_size), np.float32), np.zeros((plain.shape[0], 2), np.float32)
+    model.layers[1]["v"] = LoraLinear(plain, zero_a, zero_b, 1.0)        # adds nothing
+    assert model._fused_decoders() is None
+    cache = model.new_cache(4)
+    model.forward([1, 2], cache)
+    wrapped = model.forward([3], cache)
+    model.layers[1]["v"] = plain
+    assert model._fused_decoders() is not None
+    cache.length = 2
+    np.testing.assert_allclose(model.forward([3], cache), wrapped, rtol=1e-4, atol=1e-4)
+
+
+@needs_kernels
+def test_decode_layer_refuses_bad_arguments_before_c():
+    config = decode_config()
+    weights = decode_weights(config, ("Q4_1",))
+    layer = Llama(config, weights).layers[0]
+    with pytest.raises(TypeError, match="not list"):
+        kernels.DecodeLayer({**layer, "o": [[1.0]]}, config)
+    with pytest.raises(ValueError, match="shape"):
+        kernels.DecodeLayer({**layer, "q": layer["k"]}, config)
+    with pytest.raises(TypeError, match="dtype"):
+        kernels.DecodeLayer({**layer, "mlp_norm": layer["mlp_norm"].astype(np.float64)}, config)
+    decoder = kernels.DecodeLayer(layer, config)
+    h = rand(1, config.hidden_size)
+    cache = np.zeros((4, 2, 16), np.float32)
+    with pytest.raises(TypeError, match="dtype"):
+        decoder(h.astype(np.float64), cache, cache.copy(), 0)
+    with pytest.raises(ValueError, match="shape"):
+        decoder(rand(2, config.hidden_size), cache, cache.copy(), 0)
+    with pytest.raises(ValueError, match="cache shapes"):
+        decoder(h, np.zeros((4, 3, 16), np.float32), np.zeros((4, 3, 16), np.float32), 0)
+    with pytest.raises(ValueError, match="position"):
+        decoder(h, cache, cache.copy(), 4)
+    with pytest.raises(ValueError, match="contiguous"):
+        decoder(h, np.zeros((4, 2, 32), np.float32)[:, :, ::2], cache, 0)
 
 
 @needs_kernels

@@ -1,0 +1,372 @@
+/* One row of quantized weights against one row of activations: the dot products that
+ * every kernel multiplying by llama.cpp blocks is built from (quant_matmul.c for whole
+ * matrices, decode_layer.c for one token through a transformer block).
+ *
+ *   Q4_0  18 bytes  d:f16, qs[16]        w = (q - 8) * d
+ *   Q4_1  20 bytes  d:f16, m:f16, qs[16] w = q * d + m
+ *   Q8_0  34 bytes  d:f16, qs:int8[32]   w = q * d
+ *
+ * Nibbles: byte j of qs holds weight j in its low 4 bits and weight j + 16 in its high 4.
+ * Layouts and NumPy references: llama_np/quant.py. A header of static inline functions
+ * (not a cffi declaration file: those are the .h files directly in kernels/), so that each kernel gets
+ * its own copy, inlined into its loops.
+ */
+#ifndef LLAMA_NP_QUANT_ROWS_H
+#define LLAMA_NP_QUANT_ROWS_H
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define USE_AVX2 1
+#elif defined(__F16C__)
+#include <immintrin.h>
+#endif
+
+#define QK 32              /* weights per block (llama.cpp QK4_0 = QK4_1 = QK8_0) */
+/* How far ahead of the block being multiplied to ask for memory. A decode step streams
+ * ~100 MB of weights, far more than any cache: without the hint one Zen 3 core waited on
+ * memory for a third of the time (4.3 ns a Q4_1 block, 3.0 from L2); 512 bytes ahead it
+ * is back to 2.8 ns. Measured 256: 3.4, 1024: 2.8, 2048: 3.3. */
+#define PREFETCH_BYTES 512
+
+typedef struct { uint16_t d; uint8_t qs[QK / 2]; } block_q4_0;
+typedef struct { uint16_t d, m; uint8_t qs[QK / 2]; } block_q4_1;
+typedef struct { uint16_t d; int8_t qs[QK]; } block_q8_0;
+_Static_assert(sizeof(block_q4_0) == 18, "block_q4_0 must be 18 bytes");
+_Static_assert(sizeof(block_q4_1) == 20, "block_q4_1 must be 20 bytes");
+_Static_assert(sizeof(block_q8_0) == 34, "block_q8_0 must be 34 bytes");
+
+typedef enum { Q4_0, Q4_1, Q8_0 } quant_type;
+
+static const int64_t BLOCK_BYTES[] = {
+    [Q4_0] = sizeof(block_q4_0), [Q4_1] = sizeof(block_q4_1), [Q8_0] = sizeof(block_q8_0),
+};
+
+/* IEEE half → float. F16C does it in one instruction; the portable version rebuilds the
+ * bits: sign, exponent rebiased from 15 to 127, mantissa widened from 10 to 23 bits. */
+static inline float fp16_to_fp32(uint16_t h)
+{
+#if defined(__F16C__)
+    return _cvtsh_ss(h);
+#else
+    const uint32_t sign = (uint32_t)(h & 0x8000) << 16;
+    const uint32_t exponent = (h >> 10) & 0x1F;
+    const uint32_t mantissa = h & 0x3FF;
+    uint32_t bits;
+    if (exponent == 0x1F) {                 /* infinity or NaN */
+        bits = sign | 0x7F800000u | (mantissa << 13);
+    } else if (exponent != 0) {             /* normal number */
+        bits = sign | ((exponent + 127 - 15) << 23) | (mantissa << 13);
+    } else {                                /* zero or subnormal: mantissa * 2^-24, exact */
+        const float magnitude = (float)mantissa * 0x1p-24f;
+        return sign ? -magnitude : magnitude;
+    }
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+#endif
+}
+
+/* The scale d: the first two bytes of every block format. */
+static inline float block_scale(const uint8_t *block)
+{
+    uint16_t bits;
+    memcpy(&bits, block, sizeof bits);
+    return fp16_to_fp32(bits);
+}
+
+#ifdef USE_AVX2
+static inline float hsum_avx2(__m256 v)   /* sum of the 8 lanes */
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* The 16 nibble bytes as 32 int32 lanes. Zero-extending 8 bytes to 8 int32 lanes puts
+ * byte j's low nibble (weight j) in bits 0-3 and its high nibble (weight j + 16) in bits
+ * 4-7 of lane j, so a mask and a shift separate them: q[0] weights 0-7, q[1] 8-15,
+ * q[2] 16-23, q[3] 24-31. */
+static inline void unpack_nibbles_avx2(const uint8_t qs[QK / 2], __m256i q[4])
+{
+    const __m256i low_nibble = _mm256_set1_epi32(0x0F);
+    const __m256i bytes_0_7 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)qs));
+    const __m256i bytes_8_15 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(qs + 8)));
+    q[0] = _mm256_and_si256(bytes_0_7, low_nibble);
+    q[1] = _mm256_and_si256(bytes_8_15, low_nibble);
+    q[2] = _mm256_srli_epi32(bytes_0_7, 4);
+    q[3] = _mm256_srli_epi32(bytes_8_15, 4);
+}
+
+/* Σ_k q[k] x[k] over one block as 8 lane sums, q given as 4 × 8 int32 lanes. Two chains
+ * of two products each, so no FMA waits long for the one before it. */
+static inline __m256 dot_block_avx2(const __m256i q[4], const float *xb)
+{
+    const __m256 s01 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q[1]), _mm256_loadu_ps(xb + 8),
+                                       _mm256_mul_ps(_mm256_cvtepi32_ps(q[0]), _mm256_loadu_ps(xb)));
+    const __m256 s23 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q[3]), _mm256_loadu_ps(xb + 24),
+                                       _mm256_mul_ps(_mm256_cvtepi32_ps(q[2]), _mm256_loadu_ps(xb + 16)));
+    return _mm256_add_ps(s01, s23);
+}
+
+static inline __m256 dot_nibbles_avx2(const uint8_t qs[QK / 2], const float *xb)
+{
+    __m256i q[4];
+    unpack_nibbles_avx2(qs, q);
+    return dot_block_avx2(q, xb);
+}
+
+static inline __m256 dot_bytes_avx2(const int8_t qs[QK], const float *xb)
+{
+    __m256i q[4];
+    for (int i = 0; i < 4; i++) q[i] = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(qs + 8 * i)));
+    return dot_block_avx2(q, xb);
+}
+#endif
+
+/* Σ_k q[k] x[k] over one block in plain C (q the stored integers, before any scale). */
+static inline float dot_nibbles(const uint8_t qs[QK / 2], const float *xb)
+{
+    float sum = 0.0f;
+    for (int j = 0; j < QK / 2; j++) sum += (qs[j] & 0x0F) * xb[j] + (qs[j] >> 4) * xb[j + QK / 2];
+    return sum;
+}
+
+static inline float dot_bytes(const int8_t qs[QK], const float *xb)
+{
+    float sum = 0.0f;
+    for (int j = 0; j < QK; j++) sum += qs[j] * xb[j];
+    return sum;
+}
+
+/* ---------------------------------------------------------------------------------------
+ * dot_row: Σ_k w[k] x[k] for one row of n_blocks blocks, fp32 activations x.
+ *
+ * A block's weights are w = d·q + m (Q4_1), d·(q - 8) (Q4_0) or d·q (Q8_0), so its share
+ * of the dot product factors as
+ *
+ *   Σ w x = d · Σ q x  +  m · Σ x        (Q4_0: m = -8 d;  Q8_0: m = 0)
+ *
+ * Σ x of each block (x_sums, see block_sums) is the same for every row: computed once per
+ * activation row, it leaves one multiply by d per block instead of one per weight. The
+ * integers q become floats in registers; nothing is written back. One loop per format (the
+ * switch stays outside the loops). */
+
+static inline void block_sums(float *x_sums, const float *x, int64_t n_blocks)
+{
+    for (int64_t b = 0; b < n_blocks; b++) {
+        float sum = 0.0f;
+        for (int j = 0; j < QK; j++) sum += x[b * QK + j];
+        x_sums[b] = sum;
+    }
+}
+
+#ifdef USE_AVX2
+#define BLOCK_DOT(nibbles_or_bytes, qs, xb) dot_##nibbles_or_bytes##_avx2(qs, xb)
+#define ROW_ACC __m256
+#define ROW_ACC_ZERO _mm256_setzero_ps()
+#define ROW_ACC_ADD(acc, d, dot) _mm256_fmadd_ps(_mm256_set1_ps(d), dot, acc)
+#define ROW_ACC_SUM(acc) hsum_avx2(acc)
+#define PREFETCH(p) _mm_prefetch((const char *)(p) + PREFETCH_BYTES, _MM_HINT_T0)
+#else
+#define BLOCK_DOT(nibbles_or_bytes, qs, xb) dot_##nibbles_or_bytes(qs, xb)
+#define ROW_ACC float
+#define ROW_ACC_ZERO 0.0f
+#define ROW_ACC_ADD(acc, d, dot) ((acc) + (d) * (dot))
+#define ROW_ACC_SUM(acc) (acc)
+#define PREFETCH(p) ((void)(p))
+#endif
+
+static inline float dot_row_q4_0(const block_q4_0 *row, const float *x, const float *x_sums, int64_t n_blocks)
+{
+    ROW_ACC acc = ROW_ACC_ZERO;
+    float offset = 0.0f;                                  /* Σ over blocks of -8 d · Σ x */
+    for (int64_t b = 0; b < n_blocks; b++) {
+        PREFETCH(row + b);
+        const float d = fp16_to_fp32(row[b].d);
+        acc = ROW_ACC_ADD(acc, d, BLOCK_DOT(nibbles, row[b].qs, x + b * QK));
+        offset -= 8.0f * d * x_sums[b];
+    }
+    return ROW_ACC_SUM(acc) + offset;
+}
+
+static inline float dot_row_q4_1(const block_q4_1 *row, const float *x, const float *x_sums, int64_t n_blocks)
+{
+    ROW_ACC acc = ROW_ACC_ZERO;
+    float offset = 0.0f;                                  /* Σ over blocks of m · Σ x */
+    for (int64_t b = 0; b < n_blocks; b++) {
+        PREFETCH(row + b);
+        acc = ROW_ACC_ADD(acc, fp16_to_fp32(row[b].d), BLOCK_DOT(nibbles, row[b].qs, x + b * QK));
+        offset += fp16_to_fp32(row[b].m) * x_sums[b];
+    }
+    return ROW_ACC_SUM(acc) + offset;
+}
+
+static inline float dot_row_q8_0(const block_q8_0 *row, const float *x, int64_t n_blocks)
+{
+    ROW_ACC acc = ROW_ACC_ZERO;
+    for (int64_t b = 0; b < n_blocks; b++) {
+        PREFETCH(row + b);
+        acc = ROW_ACC_ADD(acc, fp16_to_fp32(row[b].d), BLOCK_DOT(bytes, row[b].qs, x + b * QK));
+    }
+    return ROW_ACC_SUM(acc);
+}
+
+static inline float dot_row(quant_type type, const uint8_t *row, const float *x, const float *x_sums,
+                            int64_t n_blocks)
+{
+    switch (type) {
+    case Q4_0: return dot_row_q4_0((const block_q4_0 *)row, x, x_sums, n_blocks);
+    case Q4_1: return dot_row_q4_1((const block_q4_1 *)row, x, x_sums, n_blocks);
+    default:   return dot_row_q8_0((const block_q8_0 *)row, x, n_blocks);
+    }
+}
+
+/* One dot product of two fp32 rows of length n (a multiple of 32): fp32 weights, and the
+ * GEMM tiles' leftovers. Four accumulators, so that consecutive FMAs do not wait for each other. */
+static inline float dot_f32(const float *a, const float *b, int64_t n)
+{
+#ifdef USE_AVX2
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int64_t k = 0; k < n; k += 32)
+        for (int i = 0; i < 4; i++)
+            acc[i] = _mm256_fmadd_ps(_mm256_loadu_ps(a + k + 8 * i), _mm256_loadu_ps(b + k + 8 * i), acc[i]);
+    return hsum_avx2(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+#else
+    float sum = 0.0f;
+    for (int64_t k = 0; k < n; k++) sum += a[k] * b[k];
+    return sum;
+#endif
+}
+
+/* =======================================================================================
+ * Optional: int8 activations — llama.cpp's arithmetic (ggml_vec_dot_q4_1_q8_1 and kin).
+ * NumPy reference: llama_np.quant.quant_matmul_int8.
+ *
+ * Quantize every 32-block of an activation row the Q8_0 way, dx = max|x| / 127 and
+ * qx = round(x / dx), and keep sx = dx · Σ qx. A block's dot product then needs integer
+ * products only, and one scale multiply:
+ *
+ *   Q8_0   Σ (dw qw)(dx qx)       = dw dx · Σ qw qx
+ *   Q4_1   Σ (dw qw + m)(dx qx)   = dw dx · Σ qw qx + m · sx
+ *   Q4_0   Σ dw (qw - 8)(dx qx)   = dw dx · Σ qw qx - 8 dw · sx
+ *
+ * AVX2 multiplies 32 byte pairs and adds neighbours in one instruction (maddubs: unsigned
+ * bytes × signed bytes → 16 int16), which is why llama.cpp is fast. The price: each
+ * activation is rounded to 8 bits, an error of up to dx/2, i.e. of up to 1/254 of the
+ * block's largest |x| — on top of the 4-bit weights' error (see quant_matmul_int8).
+ * llama.cpp stores dx and sx as fp16 (block_q8_1); this scratch keeps them in fp32.
+ */
+typedef struct { float d, s; int8_t qs[QK]; } block_q8_act;  /* dx, sx = dx Σ qx, qx */
+
+static inline void quantize_activations(block_q8_act *blocks, const float *x, int64_t n_blocks)
+{
+    for (int64_t b = 0; b < n_blocks; b++) {
+        const float *xb = x + b * QK;  /* [32] */
+        float amax = 0.0f;
+        for (int j = 0; j < QK; j++) amax = fmaxf(amax, fabsf(xb[j]));
+        const float d = amax / 127.0f;
+        const float inv_d = d != 0.0f ? 1.0f / d : 0.0f;
+        int32_t sum = 0;
+        for (int j = 0; j < QK; j++) {
+            const int32_t q = (int32_t)nearbyintf(xb[j] * inv_d);  /* round half to even */
+            blocks[b].qs[j] = (int8_t)q;
+            sum += q;
+        }
+        blocks[b].d = d;
+        blocks[b].s = d * (float)sum;
+    }
+}
+
+#ifdef USE_AVX2
+/* Σ qw·qx over a block as 8 int32 partial sums, qw = 32 nibbles (0..15), qx signed bytes.
+ * Low nibbles are weights 0-15, high nibbles 16-31: the two halves of one 256-bit register
+ * line up with qx[0..15] and qx[16..31]. */
+static inline __m256i dot_nibbles_int8_avx2(const uint8_t qs[QK / 2], const int8_t qx[QK])
+{
+    const __m128i packed = _mm_loadu_si128((const __m128i *)qs);
+    const __m128i low_nibble = _mm_set1_epi8(0x0F);
+    const __m256i qw = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(packed, 4), low_nibble),
+                                        _mm_and_si128(packed, low_nibble));
+    const __m256i pair_sums = _mm256_maddubs_epi16(qw, _mm256_loadu_si256((const __m256i *)qx));
+    return _mm256_madd_epi16(pair_sums, _mm256_set1_epi16(1));
+}
+
+/* The same for signed qw: maddubs wants its first operand unsigned, so move the sign of
+ * qw onto qx (|qw| · sign(qw) qx = qw qx). */
+static inline __m256i dot_int8_int8_avx2(const int8_t qw[QK], const int8_t qx[QK])
+{
+    const __m256i w = _mm256_loadu_si256((const __m256i *)qw);
+    const __m256i xv = _mm256_loadu_si256((const __m256i *)qx);
+    const __m256i pair_sums = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(xv, w));
+    return _mm256_madd_epi16(pair_sums, _mm256_set1_epi16(1));
+}
+#endif
+
+/* The 16 nibble bytes of a Q4_0 or Q4_1 block. */
+static inline const uint8_t *nibbles_of(quant_type type, const uint8_t *block)
+{
+    return type == Q4_0 ? ((const block_q4_0 *)block)->qs : ((const block_q4_1 *)block)->qs;
+}
+
+/* Σ qw·qx over one block, in plain C. */
+static inline int32_t dot_block_int8(quant_type type, const uint8_t *block, const int8_t qx[QK])
+{
+    int32_t sum = 0;
+    if (type == Q8_0) {
+        const int8_t *qw = ((const block_q8_0 *)block)->qs;
+        for (int j = 0; j < QK; j++) sum += qw[j] * qx[j];
+    } else {
+        const uint8_t *qs = nibbles_of(type, block);
+        for (int j = 0; j < QK / 2; j++) sum += (qs[j] & 0x0F) * qx[j] + (qs[j] >> 4) * qx[j + QK / 2];
+    }
+    return sum;
+}
+
+/* Σ_k w[k] x[k] for one weight row against one quantized activation row. Always inlined
+ * into dot_row_int8's switch, so each format gets its own loop with no test inside. */
+static inline __attribute__((always_inline)) float
+dot_row_int8_of(quant_type type, const uint8_t *row, const block_q8_act *xq, int64_t n_blocks)
+{
+    float offset = 0.0f;  /* Σ over blocks of m · sx (Q4_1) or -8 dw · sx (Q4_0) */
+#ifdef USE_AVX2
+    __m256 acc = _mm256_setzero_ps();
+#else
+    float acc = 0.0f;
+#endif
+    for (int64_t b = 0; b < n_blocks; b++) {
+        const uint8_t *block = row + b * BLOCK_BYTES[type];
+        PREFETCH(block);
+        const float dw = block_scale(block);
+        if (type == Q4_0) offset -= 8.0f * dw * xq[b].s;
+        if (type == Q4_1) offset += fp16_to_fp32(((const block_q4_1 *)block)->m) * xq[b].s;
+#ifdef USE_AVX2
+        const __m256i sums = type == Q8_0
+            ? dot_int8_int8_avx2(((const block_q8_0 *)block)->qs, xq[b].qs)
+            : dot_nibbles_int8_avx2(nibbles_of(type, block), xq[b].qs);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(dw * xq[b].d), _mm256_cvtepi32_ps(sums), acc);
+#else
+        acc += dw * xq[b].d * (float)dot_block_int8(type, block, xq[b].qs);
+#endif
+    }
+#ifdef USE_AVX2
+    return hsum_avx2(acc) + offset;
+#else
+    return acc + offset;
+#endif
+}
+
+static inline float dot_row_int8(quant_type type, const uint8_t *row, const block_q8_act *xq, int64_t n_blocks)
+{
+    switch (type) {
+    case Q4_0: return dot_row_int8_of(Q4_0, row, xq, n_blocks);
+    case Q4_1: return dot_row_int8_of(Q4_1, row, xq, n_blocks);
+    default:   return dot_row_int8_of(Q8_0, row, xq, n_blocks);
+    }
+}
+
+#endif

@@ -12,12 +12,17 @@ import numpy as np
 
 from llama_np.quant import BLOCK_BYTES, QK
 
-# How idle OpenMP threads wait between kernel calls, read once when the C library loads.
-# Spinning ("ACTIVE", libgomp's default for a while) answers fastest on an idle machine, but
-# decoding runs ~120 short parallel loops a token: on a shared, busy machine a spinning
-# thread keeps the core from the very thread it waits for, and 2-thread decode collapsed
-# from 13 to 3 tok/s (load 7, Zen 3). Sleeping waiters cost a few µs per loop instead.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# How idle OpenMP threads wait, read once when the C library (libgomp) loads. A waiting
+# thread first spins, GOMP_SPINCOUNT times, then sleeps until woken. Decoding meets at ~150
+# barriers a token (5 per block), so the choice matters; measured with 2 threads on a 2-core
+# Zen 3 (µs per block, quiet / both cores busy with other work):
+#   sleep at once (OMP_WAIT_POLICY=PASSIVE)    328 / 1055
+#   spin 1,000 then sleep (the setting here)   270 /  656
+#   spin forever (OMP_WAIT_POLICY=ACTIVE)      256 / collapses: a spinning thread keeps its
+#                                              core from the very thread it waits for
+# Either variable set by the user wins.
+if "OMP_WAIT_POLICY" not in os.environ:
+    os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 
 try:
     from llama_np._kernels import ffi, lib

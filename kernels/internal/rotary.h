@@ -1,0 +1,36 @@
+/* The two halves of rotary position embedding (Hugging Face "rotate-half" layout), shared
+ * by rope.c (whole prompts) and decode_layer.c (one token):
+ *
+ *   rope_angles   cos and sin of angle_i = pos · theta^(-2i / head_dim), i < head_dim / 2
+ *   rope_rotate   one head in place:  x[i]        <- x[i] cos_i - x[i + half] sin_i
+ *                                     x[i + half] <- x[i + half] cos_i + x[i] sin_i
+ *
+ * The angles depend on the position only, so one table serves every head of a token. */
+#ifndef LLAMA_NP_ROTARY_H
+#define LLAMA_NP_ROTARY_H
+
+#include <math.h>
+#include <stdint.h>
+
+static inline void rope_angles(float *cos_t, float *sin_t, int64_t position, int64_t head_dim, float theta)
+{
+    for (int64_t i = 0; i < head_dim / 2; i++) {
+        /* float32 inverse frequency and angle, as the reference computes them */
+        const float inv_freq = (float)(1.0 / pow((double)theta, (double)(2 * i) / (double)head_dim));
+        const float angle = (float)position * inv_freq;
+        cos_t[i] = cosf(angle);
+        sin_t[i] = sinf(angle);
+    }
+}
+
+static inline void rope_rotate(float *x, const float *cos_t, const float *sin_t, int64_t head_dim)
+{
+    const int64_t half = head_dim / 2;
+    for (int64_t i = 0; i < half; i++) {
+        const float a = x[i], b = x[i + half];
+        x[i] = a * cos_t[i] - b * sin_t[i];
+        x[i + half] = b * cos_t[i] + a * sin_t[i];
+    }
+}
+
+#endif

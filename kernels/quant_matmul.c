@@ -13,7 +13,8 @@
  *     and multiplied into the dot product at once, nothing is written back (dot_row).
  *   T >= 2 (prompt prefill, training): a matrix-matrix product. Every weight is used T
  *     times, so decode each block once: TILE_ROWS rows are decoded into an fp32 scratch
- *     tile, which then meets all T activation rows in a register-blocked micro-kernel.
+ *     tile, which then meets the T activation rows, packed in panels of PANEL tokens, in
+ *     a register-blocked micro-kernel (gemm_tile).
  *
  * Both are split over output rows with OpenMP. With AVX2 + FMA (and F16C for the scales)
  * the inner loops use 8-lane intrinsics; otherwise plain C computes the same sums.
@@ -24,11 +25,11 @@
 
 #include "internal/quant_rows.h"
 
-/* Tile sizes, measured on a 2-core Zen 3: a 6 × 2 micro-kernel keeps 12 accumulators,
- * 2 activation vectors and 1 weight vector in the 16 AVX2 registers (4 × 2: 35-45 GFLOP/s
- * per core, 6 × 2: 45-64). Decoding once pays off from 2 tokens on. */
+/* Tile sizes: the micro-kernel (gemm_tile) multiplies TILE_ROWS decoded weight rows by PANEL
+ * tokens at once, 6 × 16 filling the 16 AVX2 registers. Decoding once pays off from 2
+ * tokens on. */
 #define TILE_ROWS 6        /* weight rows the GEMM micro-kernel multiplies at once */
-#define TILE_TOKENS 2      /* activation rows the GEMM micro-kernel multiplies at once */
+#define PANEL 16           /* tokens the GEMM micro-kernel multiplies at once */
 #define GEMM_MIN_TOKENS 2  /* fewer tokens: GEMV, decoding each block in registers */
 
 /* ---------------------------------------------------------------------------------------
@@ -135,35 +136,59 @@ static void decode_row(quant_type type, float *w, const uint8_t *row, int64_t n_
 }
 
 /* ---------------------------------------------------------------------------------------
- * The fp32 GEMM micro-kernel: TILE_ROWS decoded weight rows w [TILE_ROWS, n] against
- * TILE_TOKENS activation rows x [TILE_TOKENS, n]; out[t * out_stride + r] = w[r] · x[t].
- * Each loaded weight vector serves TILE_TOKENS products, each activation vector TILE_ROWS:
- * the TILE_ROWS × TILE_TOKENS accumulators stay in registers for the whole reduction.
- * n is a multiple of 32. */
-static void dot_tile(float *out, int64_t out_stride, const float *w, const float *x, int64_t n)
+ * The fp32 GEMM micro-kernel: TILE_ROWS decoded weight rows w [TILE_ROWS, n] times one
+ * panel of PANEL tokens, packed k-major: panel [n, PANEL], panel[k * PANEL + j] = x[t0 + j, k].
+ *
+ *   for each k:  acc[r][:] += w[r, k] · panel[k, :]      (r < TILE_ROWS; PANEL lanes)
+ *
+ * an outer product per k: one broadcast weight times the PANEL tokens' activations, so
+ * every accumulator lane is one finished output, w[r] · x[t0 + j], with no horizontal sums
+ * at the end. 6 rows × 16 tokens = 12 accumulators of 8 lanes, plus 2 activation vectors
+ * and 1 broadcast weight: 15 of the 16 AVX2 registers. Per k, 12 FMAs for 8 loads.
+ * Writes out[j * out_stride + r] for the n_valid (<= PANEL) real tokens of the panel. */
+static void gemm_tile(float *out, int64_t out_stride, const float *w, const float *panel, int64_t n,
+                      int64_t n_valid)
 {
+    float acc[TILE_ROWS][PANEL];                        /* out[t0 + j, r0 + r] = acc[r][j] */
 #ifdef USE_AVX2
-    __m256 acc[TILE_ROWS][TILE_TOKENS];
-    for (int r = 0; r < TILE_ROWS; r++)
-        for (int t = 0; t < TILE_TOKENS; t++) acc[r][t] = _mm256_setzero_ps();
-    for (int64_t k = 0; k < n; k += 8) {
-        __m256 xk[TILE_TOKENS];
-        for (int t = 0; t < TILE_TOKENS; t++) xk[t] = _mm256_loadu_ps(x + t * n + k);
-        for (int r = 0; r < TILE_ROWS; r++) {
-            const __m256 wk = _mm256_loadu_ps(w + r * n + k);
-            for (int t = 0; t < TILE_TOKENS; t++) acc[r][t] = _mm256_fmadd_ps(wk, xk[t], acc[r][t]);
-        }
+    /* the 12 accumulators as named variables: GCC kept an array of them on the stack */
+    __m256 a00 = _mm256_setzero_ps(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00;
+    __m256 a30 = a00, a31 = a00, a40 = a00, a41 = a00, a50 = a00, a51 = a00;
+    for (int64_t k = 0; k < n; k++) {
+        const __m256 x0 = _mm256_loadu_ps(panel + k * PANEL), x1 = _mm256_loadu_ps(panel + k * PANEL + 8);
+        __m256 wk;
+#define ROW(r, lo, hi) wk = _mm256_broadcast_ss(w + r * n + k); \
+                       lo = _mm256_fmadd_ps(wk, x0, lo); hi = _mm256_fmadd_ps(wk, x1, hi);
+        ROW(0, a00, a01) ROW(1, a10, a11) ROW(2, a20, a21) ROW(3, a30, a31) ROW(4, a40, a41) ROW(5, a50, a51)
+#undef ROW
     }
-    for (int r = 0; r < TILE_ROWS; r++)
-        for (int t = 0; t < TILE_TOKENS; t++) out[t * out_stride + r] = hsum_avx2(acc[r][t]);
+    const __m256 rows[TILE_ROWS][2] = {{a00, a01}, {a10, a11}, {a20, a21}, {a30, a31}, {a40, a41}, {a50, a51}};
+    for (int r = 0; r < TILE_ROWS; r++) {
+        _mm256_storeu_ps(acc[r], rows[r][0]);
+        _mm256_storeu_ps(acc[r] + 8, rows[r][1]);
+    }
 #else
-    float acc[TILE_ROWS][TILE_TOKENS] = {{0.0f}};
+    for (int r = 0; r < TILE_ROWS; r++)
+        for (int j = 0; j < PANEL; j++) acc[r][j] = 0.0f;
     for (int64_t k = 0; k < n; k++)
         for (int r = 0; r < TILE_ROWS; r++)
-            for (int t = 0; t < TILE_TOKENS; t++) acc[r][t] += w[r * n + k] * x[t * n + k];
-    for (int r = 0; r < TILE_ROWS; r++)
-        for (int t = 0; t < TILE_TOKENS; t++) out[t * out_stride + r] = acc[r][t];
+            for (int j = 0; j < PANEL; j++) acc[r][j] += w[r * n + k] * panel[k * PANEL + j];
 #endif
+    for (int64_t j = 0; j < n_valid; j++)
+        for (int r = 0; r < TILE_ROWS; r++) out[j * out_stride + r] = acc[r][j];
+}
+
+/* x [T, n] as panels [ceil(T / PANEL), n, PANEL] for gemm_tile, the last one zero-padded. */
+static void pack_panels(float *panels, const float *x, int64_t n_tokens, int64_t n)
+{
+    const int64_t n_panels = (n_tokens + PANEL - 1) / PANEL;
+    #pragma omp for schedule(static)
+    for (int64_t p = 0; p < n_panels; p++)
+        for (int64_t j = 0; j < PANEL; j++) {
+            const int64_t t = p * PANEL + j;
+            float *column = panels + p * n * PANEL + j;     /* panel p, token j: stride PANEL */
+            for (int64_t k = 0; k < n; k++) column[k * PANEL] = t < n_tokens ? x[t * n + k] : 0.0f;
+        }
 }
 
 /* ---------------------------------------------------------------------------------------
@@ -200,8 +225,15 @@ static int quant_matmul(quant_type type, float *out, const uint8_t *w, const flo
         return 0;
     }
 
+    const int64_t n_panels = (n_tokens + PANEL - 1) / PANEL;
+    float *panels = malloc(n_panels * PANEL * in_features * sizeof(float));  /* x, packed */
+    if (panels == NULL) {
+        free(x_sums);
+        return -1;
+    }
     #pragma omp parallel num_threads(n_threads)
     {
+        pack_panels(panels, x, n_tokens, in_features);                      /* ends in a barrier */
         float *w_tile = malloc(TILE_ROWS * in_features * sizeof(float));  /* [TILE_ROWS, in] */
         #pragma omp for schedule(static)
         for (int64_t r0 = 0; r0 < out_features; r0 += TILE_ROWS) {
@@ -212,16 +244,15 @@ static int quant_matmul(quant_type type, float *out, const uint8_t *w, const flo
             }
             for (int64_t r = r0; r < r1; r++)
                 decode_row(type, w_tile + (r - r0) * in_features, w + r * row_bytes, n_blocks);
-            int64_t t = 0;
-            for (; t + TILE_TOKENS <= n_tokens; t += TILE_TOKENS)
-                dot_tile(out + t * out_features + r0, out_features, w_tile, x + t * in_features, in_features);
-            for (; t < n_tokens; t++)                    /* an odd token at the end */
-                for (int64_t r = r0; r < r1; r++)
-                    out[t * out_features + r] = dot_f32(w_tile + (r - r0) * in_features,
-                                                        x + t * in_features, in_features);
+            for (int64_t p = 0; p < n_panels; p++) {
+                const int64_t t0 = p * PANEL, n_valid = n_tokens - t0 < PANEL ? n_tokens - t0 : PANEL;
+                gemm_tile(out + t0 * out_features + r0, out_features, w_tile,
+                          panels + p * PANEL * in_features, in_features, n_valid);
+            }
         }
         free(w_tile);
     }
+    free(panels);
     free(x_sums);
     return 0;
 }

@@ -155,6 +155,17 @@ def test_c_attention_matches_numpy(n_tokens, n_keys, n_heads, n_kv_heads, head_d
 
 
 @needs_kernels
+@pytest.mark.parametrize("spread", [0.01, 1.0, 30.0])
+def test_c_attention_softmax_over_a_wide_range_of_scores(spread):
+    """Scores from nearly equal to hundreds apart (e^x underflowing to 0): the vectorised
+    exponential of the C softmax against NumPy's."""
+    q = rand(1, 4, 64, seed=4) * spread
+    k, v = rand(29, 2, 64, seed=5), rand(29, 2, 64, seed=6)
+    expected = ops.attention_forward(q, k, v)[0]
+    np.testing.assert_allclose(kernels.attention_forward(q, k, v), expected, rtol=1e-4, atol=1e-5)
+
+
+@needs_kernels
 def test_c_attention_refuses_bad_arguments_before_c():
     q, kv = rand(2, 4, 8), rand(5, 2, 8)
     with pytest.raises(TypeError, match="dtype"):

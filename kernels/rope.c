@@ -9,10 +9,12 @@
 
 void rope_f32(float *x, const int64_t *positions, int64_t n_tokens, int64_t n_heads, int64_t head_dim, float theta)
 {
+    float inv_freq[head_dim / 2];
+    rope_inverse_frequencies(inv_freq, head_dim, theta);
     #pragma omp parallel for if (n_tokens > 8) schedule(static)
     for (int64_t t = 0; t < n_tokens; t++) {
         float cos_t[head_dim / 2], sin_t[head_dim / 2];  /* one rotation per frequency, shared by all heads */
-        rope_angles(cos_t, sin_t, positions[t], head_dim, theta);
+        rope_angles(cos_t, sin_t, inv_freq, positions[t], head_dim);
         for (int64_t h = 0; h < n_heads; h++) rope_rotate(x + (t * n_heads + h) * head_dim, cos_t, sin_t, head_dim);
     }
 }

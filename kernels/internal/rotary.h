@@ -1,7 +1,8 @@
 /* The two halves of rotary position embedding (Hugging Face "rotate-half" layout), shared
  * by rope.c (whole prompts) and decode_layer.c (one token):
  *
- *   rope_angles   cos and sin of angle_i = pos · theta^(-2i / head_dim), i < head_dim / 2
+ *   rope_inverse_frequencies   theta^(-2i / head_dim), i < head_dim / 2
+ *   rope_angles   cos and sin of angle_i = pos · theta^(-2i / head_dim)
  *   rope_rotate   one head in place:  x[i]        <- x[i] cos_i - x[i + half] sin_i
  *                                     x[i + half] <- x[i + half] cos_i + x[i] sin_i
  *
@@ -12,12 +13,17 @@
 #include <math.h>
 #include <stdint.h>
 
-static inline void rope_angles(float *cos_t, float *sin_t, int64_t position, int64_t head_dim, float theta)
+static inline void rope_inverse_frequencies(float *inv_freq, int64_t head_dim, float theta)
+{
+    /* in float32, as the reference computes them */
+    for (int64_t i = 0; i < head_dim / 2; i++)
+        inv_freq[i] = (float)(1.0 / pow((double)theta, (double)(2 * i) / (double)head_dim));
+}
+
+static inline void rope_angles(float *cos_t, float *sin_t, const float *inv_freq, int64_t position, int64_t head_dim)
 {
     for (int64_t i = 0; i < head_dim / 2; i++) {
-        /* float32 inverse frequency and angle, as the reference computes them */
-        const float inv_freq = (float)(1.0 / pow((double)theta, (double)(2 * i) / (double)head_dim));
-        const float angle = (float)position * inv_freq;
+        const float angle = (float)position * inv_freq[i];
         cos_t[i] = cosf(angle);
         sin_t[i] = sinf(angle);
     }

@@ -138,7 +138,7 @@ def test_decode_layer_refuses_bad_arguments_before_c():
 @needs_kernels
 @pytest.mark.parametrize("n_tokens, n_keys, n_heads, n_kv_heads, head_dim",
                          [(1, 1, 2, 1, 2), (1, 37, 9, 3, 64), (5, 5, 6, 2, 10), (3, 11, 4, 4, 6),
-                          (7, 130, 9, 3, 64)])
+                          (7, 130, 9, 3, 64), (3, 13, 4, 2, 40), (2, 9, 2, 1, 8)])
 def test_c_attention_matches_numpy(n_tokens, n_keys, n_heads, n_kv_heads, head_dim):
     q = rand(n_tokens, n_heads, head_dim, seed=1)                         # [T, H, hd]
     k = rand(n_keys, n_kv_heads, head_dim, seed=2) * 3                    # [S, H_kv, hd]

@@ -57,37 +57,66 @@ static inline void attend_one_query(float *out, const float *q, const float *k, 
     const float scale = 1.0f / sqrtf((float)head_dim);
 #if defined(__AVX2__) && defined(__FMA__)
     if (head_dim % 8 == 0) {
-        __m256 max8 = _mm256_set1_ps(-INFINITY);
-        for (int64_t s = 0; s < n_seen; s++) {                    /* scores */
+        /* scores, four keys at a time: four independent chains of FMAs */
+        float max_score = -INFINITY;
+        int64_t s = 0;
+        for (; s + 4 <= n_seen; s += 4) {
+            const float *k0 = k + s * kv_stride;
+            __m256 d0 = _mm256_setzero_ps(), d1 = d0, d2 = d0, d3 = d0;
+            for (int64_t i = 0; i < head_dim; i += 8) {
+                const __m256 qi = _mm256_loadu_ps(q + i);
+                d0 = _mm256_fmadd_ps(qi, _mm256_loadu_ps(k0 + i), d0);
+                d1 = _mm256_fmadd_ps(qi, _mm256_loadu_ps(k0 + kv_stride + i), d1);
+                d2 = _mm256_fmadd_ps(qi, _mm256_loadu_ps(k0 + 2 * kv_stride + i), d2);
+                d3 = _mm256_fmadd_ps(qi, _mm256_loadu_ps(k0 + 3 * kv_stride + i), d3);
+            }
+            p[s] = hsum8(d0) * scale, p[s + 1] = hsum8(d1) * scale;
+            p[s + 2] = hsum8(d2) * scale, p[s + 3] = hsum8(d3) * scale;
+        }
+        for (; s < n_seen; s++) {
             const float *ks = k + s * kv_stride;
-            __m256 dot = _mm256_mul_ps(_mm256_loadu_ps(q), _mm256_loadu_ps(ks));
-            for (int64_t i = 8; i < head_dim; i += 8)
+            __m256 dot = _mm256_setzero_ps();
+            for (int64_t i = 0; i < head_dim; i += 8)
                 dot = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), _mm256_loadu_ps(ks + i), dot);
             p[s] = hsum8(dot) * scale;
-            max8 = _mm256_max_ps(max8, _mm256_set1_ps(p[s]));
         }
-        const __m256 max_score = max8;
+        for (s = 0; s < n_seen; s++) max_score = fmaxf(max_score, p[s]);
+        const __m256 max8 = _mm256_set1_ps(max_score);
         __m256 total8 = _mm256_setzero_ps();
-        int64_t s = 0;
-        for (; s + 8 <= n_seen; s += 8) {                          /* softmax numerators */
-            const __m256 e = exp_negative_avx2(_mm256_sub_ps(_mm256_loadu_ps(p + s), max_score));
+        for (s = 0; s + 8 <= n_seen; s += 8) {                     /* softmax numerators */
+            const __m256 e = exp_negative_avx2(_mm256_sub_ps(_mm256_loadu_ps(p + s), max8));
             _mm256_storeu_ps(p + s, e);
             total8 = _mm256_add_ps(total8, e);
         }
         float total = hsum8(total8);
         for (; s < n_seen; s++) {
-            p[s] = expf(p[s] - _mm256_cvtss_f32(max_score));
+            p[s] = expf(p[s] - max_score);
             total += p[s];
         }
-        for (int64_t i = 0; i < head_dim; i += 8) _mm256_storeu_ps(out + i, _mm256_setzero_ps());
-        for (s = 0; s < n_seen; s++) {                             /* Σ p_s v_s */
-            const float *vs = v + s * kv_stride;
-            const __m256 weight = _mm256_set1_ps(p[s]);
-            for (int64_t i = 0; i < head_dim; i += 8)
-                _mm256_storeu_ps(out + i, _mm256_fmadd_ps(weight, _mm256_loadu_ps(vs + i), _mm256_loadu_ps(out + i)));
-        }
+        /* Σ p_s v_s / total, 32 dimensions at a time: four accumulators in registers */
         const __m256 inv_total = _mm256_set1_ps(1.0f / total);
-        for (int64_t i = 0; i < head_dim; i += 8) _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_loadu_ps(out + i), inv_total));
+        int64_t i = 0;
+        for (; i + 32 <= head_dim; i += 32) {
+            __m256 o0 = _mm256_setzero_ps(), o1 = o0, o2 = o0, o3 = o0;
+            for (s = 0; s < n_seen; s++) {
+                const float *vs = v + s * kv_stride + i;
+                const __m256 weight = _mm256_set1_ps(p[s]);
+                o0 = _mm256_fmadd_ps(weight, _mm256_loadu_ps(vs), o0);
+                o1 = _mm256_fmadd_ps(weight, _mm256_loadu_ps(vs + 8), o1);
+                o2 = _mm256_fmadd_ps(weight, _mm256_loadu_ps(vs + 16), o2);
+                o3 = _mm256_fmadd_ps(weight, _mm256_loadu_ps(vs + 24), o3);
+            }
+            _mm256_storeu_ps(out + i, _mm256_mul_ps(o0, inv_total));
+            _mm256_storeu_ps(out + i + 8, _mm256_mul_ps(o1, inv_total));
+            _mm256_storeu_ps(out + i + 16, _mm256_mul_ps(o2, inv_total));
+            _mm256_storeu_ps(out + i + 24, _mm256_mul_ps(o3, inv_total));
+        }
+        for (; i < head_dim; i += 8) {                               /* head_dim % 32 = 8, 16, 24 */
+            __m256 o = _mm256_setzero_ps();
+            for (s = 0; s < n_seen; s++)
+                o = _mm256_fmadd_ps(_mm256_set1_ps(p[s]), _mm256_loadu_ps(v + s * kv_stride + i), o);
+            _mm256_storeu_ps(out + i, _mm256_mul_ps(o, inv_total));
+        }
         return;
     }
 #endif

@@ -28,6 +28,14 @@ def test_generate_greedy_is_deterministic(real_model_path):
 
 
 @pytest.mark.slow
+def test_generate_with_int8_activations(real_model_path):
+    result = run("llama_np.generate", "--model", real_model_path, "--prompt", "The capital of France is",
+                 "--temperature", "0", "--max-new-tokens", "8", "--int8-activations")
+    assert result.returncode == 0, result.stderr
+    assert "Paris" in result.stdout
+
+
+@pytest.mark.slow
 def test_chat_repl_multi_turn_and_commands(real_model_path):
     script = "/help\nHi!\n/reset\nWhat is 2+2?\n/exit\n"
     result = subprocess.run([sys.executable, "-m", "llama_np.chat", "--max-new-tokens", "16",

@@ -72,18 +72,27 @@ def test_fused_decode_layer_matches_the_numpy_block(formats):
 
 
 @needs_kernels
-def test_fused_decode_with_int8_activations_matches_its_numpy_reference():
-    """With int8 activations the NumPy path rounds activations the same way
-    (quant.quant_matmul_int8): the two agree far more closely than either with fp32."""
+def test_int8_activations_switch_both_paths_to_llama_cpp_arithmetic():
+    """set_int8_activations rounds activations to 8 bits in the fused C block as in its
+    NumPy reference (quant.quant_matmul_int8): the two agree far more closely than either
+    with fp32 activations; switching back restores the fp32 logits exactly."""
     config = decode_config()
-    weights = decode_weights(config, ("Q4_1", "Q4_0", "Q8_0"), int8_activations=True)
+    weights = decode_weights(config, ("Q4_1", "Q4_0", "Q8_0"))
     fused, reference = Llama(config, weights), Llama(config, weights, use_kernels=False)
-    assert fused._fused_decoders() is not None
-    caches = [fused.new_cache(8), reference.new_cache(8)]
-    for model, cache in zip((fused, reference), caches):
+
+    def decode_step(model):
+        cache = model.new_cache(8)
         model.forward([1, 2, 3], cache)
-    ours, expected = (m.forward([4], c) for m, c in zip((fused, reference), caches))
+        return model.forward([4], cache)
+
+    fp32 = decode_step(fused)
+    fused.set_int8_activations(True)            # the two models share the weight objects
+    assert fused._fused_decoders()[0].shape.int8_activations == 1
+    ours, expected = decode_step(fused), decode_step(reference)
     np.testing.assert_allclose(ours, expected, rtol=1e-3, atol=1e-3)
+    assert np.abs(ours - expected).max() < np.abs(ours - fp32).max() / 10
+    fused.set_int8_activations(False)
+    np.testing.assert_array_equal(decode_step(fused), fp32)
 
 
 @needs_kernels

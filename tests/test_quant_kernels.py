@@ -2,6 +2,7 @@
 llama_np.quant.quant_matmul, on odd sizes that exercise every tail of the tiling, and the
 checks that keep bad arguments away from C."""
 import functools
+import glob
 import importlib.util
 import os
 
@@ -180,24 +181,43 @@ def test_odd_address_is_refused(monkeypatch):
 
 @pytest.fixture(scope="module")
 def portable_lib(tmp_path_factory):
+    """Every kernel built as kernels/build.py does, but without -march=native."""
     cffi = pytest.importorskip("cffi")
     build_dir = tmp_path_factory.mktemp("portable")
-    source = os.path.abspath(os.path.join(KERNELS_DIR, "quant_matmul.c"))
-    with open(os.path.join(KERNELS_DIR, "quant_matmul.h")) as header:
-        declarations = header.read()
+    kernels_dir = os.path.abspath(KERNELS_DIR)
+    sources = sorted(glob.glob(os.path.join(kernels_dir, "*.c")))
+    declarations = "\n".join(open(h).read() for h in sorted(glob.glob(os.path.join(kernels_dir, "*.h"))))
     ffi = cffi.FFI()
     ffi.cdef(declarations)
-    ffi.set_source("_quant_matmul_portable", "#include <stdint.h>\n" + declarations,
-                   sources=[source], extra_compile_args=["-O2", "-fopenmp", "-std=c11"],
-                   extra_link_args=["-fopenmp"])
+    ffi.set_source("_kernels_portable", "#include <stdint.h>\n" + declarations, sources=sources,
+                   include_dirs=[kernels_dir], extra_compile_args=["-O2", "-fopenmp", "-std=c11"],
+                   extra_link_args=["-fopenmp"], libraries=["m"])
     try:
         library_path = ffi.compile(tmpdir=str(build_dir))
     except Exception as exc:  # no C compiler here: nothing to test
         pytest.skip(f"cannot compile the portable kernels: {exc}")
-    spec = importlib.util.spec_from_file_location("_quant_matmul_portable", library_path)
+    spec = importlib.util.spec_from_file_location("_kernels_portable", library_path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def test_portable_build_runs_the_model_like_numpy(portable_lib, monkeypatch):
+    """The whole model on the portable kernels (prefill GEMM, fused decode block, attention,
+    RMSNorm, RoPE in plain C) against the NumPy path."""
+    from test_decode_kernels import decode_config, decode_weights
+    from llama_np.model import Llama
+
+    monkeypatch.setattr(kernels, "ffi", portable_lib.ffi)
+    monkeypatch.setattr(kernels, "lib", portable_lib.lib)
+    config = decode_config()
+    weights = decode_weights(config, ("Q4_0", "Q8_0", "F32", "Q4_1"))
+    portable, reference = Llama(config, weights), Llama(config, weights, use_kernels=False)
+    assert portable._fused_decoders() is not None
+    caches = [portable.new_cache(16), reference.new_cache(16)]
+    for ids in ([3, 14, 15, 9, 26, 5, 35, 8, 9, 7, 1], [2], [4]):             # prefill, then decode
+        ours, expected = (m.forward(ids, c) for m, c in zip((portable, reference), caches))
+        np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("int8_activations", [False, True], ids=["fp32_x", "int8_x"])

@@ -154,13 +154,22 @@ static void gemm_tile(float *out, int64_t out_stride, const float *w, const floa
     /* the 12 accumulators as named variables: GCC kept an array of them on the stack */
     __m256 a00 = _mm256_setzero_ps(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00;
     __m256 a30 = a00, a31 = a00, a40 = a00, a41 = a00, a50 = a00, a51 = a00;
-    for (int64_t k = 0; k < n; k++) {
-        const __m256 x0 = _mm256_loadu_ps(panel + k * PANEL), x1 = _mm256_loadu_ps(panel + k * PANEL + 8);
-        __m256 wk;
+    if (n_valid > 8) {
+        for (int64_t k = 0; k < n; k++) {
+            const __m256 x0 = _mm256_loadu_ps(panel + k * PANEL), x1 = _mm256_loadu_ps(panel + k * PANEL + 8);
+            __m256 wk;
 #define ROW(r, lo, hi) wk = _mm256_broadcast_ss(w + r * n + k); \
                        lo = _mm256_fmadd_ps(wk, x0, lo); hi = _mm256_fmadd_ps(wk, x1, hi);
-        ROW(0, a00, a01) ROW(1, a10, a11) ROW(2, a20, a21) ROW(3, a30, a31) ROW(4, a40, a41) ROW(5, a50, a51)
+            ROW(0, a00, a01) ROW(1, a10, a11) ROW(2, a20, a21) ROW(3, a30, a31) ROW(4, a40, a41) ROW(5, a50, a51)
 #undef ROW
+        }
+    } else {                                            /* a last panel of <= 8 tokens: half the work */
+        for (int64_t k = 0; k < n; k++) {
+            const __m256 x0 = _mm256_loadu_ps(panel + k * PANEL);
+#define ROW(r, lo) lo = _mm256_fmadd_ps(_mm256_broadcast_ss(w + r * n + k), x0, lo);
+            ROW(0, a00) ROW(1, a10) ROW(2, a20) ROW(3, a30) ROW(4, a40) ROW(5, a50)
+#undef ROW
+        }
     }
     const __m256 rows[TILE_ROWS][2] = {{a00, a01}, {a10, a11}, {a20, a21}, {a30, a31}, {a40, a41}, {a50, a51}};
     for (int r = 0; r < TILE_ROWS; r++) {

@@ -134,7 +134,7 @@ class Tokenizer:
                 unk_id=meta.get("tokenizer.ggml.unknown_token_id"),
                 add_dummy_prefix=meta.get("tokenizer.ggml.add_space_prefix", True),
                 remove_extra_whitespaces=meta.get("tokenizer.ggml.remove_extra_whitespaces", False))
-            processor = _load_sentencepiece(proto, source)
+            processor = load_sentencepiece_processor(proto, source)
             return SentencePieceTokenizer(processor, {}, **common)
         if kind == "gpt2":
             merges = meta.get("tokenizer.ggml.merges")
@@ -155,7 +155,7 @@ class Tokenizer:
         if not os.path.isfile(path):
             raise TokenizerError(f"{path}: no such file")
         with open(path, "rb") as f:
-            processor = _load_sentencepiece(f.read(), path)
+            processor = load_sentencepiece_processor(f.read(), path)
         return SentencePieceTokenizer(processor, added_tokens or {},
                                       bos_id=_id_or_none(processor.bos_id()),
                                       eos_id=_id_or_none(processor.eos_id()),
@@ -397,15 +397,16 @@ def load_tokenizer(path):
 
 # ----- SentencePiece helpers ---------------------------------------------------------------
 
-def _load_sentencepiece(model_proto, source):
-    """A SentencePieceProcessor from the bytes of a serialized ModelProto."""
+def load_sentencepiece_processor(model_proto, source, error=None):
+    """A SentencePieceProcessor from the bytes of a serialized ModelProto; bytes it refuses
+    raise `error` (a TokenizerError unless another class is given) naming `source`."""
     import sentencepiece
 
     processor = sentencepiece.SentencePieceProcessor()
     try:
         processor.LoadFromSerializedProto(model_proto)
     except (RuntimeError, OSError) as e:
-        raise TokenizerError(f"{source}: not a SentencePiece model ({e})") from None
+        raise (error or TokenizerError)(f"{source}: not a SentencePiece model ({e})") from None
     return processor
 
 

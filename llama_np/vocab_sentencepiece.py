@@ -36,6 +36,7 @@ from llama_np.tokenizer import TOKEN_BYTE as BYTE
 from llama_np.tokenizer import TOKEN_CONTROL as CONTROL
 from llama_np.tokenizer import TOKEN_NORMAL as NORMAL
 from llama_np.tokenizer import TOKEN_UNKNOWN as UNKNOWN
+from llama_np.tokenizer import load_sentencepiece_processor
 
 # ModelProto and SentencePiece field numbers (sentencepiece_model.proto)
 MODEL_PIECES = 1
@@ -142,14 +143,7 @@ def load_processor(model):
 
 
 def _check_loads(data, source):
-    import sentencepiece
-
-    processor = sentencepiece.SentencePieceProcessor()
-    try:
-        processor.LoadFromSerializedProto(data)
-    except (RuntimeError, OSError) as e:
-        raise SentencePieceModelError(f"{source}: not a SentencePiece model ({e})") from None
-    return processor
+    return load_sentencepiece_processor(data, source, SentencePieceModelError)
 
 
 # ----- the merge --------------------------------------------------------------------------

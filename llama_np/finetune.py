@@ -30,7 +30,7 @@ DEFAULTS = dict(
     model="default", data=None, eval_data=None, out=None, init_adapter=None,
     lora_r=8, lora_alpha=32.0, lora_dropout=0.05, target_modules="q,k,v,o,gate,up,down",
     use_rslora=False, trainable="lora", embedding_rows_from=None,
-    lr=2e-4, batch_size=4, grad_accum=1, max_seq_len=None, steps=None, epochs=None,
+    lr=2e-4, embedding_lr=None, batch_size=4, grad_accum=1, max_seq_len=None, steps=None, epochs=None,
     warmup_ratio=0.03, lr_schedule="cosine", weight_decay=0.0, max_grad_norm=1.0, seed=42,
     save_every=100, eval_every=0, keep_checkpoints=2, base_dtype="quantized",
     threads=os.cpu_count() or 1, progress=True,
@@ -76,6 +76,9 @@ def build_parser():
                    help="train only embedding rows N and up (the tokens added to the vocabulary)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--lr", type=cli.positive_float, help="peak learning rate (default: 2e-4)")
+    g.add_argument("--embedding-lr", type=cli.positive_float,
+                   help="peak learning rate of the trained embedding and lm_head (same schedule); "
+                        "default: --lr")
     g.add_argument("--batch-size", type=cli.positive_int, help="examples per micro-batch (default: 4)")
     g.add_argument("--grad-accum", type=cli.positive_int, help="micro-batches per optimizer step (default: 1)")
     g.add_argument("--max-seq-len", type=cli.positive_int, help="truncate / pack to this many tokens (default: 512, or the model's context if shorter)")
@@ -202,7 +205,7 @@ def main(argv=None):
     trainable = TrainableLlama(config, weights, adapter, trainable_rows=rows)
 
     train_config = TrainConfig(
-        lr=args.lr, steps=steps, grad_accum=args.grad_accum,
+        lr=args.lr, embedding_lr=args.embedding_lr, steps=steps, grad_accum=args.grad_accum,
         warmup_steps=int(round(args.warmup_ratio * steps)), schedule=args.lr_schedule,
         weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm, seed=args.seed,
         save_every=args.save_every, eval_every=args.eval_every, keep_checkpoints=args.keep_checkpoints)

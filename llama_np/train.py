@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from llama_np.checkpoint.peft import load_adapter, save_adapter
+from llama_np.lora import EMBED, LM_HEAD
 
 LATEST = "latest"                 # the file naming the newest checkpoint folder of a run
 OPTIMIZER_FILE = "optimizer.safetensors"
@@ -46,13 +47,17 @@ class AdamW:
         θ ← θ - lr · m̂ / (√v̂ + ε),   m̂ = m / (1 - β1^t),  v̂ = v / (1 - β2^t)
     """
 
-    def __init__(self, params, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, row_masks=None):
+    def __init__(self, params, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, row_masks=None,
+                 lr_scales=None):
         self.beta1, self.beta2 = betas
         self.eps = eps
         self.weight_decay = weight_decay
         # {name: bool [rows]}: rows that train. The others get no gradient, so Adam leaves
         # them alone, but weight decay would not: it is applied to the trained rows only.
         self.row_masks = row_masks or {}
+        # {name: factor}: a parameter whose learning rate is factor × the step's (e.g. the
+        # embeddings, which Adam moves by about lr per element per step, every row alike)
+        self.lr_scales = lr_scales or {}
         self.t = 0
         self.m = {name: np.zeros_like(p) for name, p in params.items()}
         self.v = {name: np.zeros_like(p) for name, p in params.items()}
@@ -63,8 +68,10 @@ class AdamW:
         self.t += 1
         bias1 = 1.0 - self.beta1 ** self.t
         bias2 = 1.0 - self.beta2 ** self.t
+        step_lr = lr
         for name, g in grads.items():
             p, m, v = params[name], self.m[name], self.v[name]
+            lr = step_lr * self.lr_scales.get(name, 1.0)
             if self.weight_decay:
                 decay = p.dtype.type(1.0 - lr * self.weight_decay)
                 if name in self.row_masks:
@@ -124,6 +131,7 @@ def clip_grad_norm(grads, max_norm):
 @dataclass
 class TrainConfig:
     lr: float = 2e-4
+    embedding_lr: float = None      # peak lr of the embedding / head copies; None: lr
     steps: int = 100                # optimizer steps in the whole run
     grad_accum: int = 1
     warmup_steps: int = 0
@@ -156,8 +164,12 @@ class Trainer:
         self.run_info = run_info or {}   # e.g. the command-line arguments, kept in checkpoints
         self.progress = progress
         self.threads = threads            # micro-batches are split into this many shards
+        lr_scales = {}
+        if config.embedding_lr is not None:
+            lr_scales = {name: config.embedding_lr / config.lr for name in model.params
+                         if name in (EMBED, LM_HEAD)}
         self.optimizer = AdamW(model.params, weight_decay=config.weight_decay,
-                               row_masks=getattr(model, "row_masks", lambda: None)())
+                               row_masks=getattr(model, "row_masks", lambda: None)(), lr_scales=lr_scales)
         # LoRA dropout draws millions of numbers per step: SFC64 is NumPy's fastest generator
         self.rng = np.random.Generator(np.random.SFC64(config.seed))
         self.step = 0

@@ -63,3 +63,18 @@ def test_stage1_check_sees_a_changed_transformer_tensor(tiny_gguf, tmp_path):
     adapter.params[name][:] = 0.5
     save_adapter(tmp_path / "moved", adapter)
     assert not recipe.stage1_left_transformer_alone(tiny_gguf, str(tmp_path / "moved"))
+
+
+def test_held_out_spans_are_characters_not_tokens():
+    """The windows are cut in characters, so every tokenizer is scored on the same text."""
+    text = "".join(chr(0x4E00 + i % 500) for i in range(1000))
+    spans = recipe.held_out_spans(text, 256, 6)
+    assert len(spans) == 6
+    assert all(len(context) == 32 and len(scored) == 96 for context, scored in spans)
+    assert "".join(c + s for c, s in spans) == text[:6 * 128]
+    assert len(recipe.held_out_spans(text, 256, 100)) == 1000 // 128
+
+
+def test_relative_change_says_higher_or_lower():
+    assert recipe.relative_change(6.463, 7.971) == "+23.3%, higher"
+    assert recipe.relative_change(6.0, 5.1) == "-15.0%, lower"

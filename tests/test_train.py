@@ -51,6 +51,24 @@ def test_adamw_matches_torch():
     np.testing.assert_allclose(ours["w"], tp.detach().numpy(), rtol=1e-6, atol=1e-7)
 
 
+def test_adamw_lr_scales_match_torch_param_groups():
+    """--embedding-lr: a parameter with its own learning rate is torch's second param group."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(1)
+    start = {"w": rng.standard_normal((4, 3)).astype(np.float32), "e": rng.standard_normal((5, 3)).astype(np.float32)}
+    ours = {k: v.copy() for k, v in start.items()}
+    opt = train.AdamW(ours, lr_scales={"e": 0.1})
+    tw, te = (torch.nn.Parameter(torch.tensor(start[k])) for k in ("w", "e"))
+    topt = torch.optim.AdamW([{"params": [tw], "lr": 1e-2}, {"params": [te], "lr": 1e-3}], weight_decay=0.0)
+    for _ in range(4):
+        grads = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in start.items()}
+        opt.step(ours, {k: g.copy() for k, g in grads.items()}, lr=1e-2)
+        tw.grad, te.grad = torch.tensor(grads["w"]), torch.tensor(grads["e"])
+        topt.step()
+    np.testing.assert_allclose(ours["w"], tw.detach().numpy(), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(ours["e"], te.detach().numpy(), rtol=1e-6, atol=1e-7)
+
+
 def test_learning_rate_schedules_match_transformers():
     transformers = pytest.importorskip("transformers")
     torch = pytest.importorskip("torch")

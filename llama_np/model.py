@@ -8,6 +8,11 @@ Weights are kept under their Hugging Face names (`model.layers.{i}.self_attn.q_p
 layout [out, in]); each is a float32 array or a `quant.QuantizedMatrix`, or anything with
 `.matmul(x)` and `.shape` (LoRA wraps a weight that way). The KV cache is preallocated, so
 generation is a prefill of the prompt followed by one-token decode steps.
+
+`block` is the model as NumPy reads it, and what prefill runs (its matrix products and
+attention in C when the kernels are built). A one-token decode step spends its time in
+Python overhead around small products, so there each block is instead one C call
+(`kernels.DecodeLayer`, kernels/decode_layer.c) doing exactly what `block` does.
 """
 import numpy as np
 

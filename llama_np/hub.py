@@ -17,7 +17,6 @@ import hashlib
 import os
 import sys
 import tempfile
-import urllib.request
 import zipfile
 from dataclasses import dataclass
 
@@ -132,6 +131,8 @@ def _verified(path, sha256):
 
 def download(url, dest, sha256, desc=None):
     """Fetch `url` to `dest` with a progress bar, check its sha256, rename into place."""
+    import urllib.request  # here, not at the top: it costs every tool ~60 ms at start-up
+
     from tqdm import tqdm
 
     os.makedirs(os.path.dirname(dest), exist_ok=True)

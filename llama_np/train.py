@@ -344,13 +344,17 @@ def read_log(path):
 
 
 def plot_log(log_path, png_path):
-    """Training (and evaluation) loss against step, written atomically as a PNG."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Training (and evaluation) loss against step, written atomically as a PNG.
+
+    Drawn on a Figure of its own with the Agg canvas, not through pyplot: the process's
+    matplotlib backend (a notebook's inline one, say) is left as it was."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     records = read_log(log_path)
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
     ax.plot([r["step"] for r in records], [r["loss"] for r in records], label="train loss", lw=1)
     evals = [r for r in records if "eval_loss" in r]
     if evals:
@@ -362,7 +366,6 @@ def plot_log(log_path, png_path):
     fig.tight_layout()
     tmp = png_path + ".tmp.png"
     fig.savefig(tmp, dpi=100)
-    plt.close(fig)
     os.replace(tmp, png_path)
     return png_path
 

@@ -174,3 +174,14 @@ def test_evaluation_loss_is_logged(tmp_path):
     trainer.eval_batches = trainer.batches
     history = trainer.train()
     assert [("eval_loss" in r) for r in history] == [False, True, False, True]
+
+
+def test_plot_log_leaves_the_matplotlib_backend_alone(tmp_path):
+    """A notebook's backend must survive a training run's loss plot (plt.show() keeps working)."""
+    matplotlib = pytest.importorskip("matplotlib")
+    log = tmp_path / "log.jsonl"
+    log.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5, "eval_loss": 1.7}\n')
+    before = matplotlib.get_backend()
+    png = train.plot_log(str(log), str(tmp_path / "loss.png"))
+    assert matplotlib.get_backend() == before
+    assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"

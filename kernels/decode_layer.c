@@ -38,6 +38,7 @@
 #include "internal/rotary.h"
 
 enum { FORMAT_F32 = 3 };   /* after Q4_0 = 0, Q4_1 = 1, Q8_0 = 2 of quant_type */
+#define ROW_CHUNK 16       /* output rows a thread takes at a time (Wo, gate/up, Wdown) */
 
 /* An activation row as each weight format wants it: the floats, the Σ x of each block
  * (Q4_0 / Q4_1, fp32 path) and the 8-bit blocks (int8 path). */
@@ -50,14 +51,35 @@ static void prepare(activations *a, const float *x, int64_t n, int int8_activati
     if (int8_activations) quantize_activations(a->xq, x, n / QK);
 }
 
-/* Row r of weight matrix m times the activations. */
-static inline float row_dot(const weight_matrix *m, int64_t r, const activations *a, int int8_activations)
+/* out[i] = row r0 + i of weight matrix m times the activations, for i < n. The format is
+ * looked at once, outside the loop, so that each loop runs one inlined row kernel. */
+static void rows_dot(const weight_matrix *m, int64_t r0, int64_t n, const activations *a,
+                     int int8_activations, float *out)
 {
-    if (m->format == FORMAT_F32) return dot_f32((const float *)m->data + r * m->cols, a->x, m->cols);
-    const int64_t n_blocks = m->cols / QK;
-    const uint8_t *row = m->data + r * n_blocks * BLOCK_BYTES[m->format];
-    if (int8_activations) return dot_row_int8((quant_type)m->format, row, a->xq, n_blocks);
-    return dot_row((quant_type)m->format, row, a->x, a->sums, n_blocks);
+    const int64_t cols = m->cols, n_blocks = cols / QK;
+    if (m->format == FORMAT_F32) {
+        for (int64_t i = 0; i < n; i++) out[i] = dot_f32((const float *)m->data + (r0 + i) * cols, a->x, cols);
+        return;
+    }
+    const quant_type type = (quant_type)m->format;
+    const int64_t row_bytes = n_blocks * BLOCK_BYTES[type];
+    const uint8_t *rows = m->data + r0 * row_bytes;                         /* row r0 */
+    if (int8_activations) {
+        for (int64_t i = 0; i < n; i++) out[i] = dot_row_int8(type, rows + i * row_bytes, a->xq, n_blocks);
+        return;
+    }
+    switch (type) {
+    case Q4_0:
+        for (int64_t i = 0; i < n; i++)
+            out[i] = dot_row_q4_0((const block_q4_0 *)(rows + i * row_bytes), a->x, a->sums, n_blocks);
+        break;
+    case Q4_1:
+        for (int64_t i = 0; i < n; i++)
+            out[i] = dot_row_q4_1((const block_q4_1 *)(rows + i * row_bytes), a->x, a->sums, n_blocks);
+        break;
+    default:
+        for (int64_t i = 0; i < n; i++) out[i] = dot_row_q8_0((const block_q8_0 *)(rows + i * row_bytes), a->x, n_blocks);
+    }
 }
 
 static inline float silu(float g) { return g / (1.0f + expf(-g)); }
@@ -106,7 +128,7 @@ int decode_layer_f32(float *h, const block_weights *w, const block_shape *shape,
             const weight_matrix *m = is_q ? &w->q : is_k ? &w->k : &w->v;
             const int64_t first = (is_q ? head : is_k ? head - n_heads : head - n_heads - n_kv_heads) * head_dim;
             float *out = (is_q ? q : is_k ? k_row : v_row) + first;          /* [head_dim] */
-            for (int64_t i = 0; i < head_dim; i++) out[i] = row_dot(m, first + i, &a, int8);
+            rows_dot(m, first, head_dim, &a, int8, out);
             if (is_q || is_k) rope_rotate(out, cos_t, sin_t, head_dim);
         }
         #pragma omp for schedule(static)
@@ -117,17 +139,32 @@ int decode_layer_f32(float *h, const block_weights *w, const block_shape *shape,
         }
         prepare(&a, attn, n_q, int8);
         #pragma omp for schedule(static)
-        for (int64_t r = 0; r < dim; r++) h[r] += row_dot(&w->o, r, &a, int8);
+        for (int64_t r0 = 0; r0 < dim; r0 += ROW_CHUNK) {
+            float part[ROW_CHUNK];
+            const int64_t n = dim - r0 < ROW_CHUNK ? dim - r0 : ROW_CHUNK;
+            rows_dot(&w->o, r0, n, &a, int8, part);
+            for (int64_t i = 0; i < n; i++) h[r0 + i] += part[i];
+        }
 
         /* MLP branch: h += (silu(x Wgate) ⊙ x Wup) Wdown */
         rmsnorm_f32(x, h, w->mlp_norm, 1, dim, shape->norm_eps);
         prepare(&a, x, dim, int8);
         #pragma omp for schedule(static)
-        for (int64_t i = 0; i < hidden; i++)
-            act[i] = silu(row_dot(&w->gate, i, &a, int8)) * row_dot(&w->up, i, &a, int8);
+        for (int64_t i0 = 0; i0 < hidden; i0 += ROW_CHUNK) {
+            float gate[ROW_CHUNK], up[ROW_CHUNK];
+            const int64_t n = hidden - i0 < ROW_CHUNK ? hidden - i0 : ROW_CHUNK;
+            rows_dot(&w->gate, i0, n, &a, int8, gate);
+            rows_dot(&w->up, i0, n, &a, int8, up);
+            for (int64_t i = 0; i < n; i++) act[i0 + i] = silu(gate[i]) * up[i];
+        }
         prepare(&a, act, hidden, int8);
         #pragma omp for schedule(static) nowait
-        for (int64_t r = 0; r < dim; r++) h[r] += row_dot(&w->down, r, &a, int8);
+        for (int64_t r0 = 0; r0 < dim; r0 += ROW_CHUNK) {
+            float part[ROW_CHUNK];
+            const int64_t n = dim - r0 < ROW_CHUNK ? dim - r0 : ROW_CHUNK;
+            rows_dot(&w->down, r0, n, &a, int8, part);
+            for (int64_t i = 0; i < n; i++) h[r0 + i] += part[i];
+        }
     }
     free(scratch);
     return 0;

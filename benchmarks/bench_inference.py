@@ -20,7 +20,8 @@ build recipe in DESIGN.md §5) and transformers + torch in fp32. For transformer
 dequantized once, at the start, by `from_pretrained(gguf_file=...)` and saved as a Hugging
 Face folder in a temporary directory, which its runs then load as a transformers user would
 (reading the GGUF itself takes transformers about a minute, mostly building its tokenizer).
-An engine that is not importable is skipped.
+An engine that is not importable is skipped. On request (`--engines ...,llama_np_int8`) llama_np
+also runs with --int8-activations, llama.cpp's own arithmetic.
 
 Every measurement runs in a fresh process (thread counts are fixed at process start, and
 RSS is then that engine's alone) after one short warm-up pass; runs alternate between
@@ -45,8 +46,10 @@ sys.path.insert(0, REPO)
 if not os.environ.get("LLAMA_NP_DATA") and os.path.isdir(os.path.join(REPO, "..", "shared", "data")):
     os.environ["LLAMA_NP_DATA"] = os.path.join(REPO, "..", "shared", "data")  # the data mirror
 
-ENGINES = ("llama_np", "llama_cpp", "transformers")
-ENGINE_MODULES = {"llama_np": "llama_np", "llama_cpp": "llama_cpp", "transformers": "transformers"}
+ENGINES = ("llama_np", "llama_cpp", "transformers", "llama_np_int8")
+DEFAULT_ENGINES = ENGINES[:3]  # llama_np_int8: llama_np with --int8-activations, on request
+ENGINE_MODULES = {"llama_np": "llama_np", "llama_cpp": "llama_cpp", "transformers": "transformers",
+                  "llama_np_int8": "llama_np"}
 PROMPT_TOKENS = 128
 NEW_TOKENS = 128
 WARMUP_TOKENS = 8
@@ -80,13 +83,14 @@ def peak_rss_mb():
 
 # ----- one engine in this process: load, warm up, prefill, decode ---------------------------
 
-def llama_np_steps(model_path, threads):
+def llama_np_steps(model_path, threads, int8_activations=False):
     """(prefill(ids) → last logits, decode(id) → logits) for llama_np."""
     from llama_np import kernels
     from llama_np.checkpoint import load_model
 
     kernels.set_num_threads(threads)
     model, _ = load_model(model_path)
+    model.set_int8_activations(int8_activations)
     state = {}
 
     def prefill(ids):
@@ -142,7 +146,8 @@ def transformers_steps(hf_folder, threads):
     return prefill, decode
 
 
-STEPS = {"llama_np": llama_np_steps, "llama_cpp": llama_cpp_steps, "transformers": transformers_steps}
+STEPS = {"llama_np": llama_np_steps, "llama_cpp": llama_cpp_steps, "transformers": transformers_steps,
+         "llama_np_int8": lambda model_path, threads: llama_np_steps(model_path, threads, int8_activations=True)}
 
 
 def speed_child(engine, model_path, threads, ids):
@@ -216,9 +221,11 @@ def run_speed(engine, model_path, threads, ids_arg):
 
 def run_first_token(engine, model_path, threads):
     """Seconds from spawning the process to its exit, and its peak RSS (os.wait4's rusage)."""
-    if engine == "llama_np":
+    if engine in ("llama_np", "llama_np_int8"):
         cmd = [sys.executable, "-m", "llama_np.chat", "--model", model_path, "--prompt", CHAT_MESSAGE,
                "--max-new-tokens", "1", "--temperature", "0", "--threads", str(threads)]
+        if engine == "llama_np_int8":
+            cmd.append("--int8-activations")
     else:
         cmd = [sys.executable, os.path.abspath(__file__), "--child", "first_token", "--engine", engine,
                "--model", model_path, "--threads", str(threads)]
@@ -353,7 +360,8 @@ def main():
     p.add_argument("--model", default=None, help="a .gguf file (default: SmolLM2-135M-Instruct Q4_1)")
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="thread counts (default: 1 2)")
     p.add_argument("--runs", type=int, default=5, help="runs per engine and thread count (default: 5)")
-    p.add_argument("--engines", default=",".join(ENGINES), help="comma-separated, from " + ", ".join(ENGINES))
+    p.add_argument("--engines", default=",".join(DEFAULT_ENGINES),
+                   help="comma-separated, from " + ", ".join(ENGINES) + " (default: %(default)s)")
     p.add_argument("--no-first-token", action="store_true", help="skip the time-to-first-token runs")
     p.add_argument("--json", help="also write every measurement to this JSON file")
     p.add_argument("--child", choices=["speed", "first_token", "convert"], help=argparse.SUPPRESS)  # internal

@@ -14,7 +14,8 @@ from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sources = sorted(glob.glob(os.path.join(HERE, "*.c")))
-headers = sorted(glob.glob(os.path.join(HERE, "*.h")))
+headers = sorted(glob.glob(os.path.join(HERE, "*.h")))                     # cffi declarations
+internal = sorted(glob.glob(os.path.join(HERE, "internal", "*.h")))        # shared inline code
 
 ffibuilder = FFI()
 ffibuilder.cdef("\n".join(open(h).read() for h in headers))
@@ -28,6 +29,7 @@ ffibuilder.set_source(
     "#include <stddef.h>\n#include <stdint.h>\n"
     + "\n".join(f'#include "{os.path.basename(h)}"' for h in headers),
     sources=[os.path.relpath(s) for s in sources],
+    depends=[os.path.relpath(h) for h in headers + internal],  # a changed header rebuilds too
     include_dirs=[os.path.relpath(HERE)],
     extra_compile_args=compile_args,
     extra_link_args=["-fopenmp"],

@@ -18,7 +18,7 @@
  * itself, on its own copy: a few µs, cheaper than one more meeting (with 2 threads, going
  * from 10 barriers a block to 4 made decoding ~20% faster).
  *
- * Weights: any mix of Q4_0, Q4_1, Q8_0 (dot_row, internal/quant_rows.h) and F32.
+ * Weights: any mix of Q4_0, Q4_1, Q8_0 (dot_rows, internal/quant_rows.h) and F32.
  * With int8_activations every activation row is rounded to 8 bits per block first
  * (llama.cpp's arithmetic); F32 weights always see fp32 activations.
  * h [dim] is updated in place; k_cache, v_cache [max_len, n_kv_heads, head_dim] are this
@@ -51,8 +51,7 @@ static void prepare(activations *a, const float *x, int64_t n, int int8_activati
     if (int8_activations) quantize_activations(a->xq, x, n / QK);
 }
 
-/* out[i] = row r0 + i of weight matrix m times the activations, for i < n. The format is
- * looked at once, outside the loop, so that each loop runs one inlined row kernel. */
+/* out[i] = row r0 + i of weight matrix m times the activations, for i < n. */
 static void rows_dot(const weight_matrix *m, int64_t r0, int64_t n, const activations *a,
                      int int8_activations, float *out)
 {
@@ -68,18 +67,22 @@ static void rows_dot(const weight_matrix *m, int64_t r0, int64_t n, const activa
         for (int64_t i = 0; i < n; i++) out[i] = dot_row_int8(type, rows + i * row_bytes, a->xq, n_blocks);
         return;
     }
-    switch (type) {
-    case Q4_0:
-        for (int64_t i = 0; i < n; i++)
-            out[i] = dot_row_q4_0((const block_q4_0 *)(rows + i * row_bytes), a->x, a->sums, n_blocks);
-        break;
-    case Q4_1:
-        for (int64_t i = 0; i < n; i++)
-            out[i] = dot_row_q4_1((const block_q4_1 *)(rows + i * row_bytes), a->x, a->sums, n_blocks);
-        break;
-    default:
-        for (int64_t i = 0; i < n; i++) out[i] = dot_row_q8_0((const block_q8_0 *)(rows + i * row_bytes), a->x, n_blocks);
-    }
+    dot_rows(type, rows, n, a->x, a->sums, n_blocks, out);
+}
+
+/* The number of rows of m from r0 on that one chunk takes: ROW_CHUNK, fewer at the end. */
+static inline int64_t chunk_rows(const weight_matrix *m, int64_t r0)
+{
+    return m->rows - r0 < ROW_CHUNK ? m->rows - r0 : ROW_CHUNK;
+}
+
+/* h[r] += row r of m times the activations, for the chunk of rows from r0 (a residual add). */
+static void add_rows_dot(float *h, const weight_matrix *m, int64_t r0, const activations *a, int int8_activations)
+{
+    float part[ROW_CHUNK];
+    const int64_t n = chunk_rows(m, r0);
+    rows_dot(m, r0, n, a, int8_activations, part);
+    for (int64_t i = 0; i < n; i++) h[r0 + i] += part[i];
 }
 
 static inline float silu(float g) { return g / (1.0f + expf(-g)); }
@@ -139,12 +142,7 @@ int decode_layer_f32(float *h, const block_weights *w, const block_shape *shape,
         }
         prepare(&a, attn, n_q, int8);
         #pragma omp for schedule(static)
-        for (int64_t r0 = 0; r0 < dim; r0 += ROW_CHUNK) {
-            float part[ROW_CHUNK];
-            const int64_t n = dim - r0 < ROW_CHUNK ? dim - r0 : ROW_CHUNK;
-            rows_dot(&w->o, r0, n, &a, int8, part);
-            for (int64_t i = 0; i < n; i++) h[r0 + i] += part[i];
-        }
+        for (int64_t r0 = 0; r0 < dim; r0 += ROW_CHUNK) add_rows_dot(h, &w->o, r0, &a, int8);
 
         /* MLP branch: h += (silu(x Wgate) ⊙ x Wup) Wdown */
         rmsnorm_f32(x, h, w->mlp_norm, 1, dim, shape->norm_eps);
@@ -152,19 +150,14 @@ int decode_layer_f32(float *h, const block_weights *w, const block_shape *shape,
         #pragma omp for schedule(static)
         for (int64_t i0 = 0; i0 < hidden; i0 += ROW_CHUNK) {
             float gate[ROW_CHUNK], up[ROW_CHUNK];
-            const int64_t n = hidden - i0 < ROW_CHUNK ? hidden - i0 : ROW_CHUNK;
+            const int64_t n = chunk_rows(&w->gate, i0);
             rows_dot(&w->gate, i0, n, &a, int8, gate);
             rows_dot(&w->up, i0, n, &a, int8, up);
             for (int64_t i = 0; i < n; i++) act[i0 + i] = silu(gate[i]) * up[i];
         }
         prepare(&a, act, hidden, int8);
         #pragma omp for schedule(static) nowait
-        for (int64_t r0 = 0; r0 < dim; r0 += ROW_CHUNK) {
-            float part[ROW_CHUNK];
-            const int64_t n = dim - r0 < ROW_CHUNK ? dim - r0 : ROW_CHUNK;
-            rows_dot(&w->down, r0, n, &a, int8, part);
-            for (int64_t i = 0; i < n; i++) h[r0 + i] += part[i];
-        }
+        for (int64_t r0 = 0; r0 < dim; r0 += ROW_CHUNK) add_rows_dot(h, &w->down, r0, &a, int8);
     }
     free(scratch);
     return 0;

@@ -10,7 +10,7 @@
  *
  *   T = 1 (one-token decode): a matrix-vector product. Every weight byte is used once, so
  *     the aim is to stream the blocks at memory speed: each block is decoded in registers
- *     and multiplied into the dot product at once, nothing is written back (dot_row).
+ *     and multiplied into the dot product at once, nothing is written back (dot_rows).
  *   T >= 2 (prompt prefill, training): a matrix-matrix product. Every weight is used T
  *     times, so decode each block once: TILE_ROWS rows are decoded into an fp32 scratch
  *     tile, which then meets the T activation rows, packed in panels of PANEL tokens, in
@@ -31,6 +31,7 @@
 #define TILE_ROWS 6        /* weight rows the GEMM micro-kernel multiplies at once */
 #define PANEL 16           /* tokens the GEMM micro-kernel multiplies at once */
 #define GEMM_MIN_TOKENS 2  /* fewer tokens: GEMV, decoding each block in registers */
+#define GEMV_ROWS 16       /* rows a GEMV thread takes at a time */
 
 /* ---------------------------------------------------------------------------------------
  * Decoding one block: 32 weights as fp32.
@@ -210,10 +211,9 @@ static void gemv_rows(quant_type type, float *out, const uint8_t *w, const float
 {
     const int64_t n_blocks = in_features / QK;
     const int64_t row_bytes = n_blocks * BLOCK_BYTES[type];
-    for (int64_t r = r0; r < r1; r++)
-        for (int64_t t = 0; t < n_tokens; t++)
-            out[t * out_features + r] = dot_row(type, w + r * row_bytes, x + t * in_features,
-                                                x_sums + t * n_blocks, n_blocks);
+    for (int64_t t = 0; t < n_tokens; t++)
+        dot_rows(type, w + r0 * row_bytes, r1 - r0, x + t * in_features, x_sums + t * n_blocks, n_blocks,
+                 out + t * out_features + r0);
 }
 
 /* Returns 0, or -1 when there is no memory for the block sums of x. */
@@ -228,8 +228,10 @@ static int quant_matmul(quant_type type, float *out, const uint8_t *w, const flo
 
     if (n_tokens < GEMM_MIN_TOKENS) {
         #pragma omp parallel for num_threads(n_threads) schedule(static)
-        for (int64_t r = 0; r < out_features; r++)
-            gemv_rows(type, out, w, x, x_sums, n_tokens, out_features, in_features, r, r + 1);
+        for (int64_t r0 = 0; r0 < out_features; r0 += GEMV_ROWS) {
+            const int64_t r1 = r0 + GEMV_ROWS < out_features ? r0 + GEMV_ROWS : out_features;
+            gemv_rows(type, out, w, x, x_sums, n_tokens, out_features, in_features, r0, r1);
+        }
         free(x_sums);
         return 0;
     }

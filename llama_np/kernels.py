@@ -13,8 +13,8 @@ import numpy as np
 from llama_np.quant import BLOCK_BYTES, QK
 
 # How idle OpenMP threads wait, read once when the C library (libgomp) loads. A waiting
-# thread first spins, GOMP_SPINCOUNT times, then sleeps until woken. Decoding meets at ~150
-# barriers a token (5 per block), so the choice matters; measured with 2 threads on a 2-core
+# thread first spins, GOMP_SPINCOUNT times, then sleeps until woken. Decoding meets ~150
+# times a token (per block: a team start and 4 barriers), so the choice matters; measured with 2 threads on a 2-core
 # Zen 3 (µs per block, quiet / both cores busy with other work):
 #   sleep at once (OMP_WAIT_POLICY=PASSIVE)    328 / 1055
 #   spin 1,000 then sleep (the setting here)   270 /  656
@@ -159,7 +159,6 @@ def attention_forward(q, k, v):
     return out
 
 
-
 # decode_layer's weight formats (kernels/decode_layer.c): quant_type's order, then F32
 _DECODE_FORMATS = {"Q4_0": 0, "Q4_1": 1, "Q8_0": 2, "F32": 3}
 _DECODE_MATRICES = ("q", "k", "v", "o", "gate", "up", "down")
@@ -179,9 +178,7 @@ class DecodeLayer:
         from llama_np.quant import QuantizedMatrix
 
         hd, n_q, n_kv = config.head_dim, config.num_attention_heads, config.num_key_value_heads
-        dim, hidden = config.hidden_size, config.intermediate_size
-        if n_kv == 0 or n_q % n_kv:
-            raise ValueError(f"{n_q} query heads cannot share {n_kv} key/value heads")
+        dim, hidden = config.hidden_size, config.intermediate_size   # LlamaConfig checked n_q % n_kv
         expected = {"q": (n_q * hd, dim), "k": (n_kv * hd, dim), "v": (n_kv * hd, dim), "o": (dim, n_q * hd),
                     "gate": (hidden, dim), "up": (hidden, dim), "down": (dim, hidden)}
         self._keep = []                                     # every buffer a pointer points into

@@ -144,7 +144,7 @@ static inline float dot_bytes(const int8_t qs[QK], const float *xb)
 }
 
 /* ---------------------------------------------------------------------------------------
- * dot_row: Σ_k w[k] x[k] for one row of n_blocks blocks, fp32 activations x.
+ * dot_rows: Σ_k w[k] x[k] for each of a run of rows of n_blocks blocks, fp32 activations x.
  *
  * A block's weights are w = d·q + m (Q4_1), d·(q - 8) (Q4_0) or d·q (Q8_0), so its share
  * of the dot product factors as
@@ -153,8 +153,8 @@ static inline float dot_bytes(const int8_t qs[QK], const float *xb)
  *
  * Σ x of each block (x_sums, see block_sums) is the same for every row: computed once per
  * activation row, it leaves one multiply by d per block instead of one per weight. The
- * integers q become floats in registers; nothing is written back. One loop per format (the
- * switch stays outside the loops). */
+ * integers q become floats in registers; nothing is written back. One loop per format: the
+ * format is looked at once per run of rows, not once per row. */
 
 static inline void block_sums(float *x_sums, const float *x, int64_t n_blocks)
 {
@@ -216,18 +216,28 @@ static inline float dot_row_q8_0(const block_q8_0 *row, const float *x, int64_t 
     return ROW_ACC_SUM(acc);
 }
 
-static inline float dot_row(quant_type type, const uint8_t *row, const float *x, const float *x_sums,
-                            int64_t n_blocks)
+/* out[i] = row i of the n_rows consecutive rows at `rows` times x, for i < n_rows. */
+static inline void dot_rows(quant_type type, const uint8_t *rows, int64_t n_rows, const float *x,
+                            const float *x_sums, int64_t n_blocks, float *out)
 {
+    const int64_t row_bytes = n_blocks * BLOCK_BYTES[type];
     switch (type) {
-    case Q4_0: return dot_row_q4_0((const block_q4_0 *)row, x, x_sums, n_blocks);
-    case Q4_1: return dot_row_q4_1((const block_q4_1 *)row, x, x_sums, n_blocks);
-    default:   return dot_row_q8_0((const block_q8_0 *)row, x, n_blocks);
+    case Q4_0:
+        for (int64_t i = 0; i < n_rows; i++)
+            out[i] = dot_row_q4_0((const block_q4_0 *)(rows + i * row_bytes), x, x_sums, n_blocks);
+        break;
+    case Q4_1:
+        for (int64_t i = 0; i < n_rows; i++)
+            out[i] = dot_row_q4_1((const block_q4_1 *)(rows + i * row_bytes), x, x_sums, n_blocks);
+        break;
+    default:
+        for (int64_t i = 0; i < n_rows; i++)
+            out[i] = dot_row_q8_0((const block_q8_0 *)(rows + i * row_bytes), x, n_blocks);
     }
 }
 
-/* One dot product of two fp32 rows of length n (a multiple of 32): fp32 weights, and the
- * GEMM tiles' leftovers. Four accumulators, so that consecutive FMAs do not wait for each other. */
+/* One dot product of two fp32 rows of length n (a multiple of 32): fp32 weights in the fused
+ * decode step. Four accumulators, so that consecutive FMAs do not wait for each other. */
 static inline float dot_f32(const float *a, const float *b, int64_t n)
 {
 #ifdef USE_AVX2

@@ -106,7 +106,12 @@ def perplexity(model, tokenizer, ids, n_ctx, max_windows=None, progress=True):
         n_bytes += len(whole.encode("utf-8")) - len(start.encode("utf-8"))
         bar.set_postfix_str(f"PPL {math.exp(nll_sum / count):.3f}")
     bar.close()
+    return summarize(nll_sum, nll_sq_sum, count, chars, n_bytes, n_windows, n_ctx)
 
+
+def summarize(nll_sum, nll_sq_sum, count, chars, n_bytes, windows, n_ctx):
+    """A PerplexityResult from the running sums of a scoring loop: Σ NLL (nats) and Σ NLL²
+    over `count` scored tokens, and the characters and bytes those tokens spell."""
     mean = nll_sum / count
     variance = nll_sq_sum / count - mean * mean
     ppl = math.exp(mean)
@@ -114,7 +119,7 @@ def perplexity(model, tokenizer, ids, n_ctx, max_windows=None, progress=True):
     bits = nll_sum / math.log(2)
     return PerplexityResult(ppl=ppl, ppl_error=ppl_error, nll=mean,
                             bits_per_char=bits / max(chars, 1), bits_per_byte=bits / max(n_bytes, 1),
-                            tokens=count, chars=chars, bytes=n_bytes, windows=n_windows, n_ctx=n_ctx)
+                            tokens=count, chars=chars, bytes=n_bytes, windows=windows, n_ctx=n_ctx)
 
 
 def corpus_text(name):

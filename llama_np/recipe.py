@@ -170,11 +170,10 @@ def held_out_bits_per_char(model_path, adapter, n_ctx, windows):
     characters instead (`held_out_spans`): each is encoded as its context (not scored)
     followed by the characters that are, and bits per character = the scored tokens' NLL in
     bits / those characters. Returns a PerplexityResult (ppl and nll per scored token)."""
-    import math
     import numpy as np
     from llama_np.checkpoint import load_model
     from llama_np.lora import apply_adapters
-    from llama_np.perplexity import PerplexityResult, corpus_text, token_nll
+    from llama_np.perplexity import corpus_text, summarize, token_nll
 
     model, tokenizer = load_model(model_path)
     if adapter:
@@ -192,12 +191,7 @@ def held_out_bits_per_char(model_path, adapter, n_ctx, windows):
         count += len(nll)
         chars += len(scored)
         n_bytes += len(scored.encode("utf-8"))
-    mean = nll_sum / count
-    variance = max(nll_sq_sum / count - mean * mean, 0.0)
-    bits = nll_sum / math.log(2)
-    return PerplexityResult(ppl=math.exp(mean), ppl_error=math.exp(mean) * math.sqrt(variance / max(count - 1, 1)),
-                            nll=mean, bits_per_char=bits / chars, bits_per_byte=bits / n_bytes, tokens=count,
-                            chars=chars, bytes=n_bytes, windows=len(spans), n_ctx=n_ctx)
+    return summarize(nll_sum, nll_sq_sum, count, chars, n_bytes, len(spans), n_ctx)
 
 
 def held_out_spans(text, n_ctx, windows):

@@ -268,24 +268,6 @@ static int quant_matmul(quant_type type, float *out, const uint8_t *w, const flo
     return 0;
 }
 
-int matmul_q4_0_f32(float *out, const uint8_t *w, const float *x, int64_t n_rows_x,
-                    int64_t out_features, int64_t in_features, int n_threads)
-{
-    return quant_matmul(Q4_0, out, w, x, n_rows_x, out_features, in_features, n_threads);
-}
-
-int matmul_q4_1_f32(float *out, const uint8_t *w, const float *x, int64_t n_rows_x,
-                    int64_t out_features, int64_t in_features, int n_threads)
-{
-    return quant_matmul(Q4_1, out, w, x, n_rows_x, out_features, in_features, n_threads);
-}
-
-int matmul_q8_0_f32(float *out, const uint8_t *w, const float *x, int64_t n_rows_x,
-                    int64_t out_features, int64_t in_features, int n_threads)
-{
-    return quant_matmul(Q8_0, out, w, x, n_rows_x, out_features, in_features, n_threads);
-}
-
 /* ---------------------------------------------------------------------------------------
  * Optional: int8 activations, llama.cpp's arithmetic (see internal/quant_rows.h). Every
  * activation row is rounded to 8 bits once, then each weight row meets it in integer dot
@@ -317,20 +299,13 @@ static int quant_matmul_int8(quant_type type, float *out, const uint8_t *w, cons
     return 0;
 }
 
-int matmul_q4_0_f32_int8(float *out, const uint8_t *w, const float *x, int64_t n_rows_x,
-                         int64_t out_features, int64_t in_features, int n_threads)
+/* The one entry point: `format` is quant_type (0 Q4_0, 1 Q4_1, 2 Q8_0), checked by the caller
+ * (llama_np.kernels.quant_matmul); int8_activations picks llama.cpp's arithmetic. */
+int quant_matmul_f32(int format, float *out, const uint8_t *w, const float *x, int64_t n_rows_x,
+                     int64_t out_features, int64_t in_features, int int8_activations, int n_threads)
 {
-    return quant_matmul_int8(Q4_0, out, w, x, n_rows_x, out_features, in_features, n_threads);
-}
-
-int matmul_q4_1_f32_int8(float *out, const uint8_t *w, const float *x, int64_t n_rows_x,
-                         int64_t out_features, int64_t in_features, int n_threads)
-{
-    return quant_matmul_int8(Q4_1, out, w, x, n_rows_x, out_features, in_features, n_threads);
-}
-
-int matmul_q8_0_f32_int8(float *out, const uint8_t *w, const float *x, int64_t n_rows_x,
-                         int64_t out_features, int64_t in_features, int n_threads)
-{
-    return quant_matmul_int8(Q8_0, out, w, x, n_rows_x, out_features, in_features, n_threads);
+    const quant_type type = (quant_type)format;
+    return int8_activations
+        ? quant_matmul_int8(type, out, w, x, n_rows_x, out_features, in_features, n_threads)
+        : quant_matmul(type, out, w, x, n_rows_x, out_features, in_features, n_threads);
 }

@@ -95,9 +95,10 @@ def rope_(x, positions, theta):
     return x
 
 
-# C name of the quantized-matmul kernel of each block format (kernels/quant_matmul.c).
-_QUANT_MATMUL_KERNELS = {"Q4_0": "matmul_q4_0_f32", "Q4_1": "matmul_q4_1_f32",
-                         "Q8_0": "matmul_q8_0_f32"}
+# The kernels' numbers for the weight formats: quant_type's order
+# (kernels/internal/quant_rows.h), then F32, which only decode_layer.c takes.
+FORMATS = {"Q4_0": 0, "Q4_1": 1, "Q8_0": 2, "F32": 3}
+QUANTIZED_FORMATS = ("Q4_0", "Q4_1", "Q8_0")
 
 
 def quant_matmul(data, qtype, x, int8_activations=False):
@@ -108,9 +109,9 @@ def quant_matmul(data, qtype, x, int8_activations=False):
 
     Decoding calls this about 200 times per token, so the buffers are passed as typed
     cffi views (`ffi.from_buffer("float[]", ...)`), the cheapest way in (≈ 3 µs a call)."""
-    if qtype not in _QUANT_MATMUL_KERNELS:
+    if qtype not in QUANTIZED_FORMATS:
         raise ValueError(f"no quantized matmul kernel for {qtype!r}; "
-                         f"expected one of {sorted(_QUANT_MATMUL_KERNELS)}")
+                         f"expected one of {', '.join(QUANTIZED_FORMATS)}")
     _require(data, "data", np.uint8, 2)
     _require(x, "x", np.float32, 2)
     out_features, row_bytes = data.shape
@@ -124,10 +125,9 @@ def quant_matmul(data, qtype, x, int8_activations=False):
     if int(ffi.cast("uintptr_t", w_buffer)) % 2:
         raise ValueError("quantized data must start at an even address (its fp16 scales)")
     out = np.empty((n_tokens, out_features), dtype=np.float32)            # [T, out]
-    args = (ffi.from_buffer("float[]", out, require_writable=True), w_buffer,
-            ffi.from_buffer("float[]", x), n_tokens, out_features, in_features, _num_threads)
-    kernel = _QUANT_MATMUL_KERNELS[qtype] + ("_int8" if int8_activations else "")
-    if getattr(lib, kernel)(*args) != 0:
+    if lib.quant_matmul_f32(FORMATS[qtype], ffi.from_buffer("float[]", out, require_writable=True),
+                            w_buffer, ffi.from_buffer("float[]", x), n_tokens, out_features,
+                            in_features, bool(int8_activations), _num_threads) != 0:
         raise MemoryError(f"no scratch memory for {n_tokens} x {in_features} activations")
     return out
 
@@ -159,8 +159,6 @@ def attention_forward(q, k, v):
     return out
 
 
-# decode_layer's weight formats (kernels/decode_layer.c): quant_type's order, then F32
-_DECODE_FORMATS = {"Q4_0": 0, "Q4_1": 1, "Q8_0": 2, "F32": 3}
 _DECODE_MATRICES = ("q", "k", "v", "o", "gate", "up", "down")
 
 
@@ -205,7 +203,7 @@ class DecodeLayer:
                 raise ValueError(f"{key}: weights must start at a {alignment}-byte aligned address")
             self._keep.append(buffer)
             matrix = getattr(self.weights, key)
-            matrix.data, matrix.format, matrix.rows, matrix.cols = buffer, _DECODE_FORMATS[fmt], *w.shape
+            matrix.data, matrix.format, matrix.rows, matrix.cols = buffer, FORMATS[fmt], *w.shape
         if len(int8) > 1:
             raise ValueError("some matrices use int8 activations and some do not")
         for key in ("attn_norm", "mlp_norm"):

@@ -189,7 +189,7 @@ def quantization_error(w, qtype):
 
 
 def quant_matmul(data, qtype, x):
-    """NumPy reference of the C kernels matmul_q4_0_f32 / ..._q4_1_ / ..._q8_0_:
+    """NumPy reference of the C kernel quant_matmul_f32 (kernels/quant_matmul.c):
     x [T, in] float32 @ W.T → [T, out], W given as quantized rows data [out, row_bytes].
 
     Dequantizes MATMUL_TILE_ROWS weight rows at a time and lets BLAS multiply them, so at
@@ -229,7 +229,7 @@ def quantize_activations_int8(x):
 def quant_matmul_int8(data, qtype, x):
     """x @ W.T the way llama.cpp computes it: activations rounded to int8 per 32-block
     (`quantize_activations_int8`), so each block product is an integer dot product.
-    NumPy reference of the C kernels matmul_q4_0_f32_int8 / ..._q4_1_ / ..._q8_0_.
+    NumPy reference of the C kernel quant_matmul_f32 with int8_activations.
 
     With sx = dx·Σqx per activation block, one block contributes
         Q8_0  dw·dx·Σ qw qx          Q4_1  dw·dx·Σ qw qx + m·sx       Q4_0  dw·dx·Σ qw qx - 8·dw·sx

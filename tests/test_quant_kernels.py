@@ -227,10 +227,10 @@ def test_portable_c_matches_numpy_reference(portable_lib, qtype, n_tokens, int8_
     ffi, lib = portable_lib.ffi, portable_lib.lib
     data, x = quantized(qtype, 33, 96), activations(n_tokens, 96)
     y = np.empty((n_tokens, 33), dtype=np.float32)
-    name = f"matmul_{qtype.lower()}_f32" + ("_int8" if int8_activations else "")
-    getattr(lib, name)(
-        ffi.from_buffer("float[]", y, require_writable=True), ffi.from_buffer("uint8_t[]", data),
-        ffi.from_buffer("float[]", x), n_tokens, 33, 96, 2)
+    lib.quant_matmul_f32(
+        kernels.FORMATS[qtype], ffi.from_buffer("float[]", y, require_writable=True),
+        ffi.from_buffer("uint8_t[]", data), ffi.from_buffer("float[]", x), n_tokens, 33, 96,
+        int8_activations, 2)
     assert_close_to_reference(y, reference(data, qtype, x, int8_activations))
 
 
@@ -238,7 +238,7 @@ def test_portable_fp16_decoder_is_exact(portable_lib):
     ffi, lib = portable_lib.ffi, portable_lib.lib
     data, x, expected = fp16_probe(1)
     y = np.empty_like(expected)
-    lib.matmul_q8_0_f32(ffi.from_buffer("float[]", y, require_writable=True),
-                        ffi.from_buffer("uint8_t[]", data), ffi.from_buffer("float[]", x),
-                        1, data.shape[0], QK, 1)
+    lib.quant_matmul_f32(kernels.FORMATS["Q8_0"], ffi.from_buffer("float[]", y, require_writable=True),
+                         ffi.from_buffer("uint8_t[]", data), ffi.from_buffer("float[]", x),
+                         1, data.shape[0], QK, 0, 1)
     np.testing.assert_array_equal(y, expected)

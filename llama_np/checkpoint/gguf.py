@@ -80,6 +80,7 @@ def read_tensor(gguf, name):
 def load_gguf(path):
     """Read a llama GGUF: returns (config, weights by HF name, the GGUFFile for its metadata)."""
     gguf = GGUFFile(path)
+    gguf.read_into_memory()  # the weights in large pages (see there), writable
     config = LlamaConfig.from_gguf_metadata(gguf.metadata, source=str(path))
     config.tie_word_embeddings = "output.weight" not in gguf.tensors
     weights = {}
@@ -93,11 +94,8 @@ def load_gguf(path):
             if tensor.shape[0] % (2 * n_heads):
                 raise GGUFError(f"{path}: tensor {name!r} has {tensor.shape[0]} rows, "
                                 f"not divisible into {n_heads} heads")
-            if isinstance(tensor, QuantizedMatrix):
-                tensor = QuantizedMatrix(np.ascontiguousarray(unpermute_qk(tensor.data, n_heads)),
-                                         tensor.qtype, tensor.shape)
-            else:
-                tensor = np.ascontiguousarray(unpermute_qk(tensor, n_heads))
+            rows = tensor.data if isinstance(tensor, QuantizedMatrix) else tensor
+            rows[...] = unpermute_qk(rows, n_heads)  # in place: the file was read into our memory
         weights[target] = tensor
     check_weights(config, {k: v for k, v in weights.items()}, source=str(path))
     return config, weights, gguf

@@ -14,8 +14,9 @@ the NumPy array [1536, 576].
 
 The `gguf` package reads this too, but spends ~3 s building Python objects for the 100k
 tokenizer strings of a small model; this reader takes a few tens of milliseconds, which is
-what keeps the chat's time to first token short. Tensor data is memory-mapped, never read
-whole. Writing GGUF files is left to `gguf.GGUFWriter`.
+what keeps the chat's time to first token short. Tensor data is memory-mapped, or, for a
+model about to run, read into memory (`read_into_memory`). Writing GGUF files is left to
+`gguf.GGUFWriter`.
 """
 import os
 import struct
@@ -127,7 +128,8 @@ class _Cursor:
 
 class GGUFFile:
     """A GGUF file opened for reading: `metadata` (dict), `tensors` (name → TensorInfo),
-    and `tensor_data(name)`, a read-only memory-mapped view of one tensor's bytes."""
+    and `tensor_data(name)`, a view of one tensor's bytes (read-only and memory-mapped,
+    unless `read_into_memory` was called)."""
 
     def __init__(self, path):
         self.path = str(path)
@@ -168,9 +170,24 @@ class GGUFFile:
         alignment = int(self.metadata.get("general.alignment", DEFAULT_ALIGNMENT))
         self.data_start = (cur.pos + alignment - 1) // alignment * alignment
 
+    def read_into_memory(self):
+        """Read the whole file into one writable array in ordinary memory and serve tensors
+        from there instead of from the mapping.
+
+        Why: a decode step streams every weight once. A mapped file sits in 4 KiB pages, and
+        ~100 MB of them is ~25,000 pages, too many for the TLB, so page-table walks join the
+        work; one large NumPy allocation gets 2 MiB pages where the kernel allows it (NumPy
+        asks with madvise, Linux transparent huge pages). Measured, one thread: the Q8_0
+        output head 4.7 → 4.1 ms. The memory used is the same: the mapped pages were resident too."""
+        data = np.empty(len(self._map), dtype=np.uint8)
+        with open(self.path, "rb") as f:
+            if f.readinto(memoryview(data)) != len(data):
+                raise GGUFError(f"{self.path}: changed while being read")
+        self._map = data
+
     def tensor_data(self, name):
         """The raw bytes of tensor `name`, shaped [rows, row_bytes] (1-D tensors: [row_bytes]),
-        memory-mapped. Raises GGUFError for an unsupported type or a truncated file."""
+        a view, not a copy. Raises GGUFError for an unsupported type or a truncated file."""
         info = self.tensors.get(name)
         if info is None:
             raise GGUFError(f"{self.path}: tensor {name!r} is missing")
@@ -193,7 +210,7 @@ class GGUFFile:
         return raw.reshape(rows, -1)
 
     def tensor_float(self, name):
-        """An F32/F16/BF16 tensor as float32, in its NumPy shape (F32: a memory-mapped view)."""
+        """An F32/F16/BF16 tensor as float32, in its NumPy shape (F32: a view of the file's bytes)."""
         info = self.tensors.get(name)
         raw = self.tensor_data(name)
         kind = info.type_name

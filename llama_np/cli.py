@@ -22,7 +22,8 @@ def add_model_args(parser, default_model="default"):
                         help="a PEFT LoRA adapter folder applied without merging (repeatable)")
     parser.add_argument("--int8-activations", action="store_true",
                         help="round activations to 8 bits before each product with quantized weights, "
-                             "as llama.cpp does: faster decoding, slightly different logits (README)")
+                             "as llama.cpp does (its integer arithmetic; slightly different logits, slower prompts, "
+                             "no faster decoding on this machine: README)")
     add_threads_arg(parser)
 
 

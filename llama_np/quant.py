@@ -275,7 +275,7 @@ class QuantizedMatrix:
 
     matmul runs the C kernels of `llama_np.kernels` when they were built, else NumPy. With
     int8_activations=True it rounds activations to 8 bits first, as llama.cpp does
-    (`quant_matmul_int8`: faster for one token, less exact); the default keeps them fp32.
+    (`quant_matmul_int8`: integer arithmetic, less exact); the default keeps them fp32.
 
     """
 

@@ -177,8 +177,9 @@ class GGUFFile:
         Why: a decode step streams every weight once. A mapped file sits in 4 KiB pages, and
         ~100 MB of them is ~25,000 pages, too many for the TLB, so page-table walks join the
         work; one large NumPy allocation gets 2 MiB pages where the kernel allows it (NumPy
-        asks with madvise, Linux transparent huge pages). Measured, one thread: the Q8_0
-        output head 4.7 → 4.1 ms. The memory used is the same: the mapped pages were resident too."""
+        asks with madvise, Linux transparent huge pages). Measured, one thread, medians of 4:
+        the Q8_0 output head 4.7 → 4.1 ms, greedy decoding 51 → 63 tok/s. The memory used is
+        the same (the mapped pages were resident too); reading the 104 MB file takes ~65 ms."""
         data = np.empty(len(self._map), dtype=np.uint8)
         with open(self.path, "rb") as f:
             if f.readinto(memoryview(data)) != len(data):

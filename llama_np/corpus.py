@@ -21,10 +21,10 @@ rules out. Whatever learns from text — a new vocabulary, pre-training — read
 Users' own corpora are plain UTF-8 text files, one document per line (`read_text_file`).
 """
 import json
-import os
 
 from llama_np import hub
 from llama_np.atomic_write import atomic_write_text
+from llama_np.text_file import read_utf8
 
 CMRC2018_FILE = "ymcui/cmrc2018/squad-style-data/cmrc2018_dev.json"
 SONG_CI_FILE = "chinese-poetry/chinese-poetry/宋词/宋词三百首.json"
@@ -101,24 +101,8 @@ def read_text_file(path):
     Raises CorpusError naming the file when it cannot be read, is not UTF-8 (with the line
     of the first bad byte), or holds no text at all.
     """
-    path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise CorpusError(f"{path}: cannot read the corpus ({e.strerror})") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        raise CorpusError(f"{path}: the corpus is not UTF-8 text (byte 0x{data[e.start]:02X} "
-                          f"at line {line} cannot be decoded)") from None
-    if text.startswith("\ufeff"):  # a byte-order mark some editors write first
-        text = text[1:]
-    lines = [line for line in text.splitlines() if line.strip()]
-    if not lines:
-        raise CorpusError(f"{path}: the corpus is empty (no non-blank lines)")
-    return lines
+    text = read_utf8(path, CorpusError, "the corpus")
+    return [line for line in text.splitlines() if line.strip()]
 
 
 def write_text_file(documents, path):

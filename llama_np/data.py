@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from llama_np.ops import IGNORE_INDEX
+from llama_np.text_file import read_utf8
 
 # The Chinese-Alpaca training prompt (build_dataset.py PROMPT_TEMPLATE), exactly.
 TRAIN_TEMPLATE = (
@@ -55,13 +56,7 @@ def read_alpaca(path):
     Each needs a string `instruction` and `output`; `input` is optional. A malformed record
     raises DataError naming its index (JSON) or line number (JSONL)."""
     path = os.fspath(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    text = read_utf8(path, DataError, "the Alpaca data")
     records = []
     if path.endswith(".jsonl"):
         for line_no, line in enumerate(text.splitlines(), 1):
@@ -130,20 +125,6 @@ def alpaca_examples(records, tokenizer, max_seq_len):
 
 
 # -------------------------------------------------------------------- plain text
-def read_text(path):
-    path = os.fspath(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    if not text.strip():
-        raise DataError(f"{path}: the text is empty")
-    return text
-
-
 def packed_examples(text, tokenizer, block_size):
     """Plain text → blocks of `block_size` tokens for causal-LM training (labels = ids).
 
@@ -179,7 +160,7 @@ def load_examples(path, tokenizer, max_seq_len):
             raise DataError(f"{path}: no record has a response within --max-seq-len {max_seq_len}")
         return examples, notes
     if path.endswith(TEXT_SUFFIXES):
-        return packed_examples(read_text(path), tokenizer, max_seq_len), []
+        return packed_examples(read_utf8(path, DataError, "the text"), tokenizer, max_seq_len), []
     raise DataError(f"{path}: unknown data format; expected Alpaca .json/.jsonl or plain .txt")
 
 

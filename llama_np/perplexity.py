@@ -32,6 +32,7 @@ import sys
 from dataclasses import asdict, dataclass
 
 from llama_np import cli
+from llama_np.text_file import read_utf8
 
 ALPACA_EN_FILE = "hiyouga/LLaMA-Factory/data/alpaca_en_demo.json"
 CORPORA = ("alpaca_en", "cmrc2018")
@@ -138,22 +139,6 @@ def corpus_text(name):
     return DOCUMENT_SEPARATOR.join(documents)
 
 
-def read_text(path):
-    """The whole of a UTF-8 text file, as it is."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise OSError(f"{path}: cannot read ({e.strerror})") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not UTF-8 text (byte 0x{data[e.start]:02X} at offset {e.start})") from None
-    if not text.strip():
-        raise ValueError(f"{path}: the file is empty")
-    return text
-
-
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
         prog="python -m llama_np.perplexity",
@@ -180,7 +165,7 @@ def main(argv=None):
     cli.set_threads(args.threads)
     if args.n_ctx < 4:
         raise ValueError(f"--n-ctx {args.n_ctx} is too small: a window needs a second half to score")
-    text = read_text(args.file) if args.file else corpus_text(args.corpus)
+    text = read_utf8(args.file, what="the text") if args.file else corpus_text(args.corpus)
     model, tokenizer = cli.load_for_inference(args)
     if args.n_ctx > model.config.max_position_embeddings:
         raise ValueError(f"--n-ctx {args.n_ctx} exceeds the model's context of "

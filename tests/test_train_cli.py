@@ -100,7 +100,7 @@ def test_plain_text_and_embeddings_only(tiny, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--data", "MISSING.json"], "MISSING.json: no such file"),
+    (["--data", "MISSING.json"], "MISSING.json: cannot read the Alpaca data"),
     (["--data", "BAD"], "record 1: missing field 'output'"),
     (["--target-modules", "q,wq"], "target module 'wq' does not exist"),
     (["--trainable", "lora,norms"], "unknown part 'norms'"),

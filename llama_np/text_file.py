@@ -1,0 +1,30 @@
+"""Reading a user's UTF-8 text file whole, with errors a command line can print in one line.
+
+Corpora (`llama_np.corpus`), training data (`llama_np.data`) and perplexity texts
+(`llama_np.perplexity`) all come in through `read_utf8`, so they fail alike: the file named,
+then what is wrong with it — cannot be read, not UTF-8 (with the line of the first bad byte,
+which is where to look in an editor), or nothing in it but white space.
+"""
+import os
+
+
+def read_utf8(path, error=ValueError, what="the file"):
+    """The text of the UTF-8 file at `path`, without the byte-order mark some editors put
+    first. Raises `error` (a ValueError subclass) naming the file and, in the message,
+    `what` it is ("the corpus", "the training data")."""
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise error(f"{path}: cannot read {what} ({(e.strerror or str(e)).lower()})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise error(f"{path}: {what} is not UTF-8 text (byte 0x{data[e.start]:02X} at line {line} "
+                    f"cannot be decoded)") from None
+    text = text.removeprefix("\ufeff")
+    if not text.strip():
+        raise error(f"{path}: {what} is empty")
+    return text

@@ -1,9 +1,10 @@
-"""Reading a user's UTF-8 text file whole, with errors a command line can print in one line.
+"""Reading a user's file whole, with errors a command line can print in one line.
 
 Corpora (`llama_np.corpus`), training data (`llama_np.data`) and perplexity texts
 (`llama_np.perplexity`) all come in through `read_utf8`, so they fail alike: the file named,
 then what is wrong with it — cannot be read, not UTF-8 (with the line of the first bad byte,
-which is where to look in an editor), or nothing in it but white space.
+which is where to look in an editor), or nothing in it but white space. Binary files (a
+SentencePiece `.model`) come in through `read_bytes`.
 """
 import os
 
@@ -13,11 +14,7 @@ def read_utf8(path, error=ValueError, what="the file"):
     first. Raises `error` (a ValueError subclass) naming the file and, in the message,
     `what` it is ("the corpus", "the training data")."""
     path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise error(f"{path}: cannot read {what} ({(e.strerror or str(e)).lower()})") from None
+    data = read_bytes(path, error, what)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -28,3 +25,13 @@ def read_utf8(path, error=ValueError, what="the file"):
     if not text.strip():
         raise error(f"{path}: {what} is empty")
     return text
+
+
+def read_bytes(path, error=ValueError, what="the file"):
+    """The bytes of the file at `path`; `error` naming the file and `what` it is when it
+    cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise error(f"{os.fspath(path)}: cannot read {what} ({(e.strerror or str(e)).lower()})") from None

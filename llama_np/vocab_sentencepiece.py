@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 from llama_np import protowire
 from llama_np.atomic_write import atomic_write_bytes
+from llama_np.text_file import read_bytes
 # SentencePiece.Type: the same numbers GGUF uses for token types
 from llama_np.tokenizer import TOKEN_BYTE as BYTE
 from llama_np.tokenizer import TOKEN_CONTROL as CONTROL
@@ -108,12 +109,7 @@ def _parse_piece(data):
 def read_model(path):
     """The SentencePieceModel in the `.model` file at `path`."""
     path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise SentencePieceModelError(f"{path}: cannot read ({e.strerror})") from None
-    return parse_model(data, source=path)
+    return parse_model(read_bytes(path, SentencePieceModelError, "the model"), source=path)
 
 
 def serialize_model(model):

@@ -266,8 +266,8 @@ def quant_matmul_int8(data, qtype, x):
 class QuantizedMatrix:
     """A weight matrix W [out_features, in_features] (Hugging Face layout) kept as blocks.
 
-    `data` is uint8 [out_features, row_bytes], e.g. a read-only np.memmap slice straight
-    out of a GGUF file; it is never copied and never dequantized as a whole. Products:
+    `data` is uint8 [out_features, row_bytes], e.g. the bytes of one tensor straight out of
+    a GGUF file (mapped or read); it is never copied and never dequantized as a whole. Products:
 
         matmul(x)    x [..., in]  → x @ W.T  [..., out]   (a Linear layer's forward)
         matmul_t(dy) dy [..., out] → dy @ W  [..., in]    (its input gradient)

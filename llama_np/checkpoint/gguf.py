@@ -7,7 +7,8 @@ Two things differ from a Hugging Face checkpoint:
   reorders the rows of every head so both compute the same thing. `unpermute_qk` undoes it.
   A row permutation moves whole rows, so it is exact on block-quantized rows too.
 
-Quantized tensors stay quantized (`QuantizedMatrix` over the memory-mapped blocks).
+Quantized tensors stay quantized (`QuantizedMatrix` over the blocks, read once into memory: see
+`GGUFFile.read_into_memory`).
 """
 import numpy as np
 

@@ -11,6 +11,7 @@ command of llama_np, run in order, each writing what the next one starts from:
     3. pre-training stage 1      python -m llama_np.finetune --trainable embeddings
                                  (transformer frozen; only the embedding learns)       → DIR/stage1/
     4. pre-training stage 2      --trainable lora,embeddings,lm_head --target-modules attention
+                                 (or all: --stage2-target-modules)
                                  (starts from stage 1's embedding)                     → DIR/stage2/
     5. instruction tuning (SFT)  --trainable lora,embeddings,lm_head, LoRA on attention and MLP,
                                  on alpaca_zh_demo.json (starts from stage 2's tensors) → DIR/sft/
@@ -73,6 +74,10 @@ def parse_args(argv=None):
             p.add_argument(f"--{stage}-embedding-lr", type=cli.positive_float, default=DEFAULT_EMBEDDING_LR[stage],
                            help=f"peak learning rate of the embedding (= tied head) in {stage}; "
                                 f"default: %(default)s (None: --{stage}-lr)")
+    p.add_argument("--stage2-target-modules", default="attention", metavar="MODULES",
+                   help="projections that get LoRA in stage 2: attention (the paper's text), all (its "
+                        "released scripts; learnt faster here, see the README) or a list like q,k,v,o "
+                        "(default: %(default)s)")
     p.add_argument("--max-seq-len", type=cli.positive_int, default=256,
                    help="tokens per training example (the paper: 512; default: %(default)s)")
     p.add_argument("--batch-size", type=cli.positive_int, default=2, help="examples per step (default: %(default)s)")
@@ -130,7 +135,7 @@ def main(argv=None):
         "stage1": ["--data", pretrain_text, "--trainable", "embeddings"]
                   + (["--embedding-rows-from", str(old_vocab)] if args.stage1_rows == "new" else []),
         "stage2": ["--data", pretrain_text, "--trainable", "lora,embeddings,lm_head",
-                   "--target-modules", "attention", "--init-adapter", os.path.join(out, "stage1")],
+                   "--target-modules", args.stage2_target_modules, "--init-adapter", os.path.join(out, "stage1")],
         "sft": ["--data", hub.data_path(ALPACA_ZH_FILE), "--trainable", "lora,embeddings,lm_head",
                 "--target-modules", "all", "--init-adapter", os.path.join(out, "stage2")],
     }
@@ -144,7 +149,7 @@ def main(argv=None):
                    ["--steps", str(steps), "--lr", str(lr), "--seed", str(STAGE_SEEDS[stage]), "--out", folder]
                    + (["--embedding-lr", str(embedding_lr)] if embedding_lr else []))
             record(stage, steps=steps, lr=lr, embedding_lr=embedding_lr or lr,
-                   **_training_summary(folder, args.batch_size))
+                   lora_targets=_lora_targets(folder), **_training_summary(folder, args.batch_size))
         if stage == "stage1" and "non_embedding_unchanged" not in results["steps"]["stage1"]:
             record(stage, non_embedding_unchanged=stage1_left_transformer_alone(resized, folder))
         evaluate(stage, resized, folder)
@@ -233,6 +238,11 @@ def _training_summary(folder, batch_size):
     log = [r for r in read_log(os.path.join(folder, LOG_FILE)) if "loss" in r]
     tokens = sum(r.get("tokens", 0) for r in log)
     return {"final_loss": log[-1]["loss"] if log else None, "tokens": tokens or None}
+
+
+def _lora_targets(folder):
+    """The projections a finetune run put LoRA on, from its adapter_config.json."""
+    return _read_json(os.path.join(folder, "adapter_config.json")).get("target_modules") or []
 
 
 def _timed(record, name, step_main, argv):

@@ -30,9 +30,12 @@ def tiny_gguf(tmp_path_factory):
 
 def test_recipe_end_to_end_and_rerun_skips_finished_steps(tiny_gguf, tmp_path, capsys):
     out = tmp_path / "recipe"
-    code, err = run_cli(recipe.main, ["--model", tiny_gguf, "--out", str(out)] + TINY_RECIPE, capsys)
+    code, err = run_cli(recipe.main, ["--model", tiny_gguf, "--out", str(out), "--stage2-target-modules", "q,v"]
+                        + TINY_RECIPE, capsys)
     assert code == 0, err
     results = json.load(open(out / "results.json"))["steps"]
+    assert sorted(results["stage2"]["lora_targets"]) == ["q_proj", "v_proj"]
+    assert len(results["sft"]["lora_targets"]) == 7
     assert list(results) == ["base", "tokenizer", "resized", "stage1", "stage2", "sft"]
     assert all(np.isfinite(results[s]["bits_per_char"]) for s in ("base", "resized", "stage1", "stage2", "sft"))
     assert results["stage1"]["non_embedding_unchanged"] is True

@@ -14,8 +14,8 @@ from llama_np.quant import BLOCK_BYTES, QK
 
 # How idle OpenMP threads wait, read once when the C library (libgomp) loads. A waiting
 # thread first spins, GOMP_SPINCOUNT times, then sleeps until woken. Decoding meets ~150
-# times a token (per block: a team start and 4 barriers), so the choice matters; measured with 2 threads on a 2-core
-# Zen 3 (µs per block, quiet / both cores busy with other work):
+# times a token (per block: a team start and 4 barriers), so the choice matters; measured
+# with 2 threads on a 2-core Zen 3 (µs per block, quiet / both cores busy with other work):
 #   sleep at once (OMP_WAIT_POLICY=PASSIVE)    328 / 1055
 #   spin 1,000 then sleep (the setting here)   270 /  656
 #   spin forever (OMP_WAIT_POLICY=ACTIVE)      256 / collapses: a spinning thread keeps its
@@ -98,7 +98,6 @@ def rope_(x, positions, theta):
 # The kernels' numbers for the weight formats: quant_type's order
 # (kernels/internal/quant_rows.h), then F32, which only decode_layer.c takes.
 FORMATS = {"Q4_0": 0, "Q4_1": 1, "Q8_0": 2, "F32": 3}
-QUANTIZED_FORMATS = ("Q4_0", "Q4_1", "Q8_0")
 
 
 def quant_matmul(data, qtype, x, int8_activations=False):
@@ -109,9 +108,9 @@ def quant_matmul(data, qtype, x, int8_activations=False):
 
     Decoding calls this about 200 times per token, so the buffers are passed as typed
     cffi views (`ffi.from_buffer("float[]", ...)`), the cheapest way in (≈ 3 µs a call)."""
-    if qtype not in QUANTIZED_FORMATS:
+    if qtype not in BLOCK_BYTES:
         raise ValueError(f"no quantized matmul kernel for {qtype!r}; "
-                         f"expected one of {', '.join(QUANTIZED_FORMATS)}")
+                         f"expected one of {', '.join(BLOCK_BYTES)}")
     _require(data, "data", np.uint8, 2)
     _require(x, "x", np.float32, 2)
     out_features, row_bytes = data.shape

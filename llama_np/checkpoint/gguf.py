@@ -10,8 +10,6 @@ Two things differ from a Hugging Face checkpoint:
 Quantized tensors stay quantized (`QuantizedMatrix` over the blocks, read once into memory: see
 `GGUFFile.read_into_memory`).
 """
-import numpy as np
-
 from llama_np.checkpoint.gguf_file import GGUFError, GGUFFile
 from llama_np.config import LlamaConfig
 from llama_np.model import check_weights

@@ -30,6 +30,7 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import sys
 import time
 
@@ -81,6 +82,13 @@ def parse_args(argv=None):
     p.add_argument("--max-seq-len", type=cli.positive_int, default=256,
                    help="tokens per training example (the paper: 512; default: %(default)s)")
     p.add_argument("--batch-size", type=cli.positive_int, default=2, help="examples per step (default: %(default)s)")
+    p.add_argument("--save-every", type=cli.positive_int, default=100,
+                   help="each training stage saves a checkpoint every N steps: an interrupted recipe "
+                        "resumes from it, and its held-out bits per character become the stage's "
+                        "learning curve in results.md (default: %(default)s)")
+    p.add_argument("--keep-checkpoints", type=cli.positive_int, default=2,
+                   help="checkpoints kept per stage; more = more points on the curve, ~0.5 GB each "
+                        "for the default model (default: %(default)s)")
     p.add_argument("--eval-ctx", type=cli.positive_int, default=256,
                    help="window of the bits-per-character evaluation (default: %(default)s)")
     p.add_argument("--eval-windows", type=cli.positive_int, default=16,
@@ -93,6 +101,7 @@ def main(argv=None):
     args = parse_args(argv)
     cli.set_threads(args.threads)
     from llama_np import corpus, extend_bpe, finetune, hub, resize
+    from llama_np.train import LATEST
 
     out = args.out
     os.makedirs(out, exist_ok=True)
@@ -116,6 +125,17 @@ def main(argv=None):
                    eval_chars=result.chars)
         print(f"{name}: {results['steps'][name]['bits_per_char']:.3f} bits per character", file=sys.stderr)
 
+    def learning_curve(stage, folder):
+        """Held-out bits per character at each checkpoint the stage kept (its last step is
+        the stage's own evaluation)."""
+        curve = dict(results["steps"][stage].get("curve", {}))
+        for step, path in checkpoints(folder):
+            if str(step) not in curve and step < results["steps"][stage]["steps"]:
+                curve[str(step)] = held_out_bits_per_char(resized, path, args.eval_ctx,
+                                                          args.eval_windows).bits_per_char
+        curve[str(results["steps"][stage]["steps"])] = results["steps"][stage]["bits_per_char"]
+        record(stage, curve=dict(sorted(curve.items(), key=lambda item: int(item[0]))))
+
     evaluate("base", base)
     if not os.path.exists(pretrain_text):
         corpus.write_text_file(corpus.chinese_documents("train")[:args.documents], pretrain_text)
@@ -130,7 +150,8 @@ def main(argv=None):
     from llama_np.checkpoint.gguf_file import GGUFFile
     old_vocab = len(GGUFFile(base).metadata["tokenizer.ggml.tokens"])
     common = ["--model", resized, "--max-seq-len", str(args.max_seq_len), "--batch-size", str(args.batch_size),
-              "--save-every", "0", "--threads", str(args.threads), "--no-progress", "--base-dtype", "float32"]
+              "--save-every", str(args.save_every), "--keep-checkpoints", str(args.keep_checkpoints),
+              "--threads", str(args.threads), "--no-progress", "--base-dtype", "float32"]
     stage_flags = {
         "stage1": ["--data", pretrain_text, "--trainable", "embeddings"]
                   + (["--embedding-rows-from", str(old_vocab)] if args.stage1_rows == "new" else []),
@@ -144,7 +165,9 @@ def main(argv=None):
         if not os.path.exists(os.path.join(folder, "adapter_model.safetensors")):
             steps, lr = getattr(args, f"{stage}_steps"), getattr(args, f"{stage}_lr")
             embedding_lr = getattr(args, f"{stage}_embedding_lr", None)
-            resume = ["--resume"] if os.path.exists(os.path.join(folder, "train_log.jsonl")) else []
+            resume = ["--resume"] if os.path.exists(os.path.join(folder, LATEST)) else []
+            if not resume and os.path.isdir(folder):
+                shutil.rmtree(folder)  # stopped before its first checkpoint: the stage starts again
             _timed(record, stage, finetune.main, common + stage_flags[stage] + resume +
                    ["--steps", str(steps), "--lr", str(lr), "--seed", str(STAGE_SEEDS[stage]), "--out", folder]
                    + (["--embedding-lr", str(embedding_lr)] if embedding_lr else []))
@@ -153,6 +176,7 @@ def main(argv=None):
         if stage == "stage1" and "non_embedding_unchanged" not in results["steps"]["stage1"]:
             record(stage, non_embedding_unchanged=stage1_left_transformer_alone(resized, folder))
         evaluate(stage, resized, folder)
+        learning_curve(stage, folder)
     final = results["steps"]["sft"]["bits_per_char"]
     before = results["steps"]["base"]["bits_per_char"]
     print(f"held-out bits per character: base {before:.3f} → after the recipe {final:.3f} "
@@ -232,6 +256,13 @@ def tensor_hash(weight):
     return hashlib.sha256(np.ascontiguousarray(data).tobytes()).hexdigest()
 
 
+def checkpoints(folder):
+    """(step, path) of the checkpoint-N folders a finetune run kept, by step."""
+    names = os.listdir(folder) if os.path.isdir(folder) else []
+    return sorted((int(name.split("-")[1]), os.path.join(folder, name)) for name in names
+                  if name.startswith("checkpoint-") and name.split("-")[1].isdigit())
+
+
 def _training_summary(folder, batch_size):
     """Tokens seen and final loss of a finetune run, from its train_log.jsonl."""
     from llama_np.train import LOG_FILE, read_log
@@ -272,6 +303,10 @@ def results_markdown(results):
             lr += f" ({r['embedding_lr']:g})"
         lines.append(f"| {name} | {bpc} | {r.get('steps', '')} | {lr} | "
                      f"{r.get('tokens') or ''} | {loss} | {r.get('seconds', '')} |")
+    for name, r in results["steps"].items():
+        if len(r.get("curve", {})) > 1:
+            points = ", ".join(f"step {step} {bpc:.3f}" for step, bpc in r["curve"].items())
+            lines.append(f"\n{name}, held-out bits/char during training: {points}")
     return "\n".join(lines) + "\n"
 
 

@@ -22,8 +22,9 @@ held-out cmrc2018 text is scored in *bits per character* (`llama_np.perplexity`)
 perplexity per token it does not depend on the tokenizer, so the base model (49,152 tokens)
 and the extended one can be compared. Results go to DIR/results.json and DIR/results.md.
 
-A step whose output exists is skipped, so an interrupted recipe continues where it
-stopped. The paper's scale (tens of GB of text, 7B parameters, GPU weeks) becomes, by
+A step whose output exists is skipped, and a training stage resumes from its latest
+checkpoint (one every --save-every steps), so an interrupted recipe continues where it
+stopped; the checkpoints kept are also scored, and make each stage's learning curve. The paper's scale (tens of GB of text, 7B parameters, GPU weeks) becomes, by
 default, a few thousand tokens per stage: steps, lengths and learning rates are flags.
 """
 import argparse

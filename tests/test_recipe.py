@@ -52,6 +52,38 @@ def test_recipe_end_to_end_and_rerun_skips_finished_steps(tiny_gguf, tmp_path, c
     assert os.path.getmtime(out / "sft" / "adapter_model.safetensors") == stamp
 
 
+@pytest.mark.parametrize("killed_before_step", [4, 2])
+def test_an_interrupted_stage_resumes_from_its_checkpoint(tiny_gguf, tmp_path, capsys, monkeypatch,
+                                                          killed_before_step):
+    """Stage 2 dies (as if killed) before step 4 (a checkpoint was saved at step 2: the rerun
+    resumes there) or before step 2 (no checkpoint yet: the stage starts again). Either way
+    the rerun trains each step once, and the checkpoints give the stage's learning curve."""
+    from llama_np.train import LOG_FILE, Trainer, read_log
+    args = ["--model", tiny_gguf, "--out", str(tmp_path / "recipe"), "--save-every", "2",
+            "--keep-checkpoints", "5"] + TINY_RECIPE + ["--stage2-steps", "5"]
+    step = Trainer.train_step
+
+    def dies(self):
+        if self.out_dir.endswith("stage2") and self.step + 1 == killed_before_step:
+            raise RuntimeError("killed")
+        return step(self)
+    monkeypatch.setattr(Trainer, "train_step", dies)
+    with pytest.raises(RuntimeError, match="killed"):
+        recipe.main(args)
+    stage2 = tmp_path / "recipe" / "stage2"
+    assert [r["step"] for r in read_log(stage2 / LOG_FILE)] == list(range(1, killed_before_step))
+    monkeypatch.setattr(Trainer, "train_step", step)
+
+    code, err = run_cli(recipe.main, args, capsys)
+    assert code == 0, err
+    assert [r["step"] for r in read_log(stage2 / LOG_FILE)] == [1, 2, 3, 4, 5]
+    results = json.load(open(tmp_path / "recipe" / "results.json"))["steps"]
+    curve = results["stage2"]["curve"]
+    assert list(curve) == ["2", "4", "5"] and curve["5"] == results["stage2"]["bits_per_char"]
+    assert len(set(curve.values())) == 3      # three different adapters were scored
+    assert "stage2, held-out bits/char during training: step 2" in (tmp_path / "recipe" / "results.md").read_text()
+
+
 def test_stage1_check_sees_a_changed_transformer_tensor(tiny_gguf, tmp_path):
     """The hash comparison is not vacuous: an adapter that also moves q_proj fails it."""
     from llama_np.checkpoint import load_model

@@ -20,7 +20,8 @@ Pre-training reads the training part of llama_np's Chinese corpus (cmrc2018 Wiki
 paragraphs + Song ci; `llama_np.corpus`), never its held-out part. After every step the
 held-out cmrc2018 text is scored in *bits per character* (`llama_np.perplexity`): unlike
 perplexity per token it does not depend on the tokenizer, so the base model (49,152 tokens)
-and the extended one can be compared. Results go to DIR/results.json and DIR/results.md.
+and the extended one can be compared. Results go to DIR/results.json, DIR/results.md and
+DIR/bits_per_char.png.
 
 A step whose output exists is skipped, and a training stage resumes from its latest
 checkpoint (one every --save-every steps), so an interrupted recipe continues where it
@@ -39,6 +40,7 @@ from llama_np import cli
 
 ALPACA_ZH_FILE = "hiyouga/LLaMA-Factory/data/alpaca_zh_demo.json"
 STAGES = ("stage1", "stage2", "sft")
+PLOT_FILE = "bits_per_char.png"
 # The paper's LoRA settings (DESIGN.md §3): r 8, alpha 32, dropout 0.05; lr 2e-4 for
 # pre-training and 1e-4 for SFT. Measured on the default model (AdamW, 512 tokens a step;
 # notes in the README): stage 1 at 2e-3 made held-out text *worse* (Adam moves every new
@@ -178,10 +180,12 @@ def main(argv=None):
             record(stage, non_embedding_unchanged=stage1_left_transformer_alone(resized, folder))
         evaluate(stage, resized, folder)
         learning_curve(stage, folder)
+    plot_results(results, os.path.join(out, PLOT_FILE))
     final = results["steps"]["sft"]["bits_per_char"]
     before = results["steps"]["base"]["bits_per_char"]
     print(f"held-out bits per character: base {before:.3f} → after the recipe {final:.3f} "
-          f"({relative_change(before, final)}); {os.path.join(out, 'results.md')}", file=sys.stderr)
+          f"({relative_change(before, final)}); {os.path.join(out, 'results.md')}, "
+          f"{os.path.join(out, PLOT_FILE)}", file=sys.stderr)
     return 0
 
 
@@ -290,6 +294,39 @@ def _read_json(path):
         return None
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+def plot_results(results, png_path):
+    """Held-out bits per character through the recipe, as a PNG: the resized model at step
+    0, then each training stage along its kept checkpoints, on one axis of optimizer steps;
+    the base model's level and 15% below it (the issue's target) as lines."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from llama_np.train import save_figure
+
+    steps = results["steps"]
+    fig = Figure(figsize=(7, 4))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    base = steps["base"]["bits_per_char"]
+    ax.axhline(base, color="grey", linestyle=":", label=f"base model ({base:.2f})")
+    ax.axhline(0.85 * base, color="tab:green", linestyle="--", label=f"15% below the base ({0.85 * base:.2f})")
+    x, y = 0, steps["resized"]["bits_per_char"]
+    ax.plot([x], [y], "ko", label=f"resized ({y:.2f})")
+    for stage in STAGES:
+        curve = steps.get(stage, {}).get("curve")
+        if not curve:
+            break
+        xs = [x] + [x + int(step) for step in curve]
+        ys = [y] + list(curve.values())
+        ax.plot(xs, ys, "o-", markersize=3, label=f"{stage} ({ys[-1]:.2f})")
+        x, y = xs[-1], ys[-1]
+    ax.set_xlabel("optimizer steps (stage 1, stage 2, SFT in turn)")
+    ax.set_ylabel("held-out bits per character")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    save_figure(fig, png_path)
 
 
 def results_markdown(results):

@@ -364,10 +364,15 @@ def plot_log(log_path, png_path):
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = png_path + ".tmp.png"
-    fig.savefig(tmp, dpi=100)
-    os.replace(tmp, png_path)
+    save_figure(fig, png_path)
     return png_path
+
+
+def save_figure(fig, png_path):
+    """A matplotlib Figure written atomically as a PNG."""
+    from llama_np.atomic_write import atomic_path
+    with atomic_path(png_path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
 
 
 # ---------------------------------------------------------------------- helpers

@@ -45,6 +45,7 @@ def test_recipe_end_to_end_and_rerun_skips_finished_steps(tiny_gguf, tmp_path, c
     adapter = json.load(open(out / "sft" / "adapter_config.json"))
     assert len(adapter["target_modules"]) == 7 and "embed_tokens" in adapter["modules_to_save"]
     assert "| stage2 |" in (out / "results.md").read_text()
+    assert (out / recipe.PLOT_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     stamp = os.path.getmtime(out / "sft" / "adapter_model.safetensors")
     code, err = run_cli(recipe.main, ["--model", tiny_gguf, "--out", str(out)] + TINY_RECIPE, capsys)

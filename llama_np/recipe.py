@@ -25,8 +25,9 @@ DIR/bits_per_char.png.
 
 A step whose output exists is skipped, and a training stage resumes from its latest
 checkpoint (one every --save-every steps), so an interrupted recipe continues where it
-stopped; the checkpoints kept are also scored, and make each stage's learning curve. The paper's scale (tens of GB of text, 7B parameters, GPU weeks) becomes, by
-default, a few thousand tokens per stage: steps, lengths and learning rates are flags.
+stopped; the checkpoints kept are scored too, and draw each stage's learning curve. The
+paper's scale (tens of GB of text, 7B parameters, GPU weeks) becomes, by default, a few
+thousand tokens per stage: steps, lengths and learning rates are flags.
 """
 import argparse
 import hashlib
@@ -299,7 +300,8 @@ def _read_json(path):
 def plot_results(results, png_path):
     """Held-out bits per character through the recipe, as a PNG: the resized model at step
     0, then each training stage along its kept checkpoints, on one axis of optimizer steps;
-    the base model's level and 15% below it (the issue's target) as lines."""
+    the base model's level and 15% below it (the goal llama_np set for its README run) as
+    lines."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from llama_np.train import save_figure

@@ -105,7 +105,7 @@ def main(argv=None):
     args = parse_args(argv)
     cli.set_threads(args.threads)
     from llama_np import corpus, extend_bpe, finetune, hub, resize
-    from llama_np.train import LATEST
+    from llama_np.train import LATEST, checkpoints
 
     out = args.out
     os.makedirs(out, exist_ok=True)
@@ -260,13 +260,6 @@ def tensor_hash(weight):
     import numpy as np
     data = weight.data if hasattr(weight, "qtype") else weight
     return hashlib.sha256(np.ascontiguousarray(data).tobytes()).hexdigest()
-
-
-def checkpoints(folder):
-    """(step, path) of the checkpoint-N folders a finetune run kept, by step."""
-    names = os.listdir(folder) if os.path.isdir(folder) else []
-    return sorted((int(name.split("-")[1]), os.path.join(folder, name)) for name in names
-                  if name.startswith("checkpoint-") and name.split("-")[1].isdigit())
 
 
 def _training_summary(folder, batch_size):

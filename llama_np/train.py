@@ -283,11 +283,9 @@ class Trainer:
         return final
 
     def _prune_checkpoints(self, keep):
-        found = sorted((int(d.split("-")[1]), d) for d in os.listdir(self.out_dir)
-                       if d.startswith("checkpoint-") and d.split("-")[1].isdigit())
-        for _, d in found[:-max(1, self.config.keep_checkpoints)]:
-            if d != keep:
-                shutil.rmtree(os.path.join(self.out_dir, d), ignore_errors=True)
+        for _, folder in checkpoints(self.out_dir)[:-max(1, self.config.keep_checkpoints)]:
+            if os.path.basename(folder) != keep:
+                shutil.rmtree(folder, ignore_errors=True)
 
     def resume(self):
         """Load the newest checkpoint of `out_dir` (adapter, optimizer, step, RNG) and drop
@@ -324,6 +322,13 @@ class Trainer:
     def plot(self, path=None):
         """The loss curve of the whole run (from train_log.jsonl) as a PNG."""
         return plot_log(os.path.join(self.out_dir, LOG_FILE), path or os.path.join(self.out_dir, PLOT_FILE))
+
+
+def checkpoints(out_dir):
+    """(step, path) of the checkpoint-N folders in a run's output folder, by step."""
+    names = os.listdir(out_dir) if os.path.isdir(out_dir) else []
+    return sorted((int(name.split("-")[1]), os.path.join(out_dir, name)) for name in names
+                  if name.startswith("checkpoint-") and name.split("-")[1].isdigit())
 
 
 def latest_checkpoint(out_dir):

@@ -1,6 +1,7 @@
 """Shared fixtures: the data mirror, the real default model, tiny random LLaMAs saved by
 transformers (the independent oracle)."""
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -57,6 +58,25 @@ def save_tiny_llama(folder, *, tied, vocab=97, hidden=64, layers=2, heads=4, kv_
             p.normal_(0.0, 0.3 if p.dim() > 1 else 1.0)
     model.save_pretrained(folder)
     return model
+
+
+@pytest.fixture(scope="session")
+def llama_sp_model():
+    """The LLaMA SentencePiece tokenizer.model (karpathy/llama2.c) from the data mirror."""
+    from llama_np import hub
+    try:
+        return hub.data_path("karpathy/llama2.c/tokenizer.model")
+    except hub.HubError as e:
+        pytest.skip(f"LLaMA tokenizer.model unavailable: {e}")
+
+
+@pytest.fixture
+def tiny_llama_sp_folder(tmp_path, llama_sp_model):
+    """A LLaMA-style Hugging Face folder: a tiny random LLaMA with the LLaMA tokenizer.model."""
+    folder = tmp_path / "llama_sp"
+    save_tiny_llama(folder, tied=False, vocab=32000)
+    shutil.copyfile(llama_sp_model, folder / "tokenizer.model")
+    return folder
 
 
 @pytest.fixture

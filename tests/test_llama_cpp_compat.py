@@ -13,7 +13,6 @@ differ by up to about one logit on the real model even when reading identical bl
 import numpy as np
 import pytest
 
-from conftest import save_tiny_llama
 from llama_np import cli, perplexity, quantize
 from llama_np.checkpoint import load_model
 
@@ -108,16 +107,8 @@ def test_special_tokens_and_chat_template_reach_llama_cpp(tiny_folder, tmp_path,
     assert llm.token_eos() == tokenizer.eos_id
 
 
-def test_sentencepiece_vocabulary_tokenizes_identically(tmp_path, capsys):
-    from llama_np import hub
-    try:
-        sp_model = hub.data_path("karpathy/llama2.c/tokenizer.model")
-    except hub.HubError as e:
-        pytest.skip(f"LLaMA tokenizer unavailable: {e}")
-    folder = tmp_path / "llama_sp"
-    save_tiny_llama(folder, tied=False, vocab=32000)
-    (folder / "tokenizer.model").write_bytes(open(sp_model, "rb").read())
-    path = quantize_to(folder, "Q8_0", tmp_path / "sp.gguf", capsys)
+def test_sentencepiece_vocabulary_tokenizes_identically(tiny_llama_sp_folder, tmp_path, capsys):
+    path = quantize_to(tiny_llama_sp_folder, "Q8_0", tmp_path / "sp.gguf", capsys)
     _, tokenizer = load_model(path)
     llm = open_llama_cpp(path)
     for text in ["Hello world", " two  spaces", "中文分词测试，还有 English.", CORPUS[2]]:

@@ -133,26 +133,17 @@ def test_vocabulary_is_padded_to_the_embedding_rows(tmp_path, capsys):
     assert meta["tokenizer.ggml.token_type"][-5:] == [5] * 5          # UNUSED
 
 
-def test_sentencepiece_folder_becomes_a_llama_vocabulary(tmp_path, capsys):
+def test_sentencepiece_folder_becomes_a_llama_vocabulary(tiny_llama_sp_folder, tmp_path, capsys):
     """A LLaMA-style folder: tokenizer.model (the LLaMA SentencePiece from the data mirror)."""
-    from llama_np import hub
-    try:
-        sp_model = hub.data_path("karpathy/llama2.c/tokenizer.model")
-    except hub.HubError as e:
-        pytest.skip(f"LLaMA tokenizer unavailable: {e}")
-    folder = tmp_path / "llama_sp"
-    save_tiny_llama(folder, tied=False, vocab=32000)
-    with open(sp_model, "rb") as src, open(folder / "tokenizer.model", "wb") as dst:
-        dst.write(src.read())
     out = str(tmp_path / "sp.gguf")
-    assert run_cli([str(folder), "--type", "Q4_0", "--out", out], capsys)[0] == 0
+    assert run_cli([str(tiny_llama_sp_folder), "--type", "Q4_0", "--out", out], capsys)[0] == 0
     meta = GGUFFile(out).metadata
     assert meta["tokenizer.ggml.model"] == "llama"
     assert len(meta["tokenizer.ggml.scores"]) == 32000
     assert meta["tokenizer.ggml.add_space_prefix"] is True
     assert (meta["tokenizer.ggml.bos_token_id"], meta["tokenizer.ggml.eos_token_id"]) == (1, 2)
     text = "Hello world, 你好世界!"
-    assert Tokenizer.from_gguf_metadata(meta).encode(text) == Tokenizer.from_hf_dir(str(folder)).encode(text)
+    assert Tokenizer.from_gguf_metadata(meta).encode(text) == Tokenizer.from_hf_dir(str(tiny_llama_sp_folder)).encode(text)
 
 
 def test_gguf_source_gives_the_same_file_as_the_hf_folder(tmp_path, capsys):

@@ -40,24 +40,16 @@ def hf_smol(real_model_path):
     return transformers.AutoTokenizer.from_pretrained(folder, gguf_file=name)
 
 
-@pytest.fixture(scope="module")
-def sp_path():
-    from llama_np import hub
-    try:
-        return hub.data_path("karpathy/llama2.c/tokenizer.model")
-    except hub.HubError as e:
-        pytest.skip(f"LLaMA tokenizer.model unavailable: {e}")
-
 
 @pytest.fixture(scope="module")
-def sp_oracle(sp_path):
+def sp_oracle(llama_sp_model):
     import sentencepiece
-    return sentencepiece.SentencePieceProcessor(model_file=sp_path)
+    return sentencepiece.SentencePieceProcessor(model_file=llama_sp_model)
 
 
 @pytest.fixture(scope="module")
-def llama_sp(sp_path):
-    return load_tokenizer(sp_path)
+def llama_sp(llama_sp_model):
+    return load_tokenizer(llama_sp_model)
 
 
 def sentencepiece_gguf_metadata(sp):
@@ -302,12 +294,12 @@ def test_sentencepiece_from_gguf_file(sp_oracle, tmp_path):
         assert tok.decode(sp_oracle.encode(text)) == sp_oracle.decode(sp_oracle.encode(text))
 
 
-def test_sentencepiece_hf_folder_with_added_pad(sp_path, sp_oracle, tmp_path):
+def test_sentencepiece_hf_folder_with_added_pad(llama_sp_model, sp_oracle, tmp_path):
     """A Chinese-Alpaca style folder: tokenizer.model, a "[PAD]" added after the pieces,
     and tokenizer_config.json with add_bos_token and a chat template."""
     import json
     import shutil
-    shutil.copy(sp_path, tmp_path / "tokenizer.model")
+    shutil.copy(llama_sp_model, tmp_path / "tokenizer.model")
     (tmp_path / "added_tokens.json").write_text(json.dumps({"[PAD]": 32000}))
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({
         "bos_token": {"content": "<s>", "special": True}, "eos_token": "</s>", "pad_token": "[PAD]",

@@ -135,12 +135,13 @@ def main(argv=None):
     def learning_curve(stage, folder):
         """Held-out bits per character at each checkpoint the stage kept (its last step is
         the stage's own evaluation)."""
-        curve = dict(results["steps"][stage].get("curve", {}))
+        result = results["steps"][stage]
+        curve = dict(result.get("curve", {}))
         for step, path in checkpoints(folder):
-            if str(step) not in curve and step < results["steps"][stage]["steps"]:
+            if str(step) not in curve and step < result["steps"]:
                 curve[str(step)] = held_out_bits_per_char(resized, path, args.eval_ctx,
                                                           args.eval_windows).bits_per_char
-        curve[str(results["steps"][stage]["steps"])] = results["steps"][stage]["bits_per_char"]
+        curve[str(result["steps"])] = result["bits_per_char"]
         record(stage, curve=dict(sorted(curve.items(), key=lambda item: int(item[0]))))
 
     evaluate("base", base)
@@ -179,7 +180,7 @@ def main(argv=None):
                    ["--steps", str(steps), "--lr", str(lr), "--seed", str(STAGE_SEEDS[stage]), "--out", folder]
                    + (["--embedding-lr", str(embedding_lr)] if embedding_lr else []))
             record(stage, steps=steps, lr=lr, embedding_lr=embedding_lr or lr,
-                   lora_targets=_lora_targets(folder), **_training_summary(folder, args.batch_size))
+                   lora_targets=_lora_targets(folder), **_training_summary(folder))
         if stage == "stage1" and "non_embedding_unchanged" not in results["steps"]["stage1"]:
             record(stage, non_embedding_unchanged=stage1_left_transformer_alone(resized, folder))
         evaluate(stage, resized, folder)
@@ -265,12 +266,15 @@ def tensor_hash(weight):
     return hashlib.sha256(np.ascontiguousarray(data).tobytes()).hexdigest()
 
 
-def _training_summary(folder, batch_size):
-    """Tokens seen and final loss of a finetune run, from its train_log.jsonl."""
+def _training_summary(folder):
+    """Tokens seen, final loss and time of a finetune run, from its train_log.jsonl. The time
+    is the sum of the steps' own: a stage resumed after an interruption counts each step
+    once, where the clock of the last run would count only the steps since the resume."""
     from llama_np.train import LOG_FILE, read_log
     log = [r for r in read_log(os.path.join(folder, LOG_FILE)) if "loss" in r]
     tokens = sum(r.get("tokens", 0) for r in log)
-    return {"final_loss": log[-1]["loss"] if log else None, "tokens": tokens or None}
+    return {"final_loss": log[-1]["loss"] if log else None, "tokens": tokens or None,
+            "seconds": round(sum(r.get("seconds", 0) for r in log), 1)}
 
 
 def _lora_targets(folder):
@@ -329,7 +333,7 @@ def plot_results(results, png_path):
 
 def results_markdown(results):
     """The results as a markdown table: one row per step, bits per character and time."""
-    lines = ["| step | held-out bits/char | steps | lr (embedding lr) | tokens trained | final loss | wall time (s) |",
+    lines = ["| step | held-out bits/char | steps | lr (embedding lr) | tokens trained | final loss | time (s) |",
              "|---|---|---|---|---|---|---|"]
     for name, r in results["steps"].items():
         bpc = f"{r['bits_per_char']:.3f}" if "bits_per_char" in r else ""

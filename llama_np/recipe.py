@@ -1,7 +1,9 @@
 """`python -m llama_np.recipe --out DIR`: the Chinese-LLaMA/Alpaca recipe, end to end.
 
-    python -m llama_np.recipe --out runs/recipe                      # the README's run
-    python -m llama_np.recipe --out runs/recipe                      # again: finishes what is missing
+    python -m llama_np.recipe --out runs/recipe          # the defaults: ≈ 30 min on 2 cores
+    python -m llama_np.recipe --out runs/recipe          # again: finishes what is missing
+    python -m llama_np.recipe --out runs/long --stage2-target-modules all --stage2-steps 1000
+                                                         # the README's full run: ≈ 1.5 h
 
 Cui, Yang & Yao (2023) teach an English LLaMA Chinese in five steps; each here is one
 command of llama_np, run in order, each writing what the next one starts from:
@@ -26,8 +28,9 @@ DIR/bits_per_char.png.
 A step whose output exists is skipped, and a training stage resumes from its latest
 checkpoint (one every --save-every steps), so an interrupted recipe continues where it
 stopped; the checkpoints kept are scored too, and draw each stage's learning curve. The
-paper's scale (tens of GB of text, 7B parameters, GPU weeks) becomes, by default, a few
-thousand tokens per stage: steps, lengths and learning rates are flags.
+paper's scale (tens of GB of text, 7B parameters, GPU weeks) becomes, by default, 10k
+tokens for stage 1, 100k for stage 2 and 13k for SFT: steps, lengths and learning rates
+are flags.
 """
 import argparse
 import hashlib

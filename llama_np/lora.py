@@ -345,8 +345,11 @@ class Adapter:
                 raise AdapterError(f"{source}: modules_to_save lists {module!r} but the file "
                                    f"has no {SAVABLE_MODULES[module]!r}")
             if copy.shape != expected:
+                hint = (f"; the adapter was trained on a model with {copy.shape[0]} tokens: load that "
+                        "one (a resized model, e.g. the recipe's resized.gguf)"
+                        if copy.shape[1:] == expected[1:] else "")
                 raise AdapterError(f"{source}: {module} copy has shape {copy.shape}, the model "
-                                   f"needs {expected} (vocabulary {model_config.vocab_size})")
+                                   f"needs {expected} (vocabulary {model_config.vocab_size}){hint}")
 
 
 def _base_weight(weights, model_config, name):

@@ -40,7 +40,6 @@ def hf_smol(real_model_path):
     return transformers.AutoTokenizer.from_pretrained(folder, gguf_file=name)
 
 
-
 @pytest.fixture(scope="module")
 def sp_oracle(llama_sp_model):
     import sentencepiece

@@ -1,7 +1,7 @@
 """Chinese text for vocabulary extension, pre-training and evaluation, from the data mirror
 (DESIGN.md §6), with a fixed training / held-out split.
 
-Two sources, read as *documents* (one str each):
+Two sources, read as *documents* (one str each), make the Chinese corpus:
 
 - **cmrc2018** (`ymcui/cmrc2018/squad-style-data/cmrc2018_dev.json`): 848 paragraphs of
   Chinese Wikipedia (432,093 characters), the `context` fields of a SQuAD-style
@@ -9,6 +9,17 @@ Two sources, read as *documents* (one str each):
   Wikipedia text" every tokenizer ratio in llama_np is measured on.
 - **Song ci** (`chinese-poetry/chinese-poetry/宋词/宋词三百首.json`): 280 poems of the Song
   dynasty; a document is one poem, its lines joined by newlines.
+
+Two more sources are extra pre-training text, used only when asked for (`sources=`): the
+mirror holds no other Chinese prose, and the recipe's stage 2 runs out of text long before
+it runs out of steps (the paper's read 20 GB; the corpus above is 1.2 MB):
+
+- **cmrc2018 questions**: document i is the questions about paragraph i (one per line,
+  2,908 of them for the training paragraphs). Aligned with the paragraphs, so the split
+  below holds out exactly the questions about held-out paragraphs, which quote them.
+- **alpaca_zh** (`hiyouga/LLaMA-Factory/data/alpaca_zh_demo.json`): the 1,000 instruction
+  examples as plain text (instruction, input, output on their own lines; 217,133
+  characters), the instruction-tuning data read as running text.
 
 The split. Document i of a source (in file order, counting from 0) is *held out* when
 `i % HELD_OUT_EVERY == HELD_OUT_EVERY - 1` — documents 9, 19, 29, … — and is *training*
@@ -28,10 +39,12 @@ from llama_np.text_file import read_utf8
 
 CMRC2018_FILE = "ymcui/cmrc2018/squad-style-data/cmrc2018_dev.json"
 SONG_CI_FILE = "chinese-poetry/chinese-poetry/宋词/宋词三百首.json"
+ALPACA_ZH_FILE = "hiyouga/LLaMA-Factory/data/alpaca_zh_demo.json"
 
 HELD_OUT_EVERY = 10  # one document in ten is held out: indices 9, 19, 29, …
 PARTS = ("train", "held_out", "all")
-SOURCES = ("cmrc2018", "song_ci")
+SOURCES = ("cmrc2018", "song_ci")                            # the Chinese corpus
+EXTRA_SOURCES = ("cmrc2018_questions", "alpaca_zh")          # more pre-training text, on request
 
 
 class CorpusError(ValueError):
@@ -42,12 +55,23 @@ class CorpusError(ValueError):
 
 def cmrc2018_paragraphs(path=None):
     """The 848 Wikipedia paragraphs of cmrc2018's dev set, in file order."""
+    return _from_cmrc2018(path, lambda paragraph: paragraph["context"])
+
+
+def cmrc2018_questions(path=None):
+    """For each of the 848 paragraphs, in file order, its questions one per line."""
+    return _from_cmrc2018(path, lambda paragraph: "\n".join(qa["question"] for qa in paragraph["qas"]))
+
+
+def _from_cmrc2018(path, text_of):
+    """text_of(paragraph) for each paragraph of a SQuAD-style file, in file order."""
     path = path or hub.data_path(CMRC2018_FILE)
     data = _read_json(path)
     try:
-        return [paragraph["context"] for article in data["data"] for paragraph in article["paragraphs"]]
+        return [text_of(paragraph) for article in data["data"] for paragraph in article["paragraphs"]]
     except (KeyError, TypeError) as e:
-        raise CorpusError(f"{path}: not a SQuAD-style file (data → paragraphs → context; missing {e})") from None
+        raise CorpusError(f"{path}: not a SQuAD-style file (data → paragraphs → context, qas → question; "
+                          f"missing {e})") from None
 
 
 def song_ci_poems(path=None):
@@ -59,6 +83,19 @@ def song_ci_poems(path=None):
     except (KeyError, TypeError) as e:
         raise CorpusError(f"{path}: not a chinese-poetry file (a list of poems with 'paragraphs'; "
                           f"missing {e})") from None
+
+
+def alpaca_zh_texts(path=None):
+    """The 1,000 examples of alpaca_zh_demo.json, in file order, each as its instruction,
+    input (when there is one) and output on their own lines."""
+    path = path or hub.data_path(ALPACA_ZH_FILE)
+    examples = _read_json(path)
+    try:
+        return ["\n".join(part for part in (ex["instruction"], ex.get("input", ""), ex["output"]) if part)
+                for ex in examples]
+    except (KeyError, TypeError) as e:
+        raise CorpusError(f"{path}: not an Alpaca file (a list of examples with 'instruction' and "
+                          f"'output'; missing {e})") from None
 
 
 def split(documents, part):
@@ -73,13 +110,14 @@ def split(documents, part):
 
 
 def chinese_documents(part="train", sources=SOURCES):
-    """The documents of `sources` ("cmrc2018", "song_ci") in the given part, source by
+    """The documents of `sources` (SOURCES, EXTRA_SOURCES) in the given part, source by
     source: the Chinese text llama_np learns from (part="train") and evaluates on
     (part="held_out")."""
-    readers = {"cmrc2018": cmrc2018_paragraphs, "song_ci": song_ci_poems}
+    readers = {"cmrc2018": cmrc2018_paragraphs, "song_ci": song_ci_poems,
+               "cmrc2018_questions": cmrc2018_questions, "alpaca_zh": alpaca_zh_texts}
     unknown = [s for s in sources if s not in readers]
     if unknown:
-        raise ValueError(f"unknown corpus source {unknown[0]!r}; known: {', '.join(SOURCES)}")
+        raise ValueError(f"unknown corpus source {unknown[0]!r}; known: {', '.join(SOURCES + EXTRA_SOURCES)}")
     return [doc for source in sources for doc in split(readers[source](), part)]
 
 

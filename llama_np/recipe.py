@@ -19,7 +19,9 @@ command of llama_np, run in order, each writing what the next one starts from:
                                  on alpaca_zh_demo.json (starts from stage 2's tensors) → DIR/sft/
 
 Pre-training reads the training part of llama_np's Chinese corpus (cmrc2018 Wikipedia
-paragraphs + Song ci; `llama_np.corpus`), never its held-out part. After every step the
+paragraphs + Song ci; `llama_np.corpus`), never its held-out part; --pretrain-text adds
+the mirror's other Chinese text (cmrc2018's questions about the training paragraphs, the
+alpaca_zh instructions as running text). After every step the
 held-out cmrc2018 text is scored in *bits per character* (`llama_np.perplexity`): unlike
 perplexity per token it does not depend on the tokenizer, so the base model (49,152 tokens)
 and the extended one can be compared. Results go to DIR/results.json, DIR/results.md and
@@ -42,7 +44,6 @@ import time
 
 from llama_np import cli
 
-ALPACA_ZH_FILE = "hiyouga/LLaMA-Factory/data/alpaca_zh_demo.json"
 STAGES = ("stage1", "stage2", "sft")
 PLOT_FILE = "bits_per_char.png"
 # The paper's LoRA settings (DESIGN.md §3): r 8, alpha 32, dropout 0.05; lr 2e-4 for
@@ -71,9 +72,13 @@ def parse_args(argv=None):
     p.add_argument("--out", required=True, metavar="DIR", help="folder for every step's output")
     p.add_argument("--new-tokens", type=cli.positive_int, default=4000,
                    help="tokens added to the vocabulary (default: %(default)s)")
+    p.add_argument("--pretrain-text", type=_sources, default="cmrc2018,song_ci", metavar="SOURCES",
+                   help="the Chinese text the new vocabulary and pre-training learn from (its training "
+                        "part): comma-separated, of cmrc2018, song_ci (the corpus) and cmrc2018_questions, "
+                        "alpaca_zh (more text; see llama_np.corpus) (default: %(default)s)")
     p.add_argument("--documents", type=cli.positive_int, default=None,
                    help="use only the first N training documents, for the new vocabulary and for "
-                        "pre-training (default: all 1,016)")
+                        "pre-training (default: all; 1,016 of the default --pretrain-text)")
     p.add_argument("--stage1-rows", choices=["new", "all"], default="new",
                    help="stage 1 trains the new tokens' rows only, or the whole embedding (default: %(default)s)")
     for stage in STAGES:
@@ -105,6 +110,15 @@ def parse_args(argv=None):
                    help="windows of held-out text scored (default: %(default)s)")
     cli.add_threads_arg(p)
     return p.parse_args(argv)
+
+
+def _sources(text):
+    from llama_np.corpus import EXTRA_SOURCES, SOURCES
+    sources = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in sources if name not in SOURCES + EXTRA_SOURCES]
+    if unknown or not sources:
+        raise argparse.ArgumentTypeError(f"unknown text source {unknown[0]!r}" if unknown else "no source given")
+    return sources
 
 
 def main(argv=None):
@@ -149,7 +163,7 @@ def main(argv=None):
 
     evaluate("base", base)
     if not os.path.exists(pretrain_text):
-        corpus.write_text_file(corpus.chinese_documents("train")[:args.documents], pretrain_text)
+        corpus.write_text_file(corpus.chinese_documents("train", args.pretrain_text)[:args.documents], pretrain_text)
     if not os.path.exists(os.path.join(tokenizer_dir, "tokenizer.gguf")):
         _timed(record, "tokenizer", extend_bpe.main, ["--model", base, "--out", tokenizer_dir, "--corpus",
                                                       pretrain_text, "--new-tokens", str(args.new_tokens)])
@@ -168,7 +182,7 @@ def main(argv=None):
                   + (["--embedding-rows-from", str(old_vocab)] if args.stage1_rows == "new" else []),
         "stage2": ["--data", pretrain_text, "--trainable", "lora,embeddings,lm_head",
                    "--target-modules", args.stage2_target_modules, "--init-adapter", os.path.join(out, "stage1")],
-        "sft": ["--data", hub.data_path(ALPACA_ZH_FILE), "--trainable", "lora,embeddings,lm_head",
+        "sft": ["--data", hub.data_path(corpus.ALPACA_ZH_FILE), "--trainable", "lora,embeddings,lm_head",
                 "--target-modules", "all", "--init-adapter", os.path.join(out, "stage2")],
     }
     for stage in STAGES:

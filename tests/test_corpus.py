@@ -1,7 +1,10 @@
 """The Chinese corpus from the data mirror and its fixed training / held-out split."""
+import collections
+import json
+
 import pytest
 
-from llama_np import corpus
+from llama_np import corpus, hub
 from llama_np.corpus import CorpusError
 
 
@@ -35,6 +38,44 @@ def test_chinese_documents_concatenates_sources_in_order(paragraphs):
     assert train[:764] == corpus.split(paragraphs, "train")
     assert len(train) == 764 + 252
     assert corpus.chinese_documents("held_out", sources=("song_ci",)) == corpus.song_ci_poems()[9::10]
+
+
+def test_cmrc2018_questions_are_held_out_with_the_paragraphs_they_quote(paragraphs):
+    with open(hub.data_path(corpus.CMRC2018_FILE), encoding="utf-8") as f:
+        answers_of = collections.defaultdict(list)  # a question asked of two paragraphs has two answers
+        for article in json.load(f)["data"]:
+            for paragraph in article["paragraphs"]:
+                for qa in paragraph["qas"]:
+                    answers_of[qa["question"]] += [answer["text"] for answer in qa["answers"]]
+    questions = corpus.cmrc2018_questions()
+    assert len(questions) == len(paragraphs)
+    for part in ("train", "held_out"):
+        for asked, paragraph in zip(corpus.split(questions, part), corpus.split(paragraphs, part)):
+            assert all(any(answer in paragraph for answer in answers_of[question])
+                       for question in asked.split("\n"))
+    assert sum(len(doc.split("\n")) for doc in corpus.split(questions, "train")) == 2_908
+
+
+def test_alpaca_zh_texts_are_the_instruction_examples_as_running_text():
+    with open(hub.data_path(corpus.ALPACA_ZH_FILE), encoding="utf-8") as f:
+        examples = json.load(f)
+    texts = corpus.alpaca_zh_texts()
+    assert len(texts) == len(examples) == 1000
+    for example, text in zip(examples, texts):
+        assert text.startswith(example["instruction"] + "\n") and text.endswith("\n" + example["output"])
+        assert example["input"] in text
+    assert len(corpus.chinese_documents("train", sources=("cmrc2018", "alpaca_zh"))) == 764 + 900
+
+
+def test_a_file_of_the_wrong_form_is_a_clear_error(tmp_path):
+    squad, alpaca = tmp_path / "squad.json", tmp_path / "alpaca.json"
+    squad.write_text(json.dumps({"data": [{"paragraphs": [{"context": "一"}]}]}))
+    alpaca.write_text(json.dumps([{"instruction": "一"}]))
+    assert corpus.cmrc2018_paragraphs(squad) == ["一"]
+    with pytest.raises(CorpusError, match="not a SQuAD-style file.*'qas'"):
+        corpus.cmrc2018_questions(squad)
+    with pytest.raises(CorpusError, match="not an Alpaca file.*'output'"):
+        corpus.alpaca_zh_texts(alpaca)
 
 
 def test_bad_part_or_source_is_a_clear_error(paragraphs):

@@ -114,3 +114,13 @@ def test_held_out_spans_are_characters_not_tokens():
 def test_relative_change_says_higher_or_lower():
     assert recipe.relative_change(6.463, 7.971) == "+23.3%, higher"
     assert recipe.relative_change(6.0, 5.1) == "-15.0%, lower"
+
+
+def test_pretrain_text_names_corpus_sources(capsys):
+    args = recipe.parse_args(["--out", "x", "--pretrain-text", "cmrc2018, alpaca_zh"])
+    assert args.pretrain_text == ("cmrc2018", "alpaca_zh")
+    assert recipe.parse_args(["--out", "x"]).pretrain_text == ("cmrc2018", "song_ci")
+    for bad, message in [("cmrc2018,wiki", "unknown text source 'wiki'"), (",", "no source given")]:
+        with pytest.raises(SystemExit) as e:
+            recipe.parse_args(["--out", "x", "--pretrain-text", bad])
+        assert e.value.code == 2 and message in capsys.readouterr().err

@@ -2,8 +2,9 @@
 
     python -m llama_np.recipe --out runs/recipe          # the defaults: ≈ 30 min on 2 cores
     python -m llama_np.recipe --out runs/recipe          # again: finishes what is missing
-    python -m llama_np.recipe --out runs/long --stage2-target-modules all --stage2-steps 1000
-                                                         # the README's full run: ≈ 1.5 h
+    python -m llama_np.recipe --out runs/long --stage2-target-modules all --stage2-steps 1400
+        --pretrain-text cmrc2018,song_ci,cmrc2018_questions,alpaca_zh
+                                                         # the README's full run (one line): ≈ 2.3 h
 
 Cui, Yang & Yao (2023) teach an English LLaMA Chinese in five steps; each here is one
 command of llama_np, run in order, each writing what the next one starts from:

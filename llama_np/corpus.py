@@ -88,14 +88,13 @@ def song_ci_poems(path=None):
 def alpaca_zh_texts(path=None):
     """The 1,000 examples of alpaca_zh_demo.json, in file order, each as its instruction,
     input (when there is one) and output on their own lines."""
-    path = path or hub.data_path(ALPACA_ZH_FILE)
-    examples = _read_json(path)
+    from llama_np.data import DataError, read_alpaca
     try:
-        return ["\n".join(part for part in (ex["instruction"], ex.get("input", ""), ex["output"]) if part)
-                for ex in examples]
-    except (KeyError, TypeError) as e:
-        raise CorpusError(f"{path}: not an Alpaca file (a list of examples with 'instruction' and "
-                          f"'output'; missing {e})") from None
+        records = read_alpaca(path or hub.data_path(ALPACA_ZH_FILE))
+    except DataError as e:
+        raise CorpusError(f"not an Alpaca file: {e}") from None
+    return ["\n".join(part for part in (record["instruction"], record["input"], record["output"]) if part)
+            for record in records]
 
 
 def split(documents, part):
@@ -115,10 +114,15 @@ def chinese_documents(part="train", sources=SOURCES):
     (part="held_out")."""
     readers = {"cmrc2018": cmrc2018_paragraphs, "song_ci": song_ci_poems,
                "cmrc2018_questions": cmrc2018_questions, "alpaca_zh": alpaca_zh_texts}
-    unknown = [s for s in sources if s not in readers]
+    unknown = unknown_sources(sources)
     if unknown:
         raise ValueError(f"unknown corpus source {unknown[0]!r}; known: {', '.join(SOURCES + EXTRA_SOURCES)}")
     return [doc for source in sources for doc in split(readers[source](), part)]
+
+
+def unknown_sources(sources):
+    """The names in `sources` that are neither SOURCES nor EXTRA_SOURCES."""
+    return [name for name in sources if name not in SOURCES + EXTRA_SOURCES]
 
 
 def _read_json(path):

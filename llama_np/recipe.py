@@ -114,9 +114,9 @@ def parse_args(argv=None):
 
 
 def _sources(text):
-    from llama_np.corpus import EXTRA_SOURCES, SOURCES
+    from llama_np.corpus import unknown_sources
     sources = tuple(name.strip() for name in text.split(",") if name.strip())
-    unknown = [name for name in sources if name not in SOURCES + EXTRA_SOURCES]
+    unknown = unknown_sources(sources)
     if unknown or not sources:
         raise argparse.ArgumentTypeError(f"unknown text source {unknown[0]!r}" if unknown else "no source given")
     return sources

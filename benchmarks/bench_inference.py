@@ -65,8 +65,8 @@ ANCHOR_RSS_MB = {"llama_cpp": 208, "transformers": 928}
 
 def prompt_ids(model_path, n_tokens):
     """The first `n_tokens` tokens of the Alpaca answers, in the model's vocabulary."""
-    from llama_np import hub
-    from llama_np.tokenizer import load_tokenizer
+    from llama_np.files import hub
+    from llama_np.tokenizer.tokenizers import load_tokenizer
 
     tokenizer = load_tokenizer(model_path)
     with open(hub.data_path(ALPACA_EN_FILE), encoding="utf-8") as f:
@@ -85,7 +85,7 @@ def peak_rss_mb():
 
 def llama_np_steps(model_path, threads, int8_activations=False):
     """(prefill(ids) → last logits, decode(id) → logits) for llama_np."""
-    from llama_np import kernels
+    from llama_np.kernels import native as kernels
     from llama_np.checkpoint import load_model
 
     kernels.set_num_threads(threads)
@@ -370,7 +370,7 @@ def main():
     p.add_argument("--out", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.model is None:
-        from llama_np import hub
+        from llama_np.files import hub
         args.model = hub.default_model_path()
     if args.child == "speed":
         ids = [int(i) for i in args.ids.split(",")]

@@ -33,9 +33,9 @@ TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 def batch_ids(model_path, batch, seq_len):
     """[batch, seq_len] token ids of packed alpaca_en_demo responses (same for both engines)."""
     import numpy as np
-    from llama_np import hub
-    from llama_np.data import read_alpaca
-    from llama_np.tokenizer import load_tokenizer
+    from llama_np.files import hub
+    from llama_np.training.data import read_alpaca
+    from llama_np.tokenizer.tokenizers import load_tokenizer
 
     tokenizer = load_tokenizer(model_path)
     ids = []
@@ -52,10 +52,10 @@ def peak_rss_gb():
 
 def run_llama_np(args, ids):
     import numpy as np
-    from llama_np import lora
+    from llama_np.llama import adapter as lora
     from llama_np.checkpoint.gguf import load_gguf
-    from llama_np.train import AdamW, clip_grad_norm
-    from llama_np.training import TrainableLlama
+    from llama_np.training.trainer import AdamW, clip_grad_norm
+    from llama_np.training.trainable import TrainableLlama
 
     config, weights, _ = load_gguf(args.model)
     if args.base_dtype == "float32":
@@ -127,7 +127,7 @@ def main():
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(args.threads)
     if args.model is None:
-        from llama_np import hub
+        from llama_np.files import hub
         args.model = hub.default_model_path()
     if args.engine:
         return child(args)

@@ -1,4 +1,4 @@
-"""cffi build script for llama_np's C kernels (module `llama_np._kernels`).
+"""cffi build script for llama_np's C kernels (module `llama_np.kernels._c`).
 
 Every `kernels/*.c` is compiled into one extension; the declarations cffi needs are the
 plain prototypes of `kernels/*.h` (no preprocessor lines in those headers). Each kernel
@@ -25,7 +25,7 @@ if os.environ.get("LLAMA_NP_PORTABLE", "") not in ("1", "true", "yes"):
     compile_args.append("-march=native")
 
 ffibuilder.set_source(
-    "llama_np._kernels",
+    "llama_np.kernels._c",
     "#include <stddef.h>\n#include <stdint.h>\n"
     + "\n".join(f'#include "{os.path.basename(h)}"' for h in headers),
     sources=[os.path.relpath(s) for s in sources],

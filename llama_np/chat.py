@@ -10,7 +10,7 @@ import argparse
 import sys
 import time
 
-from llama_np import cli
+from llama_np.cli import common as cli
 
 HELP = """commands:
   /reset   forget the conversation
@@ -46,7 +46,7 @@ class Conversation:
     """The messages so far, and the token ids the KV cache holds for them."""
 
     def __init__(self, model, tokenizer, template, system, ctx, max_new_tokens):
-        from llama_np.templates import resolve_template, stop_strings_for
+        from llama_np.tokenizer.templates import resolve_template, stop_strings_for
 
         self.model, self.tokenizer = model, tokenizer
         self.template = resolve_template(template, tokenizer)
@@ -71,7 +71,7 @@ class Conversation:
         return messages + [{"role": "user", "content": user}]
 
     def prompt_ids(self, user):
-        from llama_np.templates import render_chat
+        from llama_np.tokenizer.templates import render_chat
         tok = self.tokenizer
         text = render_chat(self.messages(user), self.template,
                            bos_token=tok.special_token_text(tok.bos_id) if tok.bos_id is not None else "",
@@ -97,7 +97,7 @@ class Conversation:
     def reply(self, user, sampler, stats):
         """Yield the reply to `user` as text chunks; the turn is remembered at the end (also
         when the caller stops early, e.g. on Ctrl-C)."""
-        from llama_np.generation import generate_text
+        from llama_np.llama.generation import generate_text
 
         ids, dropped = self.fit(user)
         if dropped:
@@ -121,8 +121,8 @@ class Conversation:
 def main(argv=None):
     args = parse_args(argv)
     cli.set_threads(args.threads)
-    from llama_np.generation import GenerationStats
-    from llama_np.sample import Sampler
+    from llama_np.llama.generation import GenerationStats
+    from llama_np.llama.sampling import Sampler
 
     start = time.perf_counter()
     model, tokenizer = cli.load_for_inference(args)

@@ -26,7 +26,7 @@ import os
 import sys
 import time
 
-from llama_np import cli
+from llama_np.cli import common as cli
 
 PROMPTS_FILE = "derived/chinese_alpaca_eval_160.json"
 ANSWERS_FILE = "answers.jsonl"
@@ -114,8 +114,8 @@ def append_answer(path, record):
 
 def answer(conversation, prompt, settings):
     """The model's reply to one prompt, alone (no earlier turns). Returns (text, stats)."""
-    from llama_np.generation import GenerationStats
-    from llama_np.sample import Sampler
+    from llama_np.llama.generation import GenerationStats
+    from llama_np.llama.sampling import Sampler
 
     conversation.reset()
     stats = GenerationStats()
@@ -150,8 +150,8 @@ def main(argv=None):
     args = parse_args(argv)
     cli.set_threads(args.threads)
     import dataclasses
-    from llama_np import hub
-    from llama_np.atomic_write import atomic_write_text
+    from llama_np.files import hub
+    from llama_np.files.atomic import atomic_write_text
     from llama_np.chat import Conversation
 
     prompts = read_prompts(args.prompts or hub.data_path(PROMPTS_FILE))

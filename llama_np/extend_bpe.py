@@ -1,6 +1,6 @@
 """`python -m llama_np.extend_bpe --out DIR`: add Chinese tokens to a byte-level BPE
 tokenizer (the default model's, or any GGUF "gpt2" vocabulary) by continuing its BPE
-training on Chinese text (`llama_np.vocab_bpe`).
+training on Chinese text (`llama_np.chinese.vocab_bpe`).
 
     python -m llama_np.extend_bpe --out smollm2-zh-tokenizer
     python -m llama_np.extend_bpe --model model.gguf --new-tokens 8000 --corpus zh.txt --out DIR
@@ -14,11 +14,11 @@ llama_np's Chinese corpus (held-out documents excluded).
 import argparse
 import os
 
-from llama_np import cli
+from llama_np.cli import common as cli
 
 
 def parse_args(argv=None):
-    from llama_np.vocab_bpe import DEFAULT_MIN_FREQUENCY, DEFAULT_NEW_TOKENS
+    from llama_np.chinese.vocab_bpe import DEFAULT_MIN_FREQUENCY, DEFAULT_NEW_TOKENS
 
     parser = argparse.ArgumentParser(
         prog="python -m llama_np.extend_bpe",
@@ -39,9 +39,10 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    from llama_np import corpus, hub
+    from llama_np.chinese import corpus
+    from llama_np.files import hub
     from llama_np.checkpoint.gguf_file import GGUFFile
-    from llama_np.vocab_bpe import extended_metadata, learn_extension, save_hf_tokenizer, write_tokenizer_gguf
+    from llama_np.chinese.vocab_bpe import extended_metadata, learn_extension, save_hf_tokenizer, write_tokenizer_gguf
 
     model_path = hub.resolve_model(args.model)
     if os.path.isdir(model_path):

@@ -23,7 +23,7 @@ import os
 import sys
 import time
 
-from llama_np import cli
+from llama_np.cli import common as cli
 
 # Defaults: the paper's SFT recipe (r 8, alpha 32, dropout 0.05, q,k,v,o,gate,up,down).
 DEFAULTS = dict(
@@ -113,7 +113,7 @@ def resolve_args(argv=None):
         parser.error("--out is required")
     settings = dict(DEFAULTS)
     if resume:
-        from llama_np.train import STATE_FILE, latest_checkpoint
+        from llama_np.training.trainer import STATE_FILE, latest_checkpoint
         state_path = os.path.join(latest_checkpoint(given["out"]), STATE_FILE)
         try:
             with open(state_path, encoding="utf-8") as f:
@@ -147,12 +147,13 @@ def main(argv=None):
     args = resolve_args(argv)
     cli.set_threads(args.threads)
     import numpy as np
-    from llama_np import hub, lora
+    from llama_np.files import hub
+    from llama_np.llama import adapter as lora
     from llama_np.checkpoint import load_model
     from llama_np.checkpoint.peft import load_adapter, save_adapter
-    from llama_np.data import BatchSchedule, load_examples
-    from llama_np.train import LOG_FILE, LATEST, TrainConfig, Trainer
-    from llama_np.training import TrainableLlama
+    from llama_np.training.data import BatchSchedule, load_examples
+    from llama_np.training.trainer import LOG_FILE, LATEST, TrainConfig, Trainer
+    from llama_np.training.trainable import TrainableLlama
 
     parts = trainable_parts(args.trainable)
     targets = lora.parse_target_modules(args.target_modules) if "lora" in parts else []

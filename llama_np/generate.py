@@ -6,7 +6,7 @@ speed go to stderr.
 import argparse
 import sys
 
-from llama_np import cli
+from llama_np.cli import common as cli
 
 
 def parse_args(argv=None):
@@ -22,8 +22,8 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     cli.set_threads(args.threads)
-    from llama_np.generation import GenerationStats, generate_text
-    from llama_np.sample import Sampler
+    from llama_np.llama.generation import GenerationStats, generate_text
+    from llama_np.llama.sampling import Sampler
 
     model, tokenizer = cli.load_for_inference(args)
     prompt_ids = tokenizer.encode(args.prompt)

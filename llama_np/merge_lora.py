@@ -18,7 +18,7 @@ import os
 import shutil
 import sys
 
-from llama_np import cli
+from llama_np.cli import common as cli
 
 QTYPES = ("same", "F32", "F16", "Q8_0", "Q4_1", "Q4_0")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json",
@@ -44,7 +44,7 @@ def parse_args(argv=None):
 
 def merge_all(config, weights, adapter_dirs):
     """(config, weights) with every adapter merged in turn; merged weights are float32."""
-    from llama_np import lora
+    from llama_np.llama import adapter as lora
     from llama_np.checkpoint.peft import load_adapter
 
     changed = set()
@@ -59,7 +59,7 @@ def merge_all(config, weights, adapter_dirs):
 
 def write_hf(out, config, weights, base_path):
     """A Hugging Face folder with the merged float32 weights and the base's tokenizer."""
-    from llama_np import lora
+    from llama_np.llama import adapter as lora
     from llama_np.checkpoint.safetensors import save_hf
 
     if os.path.exists(out) and not os.path.isdir(out):
@@ -71,7 +71,7 @@ def write_hf(out, config, weights, base_path):
                 shutil.copyfile(os.path.join(base_path, name), os.path.join(out, name))
     else:
         from llama_np.checkpoint.gguf_file import GGUFFile
-        from llama_np.vocab_bpe import save_hf_tokenizer
+        from llama_np.chinese.vocab_bpe import save_hf_tokenizer
         metadata = GGUFFile(base_path).metadata
         if metadata.get("tokenizer.ggml.model") != "gpt2":
             raise ValueError(f"{base_path}: writing its {metadata.get('tokenizer.ggml.model')!r} "
@@ -83,8 +83,9 @@ def write_gguf(out, base_path, config, weights, changed, qtype):
     """The base GGUF with the merged tensors replaced (re-quantized) and all else copied."""
     import gguf
     import numpy as np
-    from llama_np import lora, quant
-    from llama_np.atomic_write import atomic_path
+    from llama_np.llama import adapter as lora
+    from llama_np.quant import quant
+    from llama_np.files.atomic import atomic_path
     from llama_np.checkpoint.gguf import hf_name, permute_qk
 
     reader = gguf.GGUFReader(base_path)
@@ -142,7 +143,7 @@ def config_arch(reader):
 def main(argv=None):
     args = parse_args(argv)
     cli.set_threads(args.threads)
-    from llama_np import hub
+    from llama_np.files import hub
     from llama_np.checkpoint.gguf import load_gguf
     from llama_np.checkpoint.safetensors import load_hf
 

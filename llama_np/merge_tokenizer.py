@@ -5,12 +5,12 @@ a SentencePiece model the pieces of another that it lacks, as Chinese-LLaMA does
 
 With LLaMA's tokenizer (32,000 pieces) and the paper's chinese_sp.model (20,000 pieces,
 2,047 of them already in LLaMA's) this writes the 49,953-piece Chinese-LLaMA tokenizer.
-The merge itself is `llama_np.vocab_sentencepiece.merge_models`; a Chinese model to merge
+The merge itself is `llama_np.chinese.vocab_sentencepiece.merge_models`; a Chinese model to merge
 in can be trained with `python -m llama_np.train_tokenizer`.
 """
 import argparse
 
-from llama_np import cli
+from llama_np.cli import common as cli
 
 
 def parse_args(argv=None):
@@ -26,7 +26,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    from llama_np.vocab_sentencepiece import merge_models, read_model, write_model
+    from llama_np.chinese.vocab_sentencepiece import merge_models, read_model, write_model
 
     base, added = read_model(args.base), read_model(args.added)
     merged = merge_models(base, added)

@@ -23,7 +23,7 @@ in bits, divided by the characters (or UTF-8 bytes) of text the scored tokens sp
 
 `--corpus` names a built-in evaluation text from the data mirror (DESIGN.md §6):
 "alpaca_en" — the 999 `output` answers of alpaca_en_demo.json, joined by blank lines;
-"cmrc2018" — the 84 held-out cmrc2018 Wikipedia paragraphs (llama_np.corpus), likewise.
+"cmrc2018" — the 84 held-out cmrc2018 Wikipedia paragraphs (llama_np.chinese.corpus), likewise.
 """
 import argparse
 import json
@@ -31,8 +31,8 @@ import math
 import sys
 from dataclasses import asdict, dataclass
 
-from llama_np import cli
-from llama_np.text_file import read_utf8
+from llama_np.cli import common as cli
+from llama_np.files.text import read_utf8
 
 ALPACA_EN_FILE = "hiyouga/LLaMA-Factory/data/alpaca_en_demo.json"
 CORPORA = ("alpaca_en", "cmrc2018")
@@ -125,7 +125,7 @@ def summarize(nll_sum, nll_sq_sum, count, chars, n_bytes, windows, n_ctx):
 
 def corpus_text(name):
     """The built-in evaluation text `name` (one of CORPORA), documents joined by blank lines."""
-    from llama_np import hub
+    from llama_np.files import hub
     if name == "alpaca_en":
         path = hub.data_path(ALPACA_EN_FILE)
         try:
@@ -134,7 +134,7 @@ def corpus_text(name):
         except (ValueError, KeyError, TypeError) as e:
             raise ValueError(f"{path}: not an Alpaca JSON list with 'output' fields ({e})") from None
     else:
-        from llama_np.corpus import chinese_documents
+        from llama_np.chinese.corpus import chinese_documents
         documents = chinese_documents("held_out", sources=("cmrc2018",))
     return DOCUMENT_SEPARATOR.join(documents)
 

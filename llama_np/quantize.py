@@ -34,7 +34,7 @@ import os
 import sys
 import time
 
-from llama_np import cli
+from llama_np.cli import common as cli
 
 WEIGHT_TYPES = ("F32", "F16", "Q8_0", "Q4_1", "Q4_0")
 FOUR_BIT_TYPES = ("Q4_0", "Q4_1")
@@ -69,8 +69,8 @@ def parse_args(argv=None):
 
 def tensor_types(config, weight_type, embed_type):
     """Hugging Face tensor name → the type it is written as (see the module docstring)."""
-    from llama_np.model import expected_shapes
-    from llama_np.quant import QK
+    from llama_np.llama.model import expected_shapes
+    from llama_np.quant.quant import QK
 
     types = {}
     for name, shape in expected_shapes(config).items():
@@ -86,7 +86,7 @@ def tensor_types(config, weight_type, embed_type):
 def check_requantization(weights, types, source, allowed):
     """Refuse to change the type of an already quantized tensor, except to F32 (exact) or
     when `allowed`."""
-    from llama_np.quant import QuantizedMatrix
+    from llama_np.quant.quant import QuantizedMatrix
 
     for name, weight in weights.items():
         if not isinstance(weight, QuantizedMatrix):
@@ -132,7 +132,7 @@ def summary(types, weights, out_path, seconds):
 def main(argv=None):
     args = parse_args(argv)
     cli.set_threads(args.threads)
-    from llama_np import hub
+    from llama_np.files import hub
     from llama_np.checkpoint import gguf_writer
 
     source = hub.resolve_model(args.source)

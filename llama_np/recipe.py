@@ -20,7 +20,7 @@ command of llama_np, run in order, each writing what the next one starts from:
                                  on alpaca_zh_demo.json (starts from stage 2's tensors) → DIR/sft/
 
 Pre-training reads the training part of llama_np's Chinese corpus (cmrc2018 Wikipedia
-paragraphs + Song ci; `llama_np.corpus`), never its held-out part; --pretrain-text adds
+paragraphs + Song ci; `llama_np.chinese.corpus`), never its held-out part; --pretrain-text adds
 the mirror's other Chinese text (cmrc2018's questions about the training paragraphs, the
 alpaca_zh instructions as running text). After every step the
 held-out cmrc2018 text is scored in *bits per character* (`llama_np.perplexity`): unlike
@@ -43,7 +43,7 @@ import shutil
 import sys
 import time
 
-from llama_np import cli
+from llama_np.cli import common as cli
 
 STAGES = ("stage1", "stage2", "sft")
 PLOT_FILE = "bits_per_char.png"
@@ -76,7 +76,7 @@ def parse_args(argv=None):
     p.add_argument("--pretrain-text", type=_sources, default="cmrc2018,song_ci", metavar="SOURCES",
                    help="the Chinese text the new vocabulary and pre-training learn from (its training "
                         "part): comma-separated, of cmrc2018, song_ci (the corpus) and cmrc2018_questions, "
-                        "alpaca_zh (more text; see llama_np.corpus) (default: %(default)s)")
+                        "alpaca_zh (more text; see llama_np.chinese.corpus) (default: %(default)s)")
     p.add_argument("--documents", type=cli.positive_int, default=None,
                    help="use only the first N training documents, for the new vocabulary and for "
                         "pre-training (default: all; 1,016 of the default --pretrain-text)")
@@ -114,7 +114,7 @@ def parse_args(argv=None):
 
 
 def _sources(text):
-    from llama_np.corpus import unknown_sources
+    from llama_np.chinese.corpus import unknown_sources
     sources = tuple(name.strip() for name in text.split(",") if name.strip())
     unknown = unknown_sources(sources)
     if unknown or not sources:
@@ -125,8 +125,10 @@ def _sources(text):
 def main(argv=None):
     args = parse_args(argv)
     cli.set_threads(args.threads)
-    from llama_np import corpus, extend_bpe, finetune, hub, resize
-    from llama_np.train import LATEST, checkpoints
+    from llama_np import extend_bpe, finetune, resize
+    from llama_np.chinese import corpus
+    from llama_np.files import hub
+    from llama_np.training.trainer import LATEST, checkpoints
 
     out = args.out
     os.makedirs(out, exist_ok=True)
@@ -139,7 +141,7 @@ def main(argv=None):
 
     def record(name, **values):
         results["steps"].setdefault(name, {}).update(values)
-        from llama_np.atomic_write import atomic_write_text
+        from llama_np.files.atomic import atomic_write_text
         atomic_write_text(results_path, json.dumps(results, indent=2, ensure_ascii=False) + "\n")
         atomic_write_text(os.path.join(out, "results.md"), results_markdown(results))
 
@@ -229,7 +231,7 @@ def held_out_bits_per_char(model_path, adapter, n_ctx, windows):
     bits / those characters. Returns a PerplexityResult (ppl and nll per scored token)."""
     import numpy as np
     from llama_np.checkpoint import load_model
-    from llama_np.lora import apply_adapters
+    from llama_np.llama.adapter import apply_adapters
     from llama_np.perplexity import corpus_text, summarize, token_nll
 
     model, tokenizer = load_model(model_path)
@@ -267,7 +269,7 @@ def stage1_left_transformer_alone(model_path, adapter_dir):
     sha256 of each tensor's bytes."""
     from llama_np.checkpoint import load_model
     from llama_np.checkpoint.peft import load_adapter
-    from llama_np.lora import EMBED, LM_HEAD, merge
+    from llama_np.llama.adapter import EMBED, LM_HEAD, merge
 
     model, _ = load_model(model_path)
     adapter = load_adapter(adapter_dir, tied_base=model.config.tie_word_embeddings)
@@ -288,7 +290,7 @@ def _training_summary(folder):
     """Tokens seen, final loss and time of a finetune run, from its train_log.jsonl. The time
     is the sum of the steps' own: a stage resumed after an interruption counts each step
     once, where the clock of the last run would count only the steps since the resume."""
-    from llama_np.train import LOG_FILE, read_log
+    from llama_np.training.trainer import LOG_FILE, read_log
     log = [r for r in read_log(os.path.join(folder, LOG_FILE)) if "loss" in r]
     tokens = sum(r.get("tokens", 0) for r in log)
     return {"final_loss": log[-1]["loss"] if log else None, "tokens": tokens or None,
@@ -322,7 +324,7 @@ def plot_results(results, png_path):
     lines."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    from llama_np.train import save_figure
+    from llama_np.training.trainer import save_figure
 
     steps = results["steps"]
     fig = Figure(figsize=(7, 4))

@@ -3,7 +3,7 @@
     python -m llama_np.extend_bpe --out zh_tok                                    # 49,152 → 53,152 tokens
     python -m llama_np.resize --tokenizer zh_tok --out smollm2-zh.gguf            # embeddings to match
 
-A vocabulary extension (llama_np.vocab_bpe, llama_np.vocab_sentencepiece) keeps every old
+A vocabulary extension (llama_np.chinese.vocab_bpe, llama_np.chinese.vocab_sentencepiece) keeps every old
 token's id and appends the new ones. The model must follow: its token embedding
 `embed_tokens` [V, D] and output head `lm_head` [V, D] grow to [V′, D] by *appending* rows
 (Chinese-LLaMA: `model.resize_token_embeddings(len(tokenizer))`). The old rows are not
@@ -38,7 +38,7 @@ import sys
 
 import numpy as np
 
-from llama_np import cli
+from llama_np.cli import common as cli
 
 INIT_METHODS = ("pieces", "mean")
 # Measured on the default model with the 4,000-token BPE extension (llama_np.extend_bpe),
@@ -62,7 +62,7 @@ class ResizeError(ValueError):
 def new_token_pieces(old_tokenizer, new_tokenizer, old_size):
     """For each token id old_size … V′-1 of `new_tokenizer`, the ids of the old tokens
     that spell it under `old_tokenizer` (a list of lists)."""
-    from llama_np.vocab_bpe import BYTE_SYMBOLS, token_bytes
+    from llama_np.chinese.vocab_bpe import BYTE_SYMBOLS, token_bytes
 
     pieces = []
     for token_id in range(old_size, new_tokenizer.vocab_size):
@@ -105,7 +105,7 @@ def _rows(matrix, ids):
 def append_rows(matrix, rows):
     """`matrix` [V, D] with `rows` [N, D] appended: [V + N, D]. A QuantizedMatrix keeps
     its old blocks byte for byte and gets the new rows quantized to its own type."""
-    from llama_np.quant import QuantizedMatrix, quantize
+    from llama_np.quant.quant import QuantizedMatrix, quantize
 
     if isinstance(matrix, QuantizedMatrix):
         data = np.concatenate([np.asarray(matrix.data), quantize(rows, matrix.qtype)])
@@ -133,7 +133,7 @@ def resize_vocabulary(config, weights, pieces, init=DEFAULT_INIT):
 def resize_model(model, old_tokenizer, new_tokenizer, init=DEFAULT_INIT):
     """A new `Llama` whose vocabulary is `new_tokenizer`'s, which must extend
     `old_tokenizer`'s (same tokens first)."""
-    from llama_np.model import Llama
+    from llama_np.llama.model import Llama
 
     check_extends(old_tokenizer, new_tokenizer, model.config.vocab_size)
     pieces = new_token_pieces(old_tokenizer, new_tokenizer, model.config.vocab_size)
@@ -180,9 +180,9 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     cli.set_threads(args.threads)
-    from llama_np import hub
+    from llama_np.files import hub
     from llama_np.checkpoint import load_model
-    from llama_np.tokenizer import load_tokenizer
+    from llama_np.tokenizer.tokenizers import load_tokenizer
 
     base = hub.resolve_model(args.model)
     model, old_tokenizer = load_model(base)
@@ -201,7 +201,7 @@ def write_gguf(out, base, model, tokenizer_path):
     """The resized model as a GGUF: the base's general.* metadata, the extended tokenizer's
     tokenizer.* metadata (from its vocabulary-only GGUF), every tensor in its base type."""
     from llama_np.checkpoint.gguf_writer import metadata_from_gguf, write_llama_gguf
-    from llama_np.quant import QuantizedMatrix
+    from llama_np.quant.quant import QuantizedMatrix
 
     if os.path.isdir(base):
         raise ValueError("a .gguf output needs a .gguf model; write a Hugging Face folder instead")
@@ -218,7 +218,7 @@ def write_gguf(out, base, model, tokenizer_path):
 def write_hf(out, model, tokenizer_path):
     """The resized model as a Hugging Face folder (float32) with the extended tokenizer's files."""
     from llama_np.checkpoint.safetensors import save_hf
-    from llama_np.lora import dense
+    from llama_np.llama.adapter import dense
 
     if not os.path.isdir(tokenizer_path):
         raise ValueError(f"--tokenizer {tokenizer_path}: a Hugging Face output needs a tokenizer folder")

@@ -14,14 +14,14 @@ paragraphs):
     python -m llama_np.tokenizer_stats default smollm2-zh/ --part held_out
     python -m llama_np.tokenizer_stats default --corpus my_text.txt --example "你好，世界"
 
-Each tokenizer is anything `llama_np.tokenizer.load_tokenizer` reads (a SentencePiece
+Each tokenizer is anything `llama_np.tokenizer.tokenizers.load_tokenizer` reads (a SentencePiece
 `.model`, a GGUF file, a Hugging Face folder), or "default" for the default model's.
 """
 import argparse
 import os
 from dataclasses import dataclass
 
-from llama_np import cli
+from llama_np.cli import common as cli
 
 PAPER_TABLE_1_SENTENCE = "人工智能是计算机科学、心理学、哲学等学科融合的交叉学科。"
 
@@ -69,8 +69,8 @@ def token_texts(tokenizer, ids):
     newline as "\\n"; a token that holds only part of a character is shown as its bytes
     ("<E5 93>").
     """
-    from llama_np.tokenizer import SentencePieceTokenizer
-    from llama_np.vocab_bpe import SYMBOL_BYTES, readable_token
+    from llama_np.tokenizer.tokenizers import SentencePieceTokenizer
+    from llama_np.chinese.vocab_bpe import SYMBOL_BYTES, readable_token
 
     texts = []
     for i in ids:
@@ -95,7 +95,7 @@ def format_example(tokenizers, names, text):
 # ----- the command line -----------------------------------------------------------------------
 
 def parse_args(argv=None):
-    from llama_np import corpus
+    from llama_np.chinese import corpus
 
     parser = argparse.ArgumentParser(
         prog="python -m llama_np.tokenizer_stats",
@@ -119,8 +119,9 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    from llama_np import corpus, hub
-    from llama_np.tokenizer import load_tokenizer
+    from llama_np.chinese import corpus
+    from llama_np.files import hub
+    from llama_np.tokenizer.tokenizers import load_tokenizer
 
     if args.corpus:
         documents = [line for path in args.corpus for line in corpus.read_text_file(path)]

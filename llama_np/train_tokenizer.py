@@ -5,17 +5,17 @@ model on Chinese text, to merge into a base model with `python -m llama_np.merge
     python -m llama_np.train_tokenizer --out zh.model --vocab-size 8000 --corpus my_text.txt
 
 Without `--corpus` it learns from the training part of llama_np's Chinese corpus
-(`llama_np.corpus`: cmrc2018 Wikipedia paragraphs and Song ci, held-out documents excluded),
+(`llama_np.chinese.corpus`: cmrc2018 Wikipedia paragraphs and Song ci, held-out documents excluded),
 so that evaluation on the held-out part stays fair. A corpus file is UTF-8 text, one
 document (sentence, paragraph) per line.
 """
 import argparse
 
-from llama_np import cli
+from llama_np.cli import common as cli
 
 
 def parse_args(argv=None):
-    from llama_np.vocab_sentencepiece import DEFAULT_CHARACTER_COVERAGE, DEFAULT_MODEL_TYPE
+    from llama_np.chinese.vocab_sentencepiece import DEFAULT_CHARACTER_COVERAGE, DEFAULT_MODEL_TYPE
 
     parser = argparse.ArgumentParser(
         prog="python -m llama_np.train_tokenizer",
@@ -36,8 +36,8 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    from llama_np import corpus
-    from llama_np.vocab_sentencepiece import train_model, write_model
+    from llama_np.chinese import corpus
+    from llama_np.chinese.vocab_sentencepiece import train_model, write_model
 
     if args.corpus:
         documents = [line for path in args.corpus for line in corpus.read_text_file(path)]

@@ -16,7 +16,7 @@ if not os.environ.get("LLAMA_NP_DATA"):
 @pytest.fixture(scope="session")
 def real_model_path():
     """The default SmolLM2-135M-Instruct Q4_1 GGUF (fetched once into the cache)."""
-    from llama_np import hub
+    from llama_np.files import hub
     try:
         return hub.default_model_path()
     except hub.HubError as e:
@@ -63,7 +63,7 @@ def save_tiny_llama(folder, *, tied, vocab=97, hidden=64, layers=2, heads=4, kv_
 @pytest.fixture(scope="session")
 def llama_sp_model():
     """The LLaMA SentencePiece tokenizer.model (karpathy/llama2.c) from the data mirror."""
-    from llama_np import hub
+    from llama_np.files import hub
     try:
         return hub.data_path("karpathy/llama2.c/tokenizer.model")
     except hub.HubError as e:

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import save_tiny_llama
 from llama_np.checkpoint.safetensors import CheckpointError, load_hf
-from llama_np.model import Llama
+from llama_np.llama.model import Llama
 
 torch = pytest.importorskip("torch")
 

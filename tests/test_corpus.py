@@ -4,8 +4,9 @@ import json
 
 import pytest
 
-from llama_np import corpus, hub
-from llama_np.corpus import CorpusError
+from llama_np.chinese import corpus
+from llama_np.files import hub
+from llama_np.chinese.corpus import CorpusError
 
 
 @pytest.fixture(scope="module")

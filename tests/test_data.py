@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from llama_np import data
-from llama_np.ops import IGNORE_INDEX
+from llama_np.training import data
+from llama_np.ops.ops import IGNORE_INDEX
 
 
 class CharTokenizer:
@@ -59,7 +59,7 @@ def test_long_examples_are_truncated_and_prompt_only_ones_reported():
 
 
 def test_real_tokenizer_masks_the_template(real_model_path):
-    from llama_np.tokenizer import load_tokenizer
+    from llama_np.tokenizer.tokenizers import load_tokenizer
     tok = load_tokenizer(real_model_path)
     record = {"instruction": "Name a colour.", "input": "", "output": "Blue."}
     [example], _ = data.alpaca_examples([record], tok, 512)
@@ -76,7 +76,7 @@ def test_alpaca_json_and_jsonl_read_the_same(tmp_path):
 
 
 def test_the_demo_file_reads(tmp_path):
-    from llama_np import hub
+    from llama_np.files import hub
     records = data.read_alpaca(hub.data_path("hiyouga/LLaMA-Factory/data/alpaca_en_demo.json"))
     assert len(records) == 999
 

@@ -4,12 +4,13 @@ over the KV cache, and on the real model the same greedy tokens with and without
 import numpy as np
 import pytest
 
-from llama_np import kernels, ops
-from llama_np.generation import generate
-from llama_np.config import LlamaConfig
-from llama_np.model import Llama, expected_shapes
-from llama_np.quant import QuantizedMatrix
-from llama_np.sample import Sampler, SamplingSettings
+from llama_np.kernels import native as kernels
+from llama_np.ops import ops
+from llama_np.llama.generation import generate
+from llama_np.llama.config import LlamaConfig
+from llama_np.llama.model import Llama, expected_shapes
+from llama_np.quant.quant import QuantizedMatrix
+from llama_np.llama.sampling import Sampler, SamplingSettings
 
 needs_kernels = pytest.mark.skipif(not kernels.AVAILABLE, reason="C kernels not built")
 PROMPTS = [
@@ -99,7 +100,7 @@ def test_int8_activations_switch_both_paths_to_llama_cpp_arithmetic():
 def test_decode_falls_back_to_the_block_for_weights_the_kernel_cannot_take():
     """A weight of another kind (here a LoRA wrapper) makes the model decode op by op,
     with the same logits; putting the plain weight back brings the fused path back."""
-    from llama_np.lora import LoraLinear
+    from llama_np.llama.adapter import LoraLinear
 
     config = decode_config()
     weights = decode_weights(config, ("Q4_1",))

@@ -101,6 +101,6 @@ def test_bad_prompt_file_is_one_line(tiny, tmp_path, capsys, content, message):
 
 
 def test_the_paper_prompts_are_160_in_10_categories():
-    from llama_np import hub
+    from llama_np.files import hub
     prompts = evaluate.read_prompts(hub.data_path(evaluate.PROMPTS_FILE))
     assert len(prompts) == 160 and len({p["category"] for p in prompts}) == 10

@@ -3,7 +3,7 @@ import hashlib
 
 import pytest
 
-from llama_np import hub
+from llama_np.files import hub
 
 
 def test_mirror_file_is_found_and_verified():

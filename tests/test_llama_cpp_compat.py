@@ -13,7 +13,8 @@ differ by up to about one logit on the real model even when reading identical bl
 import numpy as np
 import pytest
 
-from llama_np import cli, perplexity, quantize
+from llama_np import perplexity, quantize
+from llama_np.cli import common as cli
 from llama_np.checkpoint import load_model
 
 from test_quantize_cli import CORPUS, PROMPT, save_tiny_bpe_model

@@ -3,11 +3,12 @@
 import numpy as np
 import pytest
 
-from llama_np import lora, ops
-from llama_np.config import LlamaConfig
-from llama_np.model import Llama, expected_shapes
-from llama_np.quant import QuantizedMatrix
-from llama_np.training import TrainableLlama
+from llama_np.llama import adapter as lora
+from llama_np.ops import ops
+from llama_np.llama.config import LlamaConfig
+from llama_np.llama.model import Llama, expected_shapes
+from llama_np.quant.quant import QuantizedMatrix
+from llama_np.training.trainable import TrainableLlama
 
 from test_backward import check_grads, finite_difference, relative_error, RTOL
 

@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 
 from conftest import save_tiny_llama
-from llama_np import lora, merge_lora, quant
+from llama_np import merge_lora
+from llama_np.llama import adapter as lora
+from llama_np.quant import quant
 from llama_np.checkpoint.gguf import gguf_name, load_gguf, permute_qk
 from llama_np.checkpoint.peft import save_adapter
 from llama_np.checkpoint.safetensors import load_hf
-from llama_np.model import Llama
+from llama_np.llama.model import Llama
 
 from test_lora import tiny_config, tiny_weights
 from test_train_cli import run_cli

@@ -4,11 +4,12 @@ import numpy as np
 import pytest
 
 from conftest import save_tiny_llama
-from llama_np import lora, ops
+from llama_np.llama import adapter as lora
+from llama_np.ops import ops
 from llama_np.checkpoint.peft import load_adapter, save_adapter
 from llama_np.checkpoint.safetensors import load_hf
-from llama_np.model import Llama
-from llama_np.training import TrainableLlama
+from llama_np.llama.model import Llama
+from llama_np.training.trainable import TrainableLlama
 
 torch = pytest.importorskip("torch")
 peft = pytest.importorskip("peft")

@@ -6,8 +6,9 @@ import sys
 
 import pytest
 
-from llama_np import corpus, hub
-from llama_np.vocab_sentencepiece import MERGED_PIECE_SCORE, NORMAL, load_processor, merge_models, read_model
+from llama_np.chinese import corpus
+from llama_np.files import hub
+from llama_np.chinese.vocab_sentencepiece import MERGED_PIECE_SCORE, NORMAL, load_processor, merge_models, read_model
 
 spm = pytest.importorskip("sentencepiece")
 

@@ -4,9 +4,9 @@ import pytest
 
 from conftest import save_tiny_llama
 from llama_np.checkpoint.safetensors import load_hf
-from llama_np.model import Llama
-from llama_np.sample import Sampler, SamplingSettings
-from llama_np.generation import generate
+from llama_np.llama.model import Llama
+from llama_np.llama.sampling import Sampler, SamplingSettings
+from llama_np.llama.generation import generate
 
 torch = pytest.importorskip("torch")
 

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from conftest import save_tiny_llama
-from llama_np import cli, perplexity
+from llama_np import perplexity
+from llama_np.cli import common as cli
 from llama_np.checkpoint.safetensors import load_hf
-from llama_np.model import Llama
+from llama_np.llama.model import Llama
 
 from test_quantize_cli import CORPUS, save_tiny_bpe_model
 
@@ -81,7 +82,7 @@ def tiny_model(tmp_path_factory):
 
 def test_matches_a_direct_computation_with_transformers(tiny_model):
     torch = pytest.importorskip("torch")
-    from llama_np.tokenizer import Tokenizer
+    from llama_np.tokenizer.tokenizers import Tokenizer
     folder, torch_model = tiny_model
     config, weights = load_hf(folder)
     tok = Tokenizer.from_hf_dir(folder)

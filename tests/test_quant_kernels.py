@@ -1,5 +1,5 @@
 """The C quantized-matmul kernels (kernels/quant_matmul.c) against their NumPy reference
-llama_np.quant.quant_matmul, on odd sizes that exercise every tail of the tiling, and the
+llama_np.quant.quant.quant_matmul, on odd sizes that exercise every tail of the tiling, and the
 checks that keep bad arguments away from C."""
 import functools
 import glob
@@ -9,8 +9,9 @@ import os
 import numpy as np
 import pytest
 
-from llama_np import kernels, quant
-from llama_np.quant import QK, QuantizedMatrix
+from llama_np.kernels import native as kernels
+from llama_np.quant import quant
+from llama_np.quant.quant import QK, QuantizedMatrix
 
 pytestmark = pytest.mark.skipif(not kernels.AVAILABLE, reason="C kernels not built")
 
@@ -206,7 +207,7 @@ def test_portable_build_runs_the_model_like_numpy(portable_lib, monkeypatch):
     """The whole model on the portable kernels (prefill GEMM, fused decode block, attention,
     RMSNorm, RoPE in plain C) against the NumPy path."""
     from test_decode_kernels import decode_config, decode_weights
-    from llama_np.model import Llama
+    from llama_np.llama.model import Llama
 
     monkeypatch.setattr(kernels, "ffi", portable_lib.ffi)
     monkeypatch.setattr(kernels, "lib", portable_lib.lib)

@@ -9,13 +9,15 @@ import numpy as np
 import pytest
 
 from conftest import save_tiny_llama
-from llama_np import cli, quant, quantize
+from llama_np import quantize
+from llama_np.cli import common as cli
+from llama_np.quant import quant
 from llama_np.checkpoint import load_model
 from llama_np.checkpoint.gguf import load_gguf
 from llama_np.checkpoint.gguf_file import GGUFFile
 from llama_np.checkpoint.safetensors import load_hf
-from llama_np.model import Llama
-from llama_np.tokenizer import Tokenizer
+from llama_np.llama.model import Llama
+from llama_np.tokenizer.tokenizers import Tokenizer
 
 CORPUS = ["The quick brown fox jumps over the lazy dog.", "Paris is the capital of France.",
           "In 1969, 2 astronauts walked on the Moon.", "Write a short poem about the sea.",

@@ -3,8 +3,8 @@ dequantizes the same file to float32."""
 import numpy as np
 import pytest
 
-from llama_np.generation import generate
-from llama_np.sample import Sampler, SamplingSettings
+from llama_np.llama.generation import generate
+from llama_np.llama.sampling import Sampler, SamplingSettings
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.slow

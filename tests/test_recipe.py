@@ -7,7 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from llama_np import lora, quantize, recipe
+from llama_np import quantize, recipe
+from llama_np.llama import adapter as lora
 from llama_np.checkpoint.peft import save_adapter
 from test_train_cli import run_cli, tiny_model_folder
 
@@ -22,7 +23,7 @@ def tiny_gguf(tmp_path_factory):
     tiny_model_folder(folder / "hf")
     path = str(folder / "tiny.gguf")
     with pytest.raises(SystemExit) as done:
-        from llama_np import cli
+        from llama_np.cli import common as cli
         cli.run(lambda: quantize.main([str(folder / "hf"), "--type", "F32", "--out", path, "--quiet"]))
     assert done.value.code == 0
     return path
@@ -59,7 +60,7 @@ def test_an_interrupted_stage_resumes_from_its_checkpoint(tiny_gguf, tmp_path, c
     """Stage 2 dies (as if killed) before step 4 (a checkpoint was saved at step 2: the rerun
     resumes there) or before step 2 (no checkpoint yet: the stage starts again). Either way
     the rerun trains each step once, and the checkpoints give the stage's learning curve."""
-    from llama_np.train import LOG_FILE, Trainer, read_log
+    from llama_np.training.trainer import LOG_FILE, Trainer, read_log
     args = ["--model", tiny_gguf, "--out", str(tmp_path / "recipe"), "--save-every", "2",
             "--keep-checkpoints", "5"] + TINY_RECIPE + ["--stage2-steps", "5"]
     step = Trainer.train_step

@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 
 from conftest import save_tiny_llama
-from llama_np import lora, quant, resize
+from llama_np import resize
+from llama_np.llama import adapter as lora
+from llama_np.quant import quant
 from llama_np.checkpoint.safetensors import load_hf
-from llama_np.model import Llama
+from llama_np.llama.model import Llama
 from test_train_cli import run_cli, tiny_model_folder
 
 NEW_WORDS = ["中国", "北京", "你好"]
@@ -59,8 +61,8 @@ def test_real_model_old_token_logits_bit_identical(real_model):
     """The must-hold on the default model: a BPE extension learned here, the Q8_0 tied
     embedding grown, and an English text (old tokens only) gives the same logits."""
     from llama_np.checkpoint.gguf_file import GGUFFile
-    from llama_np.tokenizer import Tokenizer
-    from llama_np.vocab_bpe import extended_metadata, learn_extension
+    from llama_np.tokenizer.tokenizers import Tokenizer
+    from llama_np.chinese.vocab_bpe import extended_metadata, learn_extension
 
     model, tokenizer = real_model
     base = GGUFFile(tokenizer.source).metadata

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from llama_np.generation import StopStringFilter
-from llama_np.sample import (Sampler, SamplingSettings, apply_repetition_penalty, top_k_filter,
+from llama_np.llama.generation import StopStringFilter
+from llama_np.llama.sampling import (Sampler, SamplingSettings, apply_repetition_penalty, top_k_filter,
                              top_p_filter)
 
 torch = pytest.importorskip("torch")

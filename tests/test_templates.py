@@ -2,7 +2,7 @@
 transformers' `apply_chat_template`, and the sandbox."""
 import pytest
 
-from llama_np.templates import render_chat, resolve_template, stop_strings_for
+from llama_np.tokenizer.templates import render_chat, resolve_template, stop_strings_for
 
 ALPACA_ONE_TURN = ("Below is an instruction that describes a task. Write a response that appropriately "
                    "completes the request.\n\n### Instruction:\n\n{instruction}\n\n### Response:\n\n")

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from llama_np.tokenizer import Tokenizer, TokenizerError, load_tokenizer
+from llama_np.tokenizer.tokenizers import Tokenizer, TokenizerError, load_tokenizer
 
 MIXED = "Hello, world! 你好，世界。 🦙🚀 def f(x):\n    return x**2  # 12345\n\n\t end <|im_start|>"
 TEXTS = [
@@ -114,7 +114,7 @@ def test_bpe_pieces(smol, hf_smol):
 
 
 def test_model_chat_template_renders_like_transformers(smol, hf_smol):
-    from llama_np.templates import render_chat
+    from llama_np.tokenizer.templates import render_chat
     messages = [{"role": "user", "content": "Hi!"}, {"role": "assistant", "content": "Hello."},
                 {"role": "user", "content": "2+2?"}]
     for conversation in (messages, [{"role": "system", "content": "Be brief."}] + messages):
@@ -378,7 +378,7 @@ def test_gguf_metadata_errors():
 
 def test_import_is_cheap():
     """The chat's time to first token: importing the module loads no tokenizer library."""
-    code = ("import sys, llama_np.tokenizer, llama_np.templates; "
+    code = ("import sys, llama_np.tokenizer.tokenizers, llama_np.tokenizer.templates; "
             "print(sorted(m for m in ('tokenizers', 'sentencepiece', 'jinja2', 'transformers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

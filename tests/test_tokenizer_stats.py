@@ -4,11 +4,12 @@ import sys
 
 import pytest
 
-from llama_np import corpus, hub
-from llama_np.tokenizer import load_tokenizer
+from llama_np.chinese import corpus
+from llama_np.files import hub
+from llama_np.tokenizer.tokenizers import load_tokenizer
 from llama_np.tokenizer_stats import (PAPER_TABLE_1_SENTENCE, TokenizerStats, format_example, format_table,
                                       measure, token_texts)
-from llama_np.vocab_sentencepiece import merge_models, read_model, write_model
+from llama_np.chinese.vocab_sentencepiece import merge_models, read_model, write_model
 
 LLAMA = "karpathy/llama2.c/tokenizer.model"
 CHINESE_SP = "ymcui/Chinese-LLaMA-Alpaca/scripts/merge_tokenizer/chinese_sp.model"

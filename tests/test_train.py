@@ -7,9 +7,10 @@ import signal
 import numpy as np
 import pytest
 
-from llama_np import lora, train
-from llama_np.data import BatchSchedule, Example
-from llama_np.training import TrainableLlama
+from llama_np.llama import adapter as lora
+from llama_np.training import trainer as train
+from llama_np.training.data import BatchSchedule, Example
+from llama_np.training.trainable import TrainableLlama
 
 from test_lora import tiny_config, tiny_weights
 
@@ -106,7 +107,7 @@ def test_gradient_accumulation_equals_one_big_batch(tmp_path):
         _, _, tape = model.forward(ids, labels, n_targets_total=total)
         for k, g in model.backward(tape).items():
             summed[k] = summed.get(k, 0) + g
-    from llama_np.data import collate
+    from llama_np.training.data import collate
     examples = [batches.examples[i] for i in batches.order(0)[:6]]
     ids, labels = collate(examples, 0)
     _, _, whole = model.loss_and_grads(ids, labels)

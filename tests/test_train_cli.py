@@ -10,7 +10,10 @@ import numpy as np
 import pytest
 
 from conftest import REPO, save_tiny_llama
-from llama_np import cli, finetune, lora, train
+from llama_np import finetune
+from llama_np.cli import common as cli
+from llama_np.llama import adapter as lora
+from llama_np.training import trainer as train
 
 CORPUS = ["The quick brown fox jumps over the lazy dog.", "Paris is the capital of France.",
           "Two plus two is four.", "Write a short poem about the sea.", "Name three colours: red, blue, green."]
@@ -25,7 +28,7 @@ def tiny_model_folder(folder, tied=True, hidden=64, heads=4, kv_heads=2):
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<pad>", "<s>", "</s>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    from llama_np.data import TRAIN_TEMPLATE  # so that prompts fit the tiny model's 128 positions
+    from llama_np.training.data import TRAIN_TEMPLATE  # so that prompts fit the tiny model's 128 positions
     tok.train_from_iterator(CORPUS * 5 + [TRAIN_TEMPLATE] * 20, trainer)
     save_tiny_llama(folder, tied=tied, vocab=tok.get_vocab_size(), hidden=hidden, heads=heads, kv_heads=kv_heads)
     tok.save(os.path.join(folder, "tokenizer.json"))

@@ -1,4 +1,4 @@
-"""Byte-level BPE extension of the default model (llama_np.vocab_bpe, llama_np.extend_bpe),
+"""Byte-level BPE extension of the default model (llama_np.chinese.vocab_bpe, llama_np.extend_bpe),
 checked with HF `tokenizers` and transformers loading what it writes, and transformers'
 own loading of the original GGUF."""
 import json
@@ -9,10 +9,11 @@ import sys
 
 import pytest
 
-from llama_np import corpus, hub
+from llama_np.chinese import corpus
+from llama_np.files import hub
 from llama_np.checkpoint.gguf_file import GGUFFile
-from llama_np.tokenizer import Tokenizer, load_tokenizer
-from llama_np.vocab_bpe import (BPEExtension, VocabularyError, extended_metadata, learn_extension,
+from llama_np.tokenizer.tokenizers import Tokenizer, load_tokenizer
+from llama_np.chinese.vocab_bpe import (BPEExtension, VocabularyError, extended_metadata, learn_extension,
                                 save_hf_tokenizer, token_bytes, write_tokenizer_gguf)
 
 N_NEW = 2_000  # enough for the 0.6x bound (0.53x measured), small enough to learn in seconds

@@ -1,14 +1,16 @@
-"""Reading, writing and training SentencePiece models (llama_np.vocab_sentencepiece,
-llama_np.protowire), checked against the `sentencepiece` library itself."""
+"""Reading, writing and training SentencePiece models (llama_np.chinese.vocab_sentencepiece,
+llama_np.tokenizer.protowire), checked against the `sentencepiece` library itself."""
 import os
 import subprocess
 import sys
 
 import pytest
 
-from llama_np import corpus, hub, protowire
-from llama_np.atomic_write import atomic_path
-from llama_np.vocab_sentencepiece import (BYTE, CONTROL, NORMAL, UNKNOWN, SentencePieceModelError,
+from llama_np.chinese import corpus
+from llama_np.files import hub
+from llama_np.tokenizer import protowire
+from llama_np.files.atomic import atomic_path
+from llama_np.chinese.vocab_sentencepiece import (BYTE, CONTROL, NORMAL, UNKNOWN, SentencePieceModelError,
                                           load_processor, parse_model, read_model, serialize_model,
                                           train_model, write_model)
 

@@ -6,8 +6,8 @@ import os
 def load_model(path, use_kernels=True):
     """(Llama, Tokenizer) from a `.gguf` file or a Hugging Face folder (config.json +
     safetensors + tokenizer files)."""
-    from llama_np.model import Llama
-    from llama_np.tokenizer import Tokenizer
+    from llama_np.llama.model import Llama
+    from llama_np.tokenizer.tokenizers import Tokenizer
 
     path = os.fspath(path)
     if os.path.isdir(path):

@@ -11,9 +11,9 @@ Quantized tensors stay quantized (`QuantizedMatrix` over the blocks, read once i
 `GGUFFile.read_into_memory`).
 """
 from llama_np.checkpoint.gguf_file import GGUFError, GGUFFile
-from llama_np.config import LlamaConfig
-from llama_np.model import check_weights
-from llama_np.quant import QuantizedMatrix
+from llama_np.llama.config import LlamaConfig
+from llama_np.llama.model import check_weights
+from llama_np.quant.quant import QuantizedMatrix
 
 # GGUF tensor name → Hugging Face name; `{i}` is the layer index.
 GGUF_TO_HF = {

@@ -25,11 +25,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from llama_np import protowire
+from llama_np.tokenizer import protowire
 from llama_np.checkpoint.gguf import gguf_name, permute_qk
-from llama_np.model import expected_shapes
-from llama_np.quant import BLOCK_BYTES, QK, QuantizedMatrix, dequantize, quantize
-from llama_np.tokenizer import (TOKEN_CONTROL, TOKEN_NORMAL, TOKEN_UNKNOWN, TOKEN_UNUSED,
+from llama_np.llama.model import expected_shapes
+from llama_np.quant.quant import BLOCK_BYTES, QK, QuantizedMatrix, dequantize, quantize
+from llama_np.tokenizer.tokenizers import (TOKEN_CONTROL, TOKEN_NORMAL, TOKEN_UNKNOWN, TOKEN_UNUSED,
                                 TOKEN_USER_DEFINED, Tokenizer)
 
 FLOAT_TYPES = {"F32": np.float32, "F16": np.float16}
@@ -153,7 +153,7 @@ def _sentencepiece_vocabulary(path, tokenizer):
     """A SentencePiece model's pieces as a "llama" vocabulary; tokens the folder adds beyond
     the pieces (e.g. Chinese-Alpaca's "[PAD]" = 49953) follow as control tokens, as llama_np's
     SentencePiece tokenizer treats them. Returns (metadata, unknown token id)."""
-    from llama_np.vocab_sentencepiece import read_model
+    from llama_np.chinese.vocab_sentencepiece import read_model
 
     model = read_model(path)
     tokens = [p.text for p in model.pieces]
@@ -297,7 +297,7 @@ def write_llama_gguf(path, config, weights, tensor_types, metadata, progress=Tru
     """
     import gguf
 
-    from llama_np.atomic_write import atomic_path
+    from llama_np.files.atomic import atomic_path
 
     plan = []  # (hf name, gguf name, shape, type), in the order written
     for name, shape in expected_shapes(config).items():

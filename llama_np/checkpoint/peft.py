@@ -21,7 +21,7 @@ import re
 import numpy as np
 
 from llama_np.checkpoint.safetensors import CheckpointError, read_safetensors
-from llama_np.lora import (EMBED, LM_HEAD, PROJECTIONS, SAVABLE_MODULES, Adapter, AdapterError,
+from llama_np.llama.adapter import (EMBED, LM_HEAD, PROJECTIONS, SAVABLE_MODULES, Adapter, AdapterError,
                            LoraConfig)
 
 CONFIG_FILE = "adapter_config.json"

@@ -2,7 +2,7 @@
 
 Each `*_forward` returns its output and a `cache`: exactly what the matching `*_backward`
 needs to compute gradients. Inference ignores the cache; training keeps it. The C kernels in
-`llama_np.kernels` are checked against these functions.
+`llama_np.kernels.native` are checked against these functions.
 
 Shapes: T tokens in this call, S tokens attended to (cached + new), D model width,
 H query heads, H_kv key/value heads, hd head dim, F SwiGLU width, V vocabulary.

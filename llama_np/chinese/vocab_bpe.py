@@ -4,7 +4,7 @@ The default model (SmolLM2) tokenizes with byte-level BPE: a word's UTF-8 bytes 
 pair by pair, in the order of a learned merge list. Its 48,900 merges were learned on
 English, so a Chinese character — three bytes — usually stays two or three tokens
 (1.74 tokens per character on the cmrc2018 Wikipedia text). Chinese-LLaMA's remedy (append
-a Chinese SentencePiece vocabulary; llama_np.vocab_sentencepiece) has a BPE twin: *keep
+a Chinese SentencePiece vocabulary; llama_np.chinese.vocab_sentencepiece) has a BPE twin: *keep
 training the same BPE on Chinese text*, starting from where the original merges leave it.
 
     1. Cut the Chinese training text into words with the model's own pre-tokenizer, and
@@ -35,8 +35,8 @@ import os
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 
-from llama_np.atomic_write import atomic_path, atomic_write_text
-from llama_np.tokenizer import TOKEN_NORMAL, Tokenizer, TokenizerError
+from llama_np.files.atomic import atomic_path, atomic_write_text
+from llama_np.tokenizer.tokenizers import TOKEN_NORMAL, Tokenizer, TokenizerError
 
 DEFAULT_NEW_TOKENS = 4_000  # 0.47x the tokens on cmrc2018 (notebook 04 measures other sizes)
 DEFAULT_MIN_FREQUENCY = 2    # a pair seen once is memorizing the corpus, not learning Chinese
@@ -263,7 +263,7 @@ def save_hf_tokenizer(metadata, folder):
 def write_tokenizer_gguf(metadata, path):
     """Write the `general.architecture` and `tokenizer.*` entries of GGUF `metadata` as a
     GGUF file with no tensors — a vocabulary-only GGUF, like llama.cpp's
-    models/ggml-vocab-*.gguf — atomically. `llama_np.tokenizer.load_tokenizer(path)` reads it."""
+    models/ggml-vocab-*.gguf — atomically. `llama_np.tokenizer.tokenizers.load_tokenizer(path)` reads it."""
     import gguf
 
     keys = [key for key in metadata if key.startswith("tokenizer.")]
@@ -300,7 +300,7 @@ def _gguf_value_type(key, value):
 
 
 def _hf_backend(tokenizer):
-    """The HF `tokenizers` object behind a byte-level BPE `Tokenizer`. llama_np.tokenizer
+    """The HF `tokenizers` object behind a byte-level BPE `Tokenizer`. llama_np.tokenizer.tokenizers
     builds it (pre-tokenizer by name, decoder, special tokens); reusing it here keeps one
     definition of what a GGUF BPE vocabulary means."""
     backend = getattr(tokenizer, "_backend", None)

@@ -1,8 +1,8 @@
-"""The Python face of the C kernels in `kernels/` (built by cffi as `llama_np._kernels`).
+"""The Python face of the C kernels in `kernels/` (built by cffi as `llama_np.kernels._c`).
 
 Each wrapper checks dtypes, contiguity and shapes first, so that the C code can never be
 reached with arguments that would make it read or write out of bounds, then calls C.
-Each kernel has a NumPy reference in `llama_np.ops` / `llama_np.quant` with the same name
+Each kernel has a NumPy reference in `llama_np.ops.ops` / `llama_np.quant.quant` with the same name
 and a test that the two agree. Where the extension was not built, `AVAILABLE` is False and
 callers use the NumPy reference instead.
 """
@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-from llama_np.quant import BLOCK_BYTES, QK
+from llama_np.quant.quant import BLOCK_BYTES, QK
 
 # How idle OpenMP threads wait, read once when the C library (libgomp) loads. A waiting
 # thread first spins, GOMP_SPINCOUNT times, then sleeps until woken. Decoding meets ~150
@@ -25,7 +25,7 @@ if "OMP_WAIT_POLICY" not in os.environ:
     os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 
 try:
-    from llama_np._kernels import ffi, lib
+    from llama_np.kernels._c import ffi, lib
     AVAILABLE = True
 except ImportError:  # the C extension was not built: NumPy references are used
     ffi = lib = None
@@ -103,8 +103,8 @@ FORMATS = {"Q4_0": 0, "Q4_1": 1, "Q8_0": 2, "F32": 3}
 def quant_matmul(data, qtype, x, int8_activations=False):
     """C x @ W.T with W quantized: data uint8 [out, row_bytes] holding `qtype` blocks
     (read-only memory maps are fine), x float32 [T, in] → [T, out] float32.
-    NumPy reference: llama_np.quant.quant_matmul, or with int8_activations=True (x rounded
-    to 8 bits per block, llama.cpp's arithmetic) llama_np.quant.quant_matmul_int8.
+    NumPy reference: llama_np.quant.quant.quant_matmul, or with int8_activations=True (x rounded
+    to 8 bits per block, llama.cpp's arithmetic) llama_np.quant.quant.quant_matmul_int8.
 
     Decoding calls this about 200 times per token, so the buffers are passed as typed
     cffi views (`ffi.from_buffer("float[]", ...)`), the cheapest way in (≈ 3 µs a call)."""
@@ -134,7 +134,7 @@ def quant_matmul(data, qtype, x, int8_activations=False):
 def attention_forward(q, k, v):
     """C causal grouped-query attention: q [T, H, hd], k and v [S, H_kv, hd] (S ≥ T, the
     queries being the last T positions), all float32 → [T, H*hd].
-    NumPy reference: llama_np.ops.attention_forward (which also returns a backward cache)."""
+    NumPy reference: llama_np.ops.ops.attention_forward (which also returns a backward cache)."""
     _require(q, "q", np.float32, 3)
     _require(k, "k", np.float32, 3)
     _require(v, "v", np.float32, 3)
@@ -167,12 +167,12 @@ class DecodeLayer:
 
     The weights are checked once, here, and kept as C pointers (with the arrays they point
     into, so that those stay alive); each call then checks only the per-token arguments.
-    `layer` maps the keys of `llama_np.model.layer_weight_names` to weights, each a
+    `layer` maps the keys of `llama_np.llama.model.layer_weight_names` to weights, each a
     QuantizedMatrix or a float32 [out, in] array. Raises TypeError or ValueError for weights
     the kernel cannot take (the model then uses its op-by-op path)."""
 
     def __init__(self, layer, config):
-        from llama_np.quant import QuantizedMatrix
+        from llama_np.quant.quant import QuantizedMatrix
 
         hd, n_q, n_kv = config.head_dim, config.num_attention_heads, config.num_key_value_heads
         dim, hidden = config.hidden_size, config.intermediate_size   # LlamaConfig checked n_q % n_kv

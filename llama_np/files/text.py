@@ -1,6 +1,6 @@
 """Reading a user's file whole, with errors a command line can print in one line.
 
-Corpora (`llama_np.corpus`), training data (`llama_np.data`) and perplexity texts
+Corpora (`llama_np.chinese.corpus`), training data (`llama_np.training.data`) and perplexity texts
 (`llama_np.perplexity`) all come in through `read_utf8`, so they fail alike: the file named,
 then what is wrong with it — cannot be read, not UTF-8 (with the line of the first bad byte,
 which is where to look in an editor), or nothing in it but white space. Binary files (a

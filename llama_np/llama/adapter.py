@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from llama_np import ops
-from llama_np.model import layer_weight_names
+from llama_np.ops import ops
+from llama_np.llama.model import layer_weight_names
 
 # The seven projections of a LLaMA block, by their Hugging Face module names, and the key
 # `model.layer_weight_names` gives each.
@@ -404,7 +404,7 @@ def _with_copies(model_config, weights, adapter):
 
 
 def apply_adapters(model, adapter_dirs):
-    """Run `model` (a `llama_np.model.Llama`) with the PEFT LoRA adapters in `adapter_dirs`
+    """Run `model` (a `llama_np.llama.model.Llama`) with the PEFT LoRA adapters in `adapter_dirs`
     applied without merging: each adapted weight becomes a `LoraLinear` around the base
     (stacking in the given order) and modules_to_save copies replace embed_tokens/lm_head.
     Raises AdapterError (or CheckpointError for unreadable files) naming the problem.

@@ -1,4 +1,4 @@
-"""LLaMA (Touvron et al. 2023) as a composition of the ops in `llama_np.ops`.
+"""LLaMA (Touvron et al. 2023) as a composition of the ops in `llama_np.ops.ops`.
 
     ids ─ embed_tokens ─► h ─┬─ N × block ─► norm ─► lm_head ─► logits
     block(h):  h += o_proj(attention(rope(q_proj(rmsnorm(h))), rope(k_proj(·)), v_proj(·)))
@@ -16,9 +16,10 @@ Python overhead around small products, so there each block is instead one C call
 """
 import numpy as np
 
-from llama_np import kernels, ops
-from llama_np.config import LlamaConfig
-from llama_np.quant import QuantizedMatrix
+from llama_np.kernels import native as kernels
+from llama_np.ops import ops
+from llama_np.llama.config import LlamaConfig
+from llama_np.quant.quant import QuantizedMatrix
 
 
 def layer_weight_names(i):

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from llama_np.checkpoint.peft import load_adapter, save_adapter
-from llama_np.lora import EMBED, LM_HEAD
+from llama_np.llama.adapter import EMBED, LM_HEAD
 
 LATEST = "latest"                 # the file naming the newest checkpoint folder of a run
 OPTIMIZER_FILE = "optimizer.safetensors"
@@ -375,7 +375,7 @@ def plot_log(log_path, png_path):
 
 def save_figure(fig, png_path):
     """A matplotlib Figure written atomically as a PNG."""
-    from llama_np.atomic_write import atomic_path
+    from llama_np.files.atomic import atomic_path
     with atomic_path(png_path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
 

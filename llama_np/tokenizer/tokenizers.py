@@ -37,7 +37,7 @@ import json
 import os
 import re
 
-from llama_np import protowire
+from llama_np.tokenizer import protowire
 
 # Token types, as GGUF stores them in `tokenizer.ggml.token_type`. llama.cpp took them from
 # SentencePiece's ModelProto.SentencePiece.Type, so the same numbers go straight into a

@@ -9,7 +9,7 @@ context. Yields token ids as they are chosen, so callers can stream text.
 import time
 from dataclasses import dataclass
 
-from llama_np.sample import Sampler
+from llama_np.llama.sampling import Sampler
 
 
 @dataclass

@@ -33,9 +33,9 @@ Users' own corpora are plain UTF-8 text files, one document per line (`read_text
 """
 import json
 
-from llama_np import hub
-from llama_np.atomic_write import atomic_write_text
-from llama_np.text_file import read_utf8
+from llama_np.files import hub
+from llama_np.files.atomic import atomic_write_text
+from llama_np.files.text import read_utf8
 
 CMRC2018_FILE = "ymcui/cmrc2018/squad-style-data/cmrc2018_dev.json"
 SONG_CI_FILE = "chinese-poetry/chinese-poetry/宋词/宋词三百首.json"
@@ -88,7 +88,7 @@ def song_ci_poems(path=None):
 def alpaca_zh_texts(path=None):
     """The 1,000 examples of alpaca_zh_demo.json, in file order, each as its instruction,
     input (when there is one) and output on their own lines."""
-    from llama_np.data import DataError, read_alpaca
+    from llama_np.training.data import DataError, read_alpaca
     try:
         records = read_alpaca(path or hub.data_path(ALPACA_ZH_FILE))
     except DataError as e:

@@ -33,7 +33,7 @@ def add_threads_arg(parser):
 
 
 def add_sampling_args(parser):
-    """The decoding flags; defaults are the paper's settings (llama_np.sample)."""
+    """The decoding flags; defaults are the paper's settings (llama_np.llama.sampling)."""
     g = parser.add_argument_group("sampling (defaults: the paper's settings)")
     g.add_argument("--temperature", type=non_negative_float, default=0.2,
                    help="softmax temperature; 0 = greedy (default: %(default)s)")
@@ -74,24 +74,24 @@ def set_threads(n):
     """BLAS reads its thread count at import: set it before NumPy is first imported."""
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(n)
-    from llama_np import kernels
+    from llama_np.kernels import native as kernels
     kernels.set_num_threads(n)
 
 
 def sampling_settings(args):
-    from llama_np.sample import SamplingSettings
+    from llama_np.llama.sampling import SamplingSettings
     return SamplingSettings(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                             repetition_penalty=args.repetition_penalty, seed=args.seed)
 
 
 def load_for_inference(args):
     """(model, tokenizer) for --model and --adapter."""
-    from llama_np import hub
+    from llama_np.files import hub
     from llama_np.checkpoint import load_model
 
     model, tokenizer = load_model(hub.resolve_model(args.model))
     if args.adapter:
-        from llama_np.lora import apply_adapters
+        from llama_np.llama.adapter import apply_adapters
         apply_adapters(model, args.adapter)
     if getattr(args, "int8_activations", False):
         model.set_int8_activations(True)

@@ -1,6 +1,6 @@
 """The LLaMA forward pass for training, which keeps what backward needs, and that backward.
 
-Inference (`llama_np.model.Llama`) runs one sequence and forgets everything but the KV cache.
+Inference (`llama_np.llama.model.Llama`) runs one sequence and forgets everything but the KV cache.
 Training runs a batch of B sequences of T tokens at once and, block by block, keeps the
 cache of every op; the backward pass then walks the same blocks in reverse, each op's
 backward taking its own cache, and frees each block's caches as soon as it is done:
@@ -19,7 +19,7 @@ sequence (each has its own causal mask). Sequences are right-padded: under a cau
 a real token never looks at the padding after it, and padded positions carry no target,
 so padding needs no attention mask at all.
 
-The base model is frozen; what trains is an `llama_np.lora.Adapter`: LoRA matrices on the
+The base model is frozen; what trains is an `llama_np.llama.adapter.Adapter`: LoRA matrices on the
 targeted projections and full copies of embed_tokens / lm_head (modules_to_save). Frozen
 weights may be float32 or quantized (`QuantizedMatrix`): gradients flow through their
 dequantized values block by block (QLoRA), and no fp32 copy of the model is made.
@@ -28,10 +28,10 @@ import threading
 
 import numpy as np
 
-from llama_np import ops
-from llama_np.lora import EMBED, LM_HEAD, dense, lora_backward, lora_forward, lora_names
-from llama_np.model import layer_weight_names
-from llama_np.quant import QuantizedMatrix, dequantize
+from llama_np.ops import ops
+from llama_np.llama.adapter import EMBED, LM_HEAD, dense, lora_backward, lora_forward, lora_names
+from llama_np.llama.model import layer_weight_names
+from llama_np.quant.quant import QuantizedMatrix, dequantize
 
 # Positions whose logits are computed at once by the output head: the logits and their
 # gradient for HEAD_CHUNK × V (1024 × 49,152 × 4 bytes = 200 MB) exist at a time.

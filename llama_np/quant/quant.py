@@ -273,7 +273,7 @@ class QuantizedMatrix:
         matmul_t(dy) dy [..., out] → dy @ W  [..., in]    (its input gradient)
         rows(ids)    ids [...]    → W[ids]   [..., in]    (an embedding lookup)
 
-    matmul runs the C kernels of `llama_np.kernels` when they were built, else NumPy. With
+    matmul runs the C kernels of `llama_np.kernels.native` when they were built, else NumPy. With
     int8_activations=True it rounds activations to 8 bits first, as llama.cpp does
     (`quant_matmul_int8`: integer arithmetic, less exact); the default keeps them fp32.
 
@@ -336,7 +336,7 @@ class QuantizedMatrix:
 
     def matmul(self, x):
         """y = x @ W.T: x [..., in] float32 → [..., out]."""
-        from llama_np import kernels  # imported here because kernels imports this module
+        from llama_np.kernels import native as kernels  # imported here because kernels imports this module
         out_features, in_features = self.shape
         x2 = self._check_input(x, in_features, "x")                       # [T, in]
         if kernels.AVAILABLE:

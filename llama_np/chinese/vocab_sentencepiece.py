@@ -23,21 +23,21 @@ A `.model` file is a serialized `ModelProto` (sentencepiece_model.proto):
     SentencePiece  1: piece (string)   2: score (float)   3: type (enum, default NORMAL = 1)
 
 `read_model` decodes the piece list and keeps every other field as the exact bytes it
-found (llama_np.protowire); `serialize_model` writes the pieces and those bytes back.
+found (llama_np.tokenizer.protowire); `serialize_model` writes the pieces and those bytes back.
 """
 import io
 import os
 from dataclasses import dataclass
 
-from llama_np import protowire
-from llama_np.atomic_write import atomic_write_bytes
-from llama_np.text_file import read_bytes
+from llama_np.tokenizer import protowire
+from llama_np.files.atomic import atomic_write_bytes
+from llama_np.files.text import read_bytes
 # SentencePiece.Type: the same numbers GGUF uses for token types
-from llama_np.tokenizer import TOKEN_BYTE as BYTE
-from llama_np.tokenizer import TOKEN_CONTROL as CONTROL
-from llama_np.tokenizer import TOKEN_NORMAL as NORMAL
-from llama_np.tokenizer import TOKEN_UNKNOWN as UNKNOWN
-from llama_np.tokenizer import load_sentencepiece_processor
+from llama_np.tokenizer.tokenizers import TOKEN_BYTE as BYTE
+from llama_np.tokenizer.tokenizers import TOKEN_CONTROL as CONTROL
+from llama_np.tokenizer.tokenizers import TOKEN_NORMAL as NORMAL
+from llama_np.tokenizer.tokenizers import TOKEN_UNKNOWN as UNKNOWN
+from llama_np.tokenizer.tokenizers import load_sentencepiece_processor
 
 # ModelProto and SentencePiece field numbers (sentencepiece_model.proto)
 MODEL_PIECES = 1

@@ -85,7 +85,7 @@ def peak_rss_mb():
 
 def llama_np_steps(model_path, threads, int8_activations=False):
     """(prefill(ids) → last logits, decode(id) → logits) for llama_np."""
-    from llama_np.kernels import native as kernels
+    from llama_np import kernels
     from llama_np.checkpoint import load_model
 
     kernels.set_num_threads(threads)

@@ -84,7 +84,7 @@ def write_gguf(out, base_path, config, weights, changed, qtype):
     import gguf
     import numpy as np
     from llama_np.llama import adapter as lora
-    from llama_np.quant import quant
+    from llama_np import quant
     from llama_np.files.atomic import atomic_path
     from llama_np.checkpoint.gguf import hf_name, permute_qk
 

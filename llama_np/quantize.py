@@ -69,8 +69,8 @@ def parse_args(argv=None):
 
 def tensor_types(config, weight_type, embed_type):
     """Hugging Face tensor name → the type it is written as (see the module docstring)."""
-    from llama_np.llama.model import expected_shapes
-    from llama_np.quant.quant import QK
+    from llama_np.llama.weights import expected_shapes
+    from llama_np.quant import QK
 
     types = {}
     for name, shape in expected_shapes(config).items():
@@ -86,7 +86,7 @@ def tensor_types(config, weight_type, embed_type):
 def check_requantization(weights, types, source, allowed):
     """Refuse to change the type of an already quantized tensor, except to F32 (exact) or
     when `allowed`."""
-    from llama_np.quant.quant import QuantizedMatrix
+    from llama_np.quant import QuantizedMatrix
 
     for name, weight in weights.items():
         if not isinstance(weight, QuantizedMatrix):
@@ -102,6 +102,7 @@ def check_requantization(weights, types, source, allowed):
 def load_source(path):
     """(config, weights by HF name, metadata to carry over) of a HF folder or a GGUF file."""
     from llama_np.checkpoint import gguf_writer
+    from llama_np.quant import FORMATS
 
     if os.path.isdir(path):
         from llama_np.checkpoint.safetensors import load_hf
@@ -134,6 +135,7 @@ def main(argv=None):
     cli.set_threads(args.threads)
     from llama_np.files import hub
     from llama_np.checkpoint import gguf_writer
+    from llama_np.quant import FORMATS
 
     source = hub.resolve_model(args.source)
     if os.path.isdir(args.out):
@@ -150,7 +152,7 @@ def main(argv=None):
     config, weights, metadata = load_source(source)
     types = tensor_types(config, args.weight_type, embed_type)
     check_requantization(weights, types, source, args.allow_requantize)
-    metadata["general.file_type"] = gguf_writer.u32(gguf_writer.FILE_TYPES[args.weight_type])
+    metadata["general.file_type"] = gguf_writer.u32(FORMATS[args.weight_type].file_type)
     metadata["general.quantization_version"] = gguf_writer.u32(gguf_writer.QUANTIZATION_VERSION)
     gguf_writer.write_llama_gguf(args.out, config, weights, types, metadata, progress=not args.quiet)
     print(summary(types, weights, args.out, time.perf_counter() - start), file=sys.stderr)

@@ -231,7 +231,7 @@ def held_out_bits_per_char(model_path, adapter, n_ctx, windows):
     bits / those characters. Returns a PerplexityResult (ppl and nll per scored token)."""
     import numpy as np
     from llama_np.checkpoint import load_model
-    from llama_np.llama.adapter import apply_adapters
+    from llama_np.checkpoint.peft import apply_adapters
     from llama_np.perplexity import corpus_text, summarize, token_nll
 
     model, tokenizer = load_model(model_path)

@@ -105,7 +105,7 @@ def _rows(matrix, ids):
 def append_rows(matrix, rows):
     """`matrix` [V, D] with `rows` [N, D] appended: [V + N, D]. A QuantizedMatrix keeps
     its old blocks byte for byte and gets the new rows quantized to its own type."""
-    from llama_np.quant.quant import QuantizedMatrix, quantize
+    from llama_np.quant import QuantizedMatrix, quantize
 
     if isinstance(matrix, QuantizedMatrix):
         data = np.concatenate([np.asarray(matrix.data), quantize(rows, matrix.qtype)])
@@ -201,7 +201,7 @@ def write_gguf(out, base, model, tokenizer_path):
     """The resized model as a GGUF: the base's general.* metadata, the extended tokenizer's
     tokenizer.* metadata (from its vocabulary-only GGUF), every tensor in its base type."""
     from llama_np.checkpoint.gguf_writer import metadata_from_gguf, write_llama_gguf
-    from llama_np.quant.quant import QuantizedMatrix
+    from llama_np.quant import QuantizedMatrix
 
     if os.path.isdir(base):
         raise ValueError("a .gguf output needs a .gguf model; write a Hugging Face folder instead")

@@ -1,4 +1,4 @@
-"""Every hand-written backward in llama_np.ops.ops against central finite differences (float64).
+"""Every hand-written backward in llama_np.ops against central finite differences (float64).
 
 The check: pick a random cotangent R shaped like the output, let L = Σ y ⊙ R, and compare the
 backward's gradient of L with (L(x + h e_i) - L(x - h e_i)) / 2h for every element i of every
@@ -7,7 +7,7 @@ input. Agreement is measured as ‖g_backward - g_fd‖ / ‖g_fd‖ (relative e
 import numpy as np
 import pytest
 
-from llama_np.ops import ops
+from llama_np import ops
 
 RTOL = 1e-6
 STEP = 1e-6
@@ -64,7 +64,7 @@ def test_linear_backward_skips_frozen_weight(rng):
 def test_linear_backward_through_quantized_weight_equals_dequantized(rng):
     """QLoRA-style: the input gradient through a Q4_1 matrix is the one through its
     dequantized values (the blocks are never expanded whole)."""
-    from llama_np.quant.quant import QuantizedMatrix
+    from llama_np.quant import QuantizedMatrix
     w = QuantizedMatrix.from_float(rng.standard_normal((48, 64)), "Q4_1")
     dy = rng.standard_normal((5, 48)).astype(np.float32)
     x = rng.standard_normal((5, 64)).astype(np.float32)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from llama_np.training import data
-from llama_np.ops.ops import IGNORE_INDEX
+from llama_np.ops import IGNORE_INDEX
 
 
 class CharTokenizer:

@@ -4,12 +4,14 @@ over the KV cache, and on the real model the same greedy tokens with and without
 import numpy as np
 import pytest
 
-from llama_np.kernels import native as kernels
-from llama_np.ops import ops
+from llama_np import kernels
+from llama_np import ops
 from llama_np.llama.generation import generate
 from llama_np.llama.config import LlamaConfig
-from llama_np.llama.model import Llama, expected_shapes
-from llama_np.quant.quant import QuantizedMatrix
+from llama_np.llama.adapter import Adapter, LoraConfig
+from llama_np.llama.model import Llama
+from llama_np.llama.weights import expected_shapes
+from llama_np.quant import QuantizedMatrix
 from llama_np.llama.sampling import Sampler, SamplingSettings
 
 needs_kernels = pytest.mark.skipif(not kernels.AVAILABLE, reason="C kernels not built")
@@ -31,7 +33,7 @@ def decode_config(layers=2):
                        rope_theta=10000.0)
 
 
-def decode_weights(config, formats, int8_activations=False, seed=0):
+def decode_weights(config, formats, seed=0):
     """Random weights, the i-th matrix of each layer stored as formats[i % len(formats)]."""
     rng = np.random.default_rng(seed)
     weights = {}
@@ -41,7 +43,7 @@ def decode_weights(config, formats, int8_activations=False, seed=0):
             continue
         w = (rng.standard_normal(shape) * 0.2).astype(np.float32)
         fmt = formats[i % len(formats)]
-        weights[name] = w if fmt == "F32" or "embed" in name else QuantizedMatrix.from_float(w, fmt, int8_activations)
+        weights[name] = w if fmt == "F32" or "embed" in name else QuantizedMatrix.from_float(w, fmt)
     return weights
 
 
@@ -53,7 +55,7 @@ def test_fused_decode_layer_matches_the_numpy_block(formats):
     config = decode_config()
     weights = decode_weights(config, formats)
     fused, reference = Llama(config, weights), Llama(config, weights, use_kernels=False)
-    assert fused._fused_decoders() is not None
+    assert fused._fused_decoders()
     ids = [3, 14, 15, 9, 26, 5, 35, 8]
     saved = kernels.get_num_threads()
     try:
@@ -87,7 +89,8 @@ def test_int8_activations_switch_both_paths_to_llama_cpp_arithmetic():
         return model.forward([4], cache)
 
     fp32 = decode_step(fused)
-    fused.set_int8_activations(True)            # the two models share the weight objects
+    fused.set_int8_activations(True)
+    reference.set_int8_activations(True)
     assert fused._fused_decoders()[0].shape.int8_activations == 1
     ours, expected = decode_step(fused), decode_step(reference)
     np.testing.assert_allclose(ours, expected, rtol=1e-3, atol=1e-3)
@@ -98,25 +101,24 @@ def test_int8_activations_switch_both_paths_to_llama_cpp_arithmetic():
 
 @needs_kernels
 def test_decode_falls_back_to_the_block_for_weights_the_kernel_cannot_take():
-    """A weight of another kind (here a LoRA wrapper) makes the model decode op by op,
-    with the same logits; putting the plain weight back brings the fused path back."""
-    from llama_np.llama.adapter import LoraLinear
-
+    """A LoRA branch beside a weight makes the model decode op by op (`block_forward`),
+    with the same logits as the fused path of the same model without it."""
     config = decode_config()
     weights = decode_weights(config, ("Q4_1",))
-    model = Llama(config, weights)
-    assert model._fused_decoders() is not None
-    plain = model.layers[1]["v"]
-    zero_a, zero_b = np.zeros((2, config.hidden_size), np.float32), np.zeros((plain.shape[0], 2), np.float32)
-    model.layers[1]["v"] = LoraLinear(plain, zero_a, zero_b, 1.0)        # adds nothing
-    assert model._fused_decoders() is None
-    cache = model.new_cache(4)
-    model.forward([1, 2], cache)
-    wrapped = model.forward([3], cache)
-    model.layers[1]["v"] = plain
-    assert model._fused_decoders() is not None
-    cache.length = 2
-    np.testing.assert_allclose(model.forward([3], cache), wrapped, rtol=1e-4, atol=1e-4)
+    fused, with_lora = Llama(config, weights), Llama(config, weights)
+    assert fused._fused_decoders()
+    v_name = "model.layers.1.self_attn.v_proj.weight"
+    zero_a, zero_b = np.zeros((2, config.hidden_size), np.float32), np.zeros((weights[v_name].shape[0], 2), np.float32)
+    with_lora.apply_adapter(Adapter(LoraConfig(r=2, target_modules=["v_proj"]),
+                                    {"model.layers.1.self_attn.v_proj.lora_A.weight": zero_a,
+                                     "model.layers.1.self_attn.v_proj.lora_B.weight": zero_b}))  # adds nothing
+    assert not with_lora._fused_decoders()
+    logits = []
+    for model in (fused, with_lora):
+        cache = model.new_cache(4)
+        model.forward([1, 2], cache)
+        logits.append(model.forward([3], cache))
+    np.testing.assert_allclose(logits[1], logits[0], rtol=1e-4, atol=1e-4)
 
 
 @needs_kernels

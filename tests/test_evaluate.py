@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -68,22 +67,38 @@ def test_an_answer_cut_off_by_a_kill_is_asked_again(tiny, prompts, tmp_path, cap
     assert [(r["category"], r["id"]) for r in answers_in(out)] == [(p["category"], p["id"]) for p in PROMPTS]
 
 
+# Runs evaluate with append_answer wrapped: after the first answer is on disk it says so on
+# stdout and waits forever, so the test kills it at a known point on any machine, fast or slow.
+PAUSE_AFTER_FIRST_ANSWER = """
+import sys, threading
+from llama_np import evaluate
+write = evaluate.append_answer
+def append_then_wait(path, record):
+    write(path, record)
+    print("answered", flush=True)
+    threading.Event().wait()
+evaluate.append_answer = append_then_wait
+sys.exit(evaluate.main(sys.argv[1:]))
+"""
+
+
 def test_killed_process_resumes(tiny, prompts, tmp_path):
-    """A real kill (SIGKILL) after the first answers are on disk; the rerun finishes."""
+    """A real kill (SIGKILL) after the first answer is on disk; the rerun finishes."""
     out = tmp_path / "eval"
-    cmd = [sys.executable, "-m", "llama_np.evaluate", "--model", tiny, "--prompts", prompts, "--out", str(out),
-           "--max-new-tokens", "100", "--threads", "1", "--quiet"]
-    process = subprocess.Popen(cmd, cwd=REPO, stderr=subprocess.PIPE)
-    answers = out / evaluate.ANSWERS_FILE
-    deadline = time.time() + 60
-    while time.time() < deadline and process.poll() is None and not (answers.exists() and answers.read_text()):
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    done_before = len(answers_in(out)) if answers.exists() else 0
-    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    args = ["--model", tiny, "--prompts", prompts, "--out", str(out), "--max-new-tokens", "100",
+            "--threads", "1", "--quiet"]
+    process = subprocess.Popen([sys.executable, "-c", PAUSE_AFTER_FIRST_ANSWER, *args], cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline() == "answered\n", process.stderr.read()
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    done_before = len(answers_in(out))
+    result = subprocess.run([sys.executable, "-m", "llama_np.evaluate", *args], cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert 0 < done_before < 5 and len(answers_in(out)) == 5
+    assert done_before == 1 and len(answers_in(out)) == 5
     assert "5 of 5 prompts answered" in (out / evaluate.REPORT_FILE).read_text(encoding="utf-8")
 
 

@@ -3,8 +3,8 @@ bad arguments away from C."""
 import numpy as np
 import pytest
 
-from llama_np.kernels import native as kernels
-from llama_np.ops import ops
+from llama_np import kernels
+from llama_np import ops
 
 pytestmark = pytest.mark.skipif(not kernels.AVAILABLE, reason="C kernels not built")
 

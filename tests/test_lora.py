@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 
 from llama_np.llama import adapter as lora
-from llama_np.ops import ops
+from llama_np import ops
 from llama_np.llama.config import LlamaConfig
-from llama_np.llama.model import Llama, expected_shapes
-from llama_np.quant.quant import QuantizedMatrix
+from llama_np.llama.model import Llama
+from llama_np.llama.weights import expected_shapes
+from llama_np.quant import QuantizedMatrix
 from llama_np.training.trainable import TrainableLlama
 
 from test_backward import check_grads, finite_difference, relative_error, RTOL
@@ -38,19 +39,19 @@ def test_lora_backward_matches_finite_differences(rng):
     """The branch with dropout (the same mask in every evaluation: a fixed seed)."""
     x = rng.standard_normal((6, 5))
     a, b = rng.standard_normal((2, 5)), rng.standard_normal((4, 2))
-    fwd = lambda x, a, b: lora.lora_forward(x, a, b, 1.5, 0.3, np.random.default_rng(7))[0]
+    fwd = lambda x, a, b: ops.lora_forward(x, a, b, 1.5, 0.3, np.random.default_rng(7))[0]
     check_grads(fwd, [x, a, b],
-                lambda dy: lora.lora_backward(dy, lora.lora_forward(x, a, b, 1.5, 0.3, np.random.default_rng(7))[1]),
+                lambda dy: ops.lora_backward(dy, ops.lora_forward(x, a, b, 1.5, 0.3, np.random.default_rng(7))[1]),
                 rng)
 
 
 def test_lora_dropout_zeroes_inputs_and_rescales(rng):
     x = rng.standard_normal((400, 8)).astype(np.float32)
     a, b = rng.standard_normal((2, 8)).astype(np.float32), rng.standard_normal((3, 2)).astype(np.float32)
-    delta, (x_kept, keep, *_) = lora.lora_forward(x, a, b, 2.0, 0.25, np.random.default_rng(0))
+    delta, (x_kept, keep, *_) = ops.lora_forward(x, a, b, 2.0, 0.25, np.random.default_rng(0))
     assert 0.7 < keep.mean() < 0.8
     np.testing.assert_allclose(delta, 2.0 / 0.75 * (x * keep) @ a.T @ b.T, rtol=1e-5, atol=1e-5)
-    no_dropout, _ = lora.lora_forward(x, a, b, 2.0, 0.25, rng=None)  # inference: no dropout
+    no_dropout, _ = ops.lora_forward(x, a, b, 2.0, 0.25, rng=None)  # inference: no dropout
     np.testing.assert_allclose(no_dropout, 2.0 * x @ a.T @ b.T, rtol=1e-5, atol=1e-5)
 
 
@@ -178,10 +179,7 @@ def test_unmerged_adapters_give_the_merged_logits(rng):
     ids = rng.integers(0, config.vocab_size, 7)
     expected = Llama(merged_config, merged, use_kernels=False).forward(ids)
     model = Llama(config, dict(weights), use_kernels=False)
-    for name, a, b, s in adapter.lora_pairs():
-        model.weights[name] = lora.LoraLinear(model.weights[name], a, b, s)
-    model.config = lora._with_copies(model.config, model.weights, adapter)
-    model.layers = Llama(model.config, model.weights).layers
+    model.apply_adapter(adapter)
     np.testing.assert_allclose(model.forward(ids), expected, atol=1e-4)
 
 

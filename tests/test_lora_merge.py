@@ -10,9 +10,9 @@ import pytest
 from conftest import save_tiny_llama
 from llama_np import merge_lora
 from llama_np.llama import adapter as lora
-from llama_np.quant import quant
+from llama_np import quant
 from llama_np.checkpoint.gguf import gguf_name, load_gguf, permute_qk
-from llama_np.checkpoint.peft import save_adapter
+from llama_np.checkpoint.peft import apply_adapters, save_adapter
 from llama_np.checkpoint.safetensors import load_hf
 from llama_np.llama.model import Llama
 
@@ -78,7 +78,7 @@ def test_gguf_merge_in_f32_equals_the_unmerged_adapter(tiny_gguf, tmp_path, caps
     merged_config, merged, _ = load_gguf(out)
     assert not merged_config.tie_word_embeddings  # the adapter trained its own head
     ids = rng.integers(0, config.vocab_size, 12)
-    expected = lora.apply_adapters(Llama(config, dict(weights)), [adapter_dir]).forward(ids)
+    expected = apply_adapters(Llama(config, dict(weights)), [adapter_dir]).forward(ids)
     np.testing.assert_allclose(Llama(merged_config, merged).forward(ids), expected, atol=1e-4)
 
 

@@ -5,8 +5,8 @@ import pytest
 
 from conftest import save_tiny_llama
 from llama_np.llama import adapter as lora
-from llama_np.ops import ops
-from llama_np.checkpoint.peft import load_adapter, save_adapter
+from llama_np import ops
+from llama_np.checkpoint.peft import apply_adapters, load_adapter, save_adapter
 from llama_np.checkpoint.safetensors import load_hf
 from llama_np.llama.model import Llama
 from llama_np.training.trainable import TrainableLlama
@@ -90,7 +90,7 @@ def test_our_adapter_loaded_by_peft_gives_our_logits(tmp_path, rng):
     ids = rng.integers(0, config.vocab_size, 16)
     with torch.no_grad():
         expected = theirs(torch.tensor(ids[None])).logits[0].numpy()
-    ours = lora.apply_adapters(Llama(config, weights), [tmp_path / "ours"]).forward(ids)
+    ours = apply_adapters(Llama(config, weights), [tmp_path / "ours"]).forward(ids)
     np.testing.assert_allclose(ours, expected, atol=1e-4, rtol=0)
 
 
@@ -106,8 +106,8 @@ def test_peft_adapter_applied_by_llama_np_gives_peft_logits(tmp_path, rng, tied)
     with torch.no_grad():
         expected = model(torch.tensor(ids[None])).logits[0].numpy()
     config, weights = load_hf(str(tmp_path / "base"))
-    ours = lora.apply_adapters(Llama(config, weights), [tmp_path / "theirs"])
-    assert isinstance(ours.layers[0]["q"], lora.LoraLinear) and not isinstance(ours.layers[0]["k"], lora.LoraLinear)
+    ours = apply_adapters(Llama(config, weights), [tmp_path / "theirs"])
+    assert "model.layers.0.self_attn.q_proj.weight" in ours.lora and "model.layers.0.self_attn.k_proj.weight" not in ours.lora
     np.testing.assert_allclose(ours.forward(ids), expected, atol=1e-4, rtol=0)
 
 
@@ -135,7 +135,7 @@ def test_two_adapters_stack_like_peft_merges_them_in_turn(tmp_path, rng):
     with torch.no_grad():
         expected = base(torch.tensor(ids[None])).logits[0].numpy()
     config, weights = load_hf(str(tmp_path / "base"))
-    ours = lora.apply_adapters(Llama(config, weights), [tmp_path / "a0", tmp_path / "a1"])
+    ours = apply_adapters(Llama(config, weights), [tmp_path / "a0", tmp_path / "a1"])
     np.testing.assert_allclose(ours.forward(ids), expected, atol=1e-4, rtol=0)
 
 
@@ -145,4 +145,4 @@ def test_adapter_for_another_architecture_is_refused(tmp_path):
     peft_model(tmp_path / "wide").save_pretrained(tmp_path / "adapter")
     config, weights = load_hf(str(tmp_path / "small"))
     with pytest.raises(lora.AdapterError, match="another architecture"):
-        lora.apply_adapters(Llama(config, weights), [tmp_path / "adapter"])
+        apply_adapters(Llama(config, weights), [tmp_path / "adapter"])

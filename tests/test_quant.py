@@ -1,4 +1,4 @@
-"""llama_np.quant.quant against gguf.quants (the Python mirror of llama.cpp's reference
+"""llama_np.quant against gguf.quants (the Python mirror of llama.cpp's reference
 quantizers): the same bytes for every block, the same floats back, and QuantizedMatrix
 products equal to products with the dequantized matrix."""
 import os
@@ -6,8 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from llama_np.quant import quant
-from llama_np.quant.quant import QK, QuantizedMatrix
+from llama_np import quant
+from llama_np.quant import QK, QuantizedMatrix
 
 gguf = pytest.importorskip("gguf")
 

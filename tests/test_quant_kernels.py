@@ -1,5 +1,5 @@
 """The C quantized-matmul kernels (kernels/quant_matmul.c) against their NumPy reference
-llama_np.quant.quant.quant_matmul, on odd sizes that exercise every tail of the tiling, and the
+llama_np.quant.quant_matmul, on odd sizes that exercise every tail of the tiling, and the
 checks that keep bad arguments away from C."""
 import functools
 import glob
@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from llama_np.kernels import native as kernels
-from llama_np.quant import quant
-from llama_np.quant.quant import QK, QuantizedMatrix
+from llama_np.kernels.backend import C, NUMPY
+from llama_np import quant
+from llama_np.quant import QK, QuantizedMatrix
 
 pytestmark = pytest.mark.skipif(not kernels.AVAILABLE, reason="C kernels not built")
 
@@ -124,14 +125,26 @@ def test_every_finite_fp16_scale_is_decoded_exactly(n_tokens):
 
 @pytest.mark.parametrize("int8_activations", [False, True], ids=["fp32_x", "int8_x"])
 @pytest.mark.parametrize("qtype", QTYPES)
-def test_quantized_matrix_matmul_uses_the_c_kernel(qtype, int8_activations, monkeypatch):
+def test_the_backends_multiply_a_quantized_matrix_in_c_and_in_numpy(qtype, int8_activations):
     data = quantized(qtype, 33, 96)
     x = activations(2, 96).reshape(2, 1, 96)
-    matrix = QuantizedMatrix(data, qtype, (33, 96), int8_activations=int8_activations)
+    matrix = QuantizedMatrix(data, qtype, (33, 96))
     expected = kernels.quant_matmul(data, qtype, x.reshape(2, 96), int8_activations)
-    np.testing.assert_array_equal(matrix.matmul(x), expected.reshape(2, 1, 33))
-    monkeypatch.setattr(kernels, "AVAILABLE", False)                        # the NumPy path
-    assert_close_to_reference(matrix.matmul(x), expected.reshape(2, 1, 33))
+    np.testing.assert_array_equal(C.matmul(x, matrix, int8_activations), expected.reshape(2, 1, 33))
+    assert_close_to_reference(NUMPY.matmul(x, matrix, int8_activations), expected.reshape(2, 1, 33))
+
+
+def test_the_numpy_backend_never_reaches_c(monkeypatch):
+    """Llama(use_kernels=False) runs every op in NumPy, quantized products included."""
+    from test_decode_kernels import decode_config, decode_weights
+    from llama_np.llama.model import Llama
+
+    config = decode_config()
+    model = Llama(config, decode_weights(config, ("Q4_0", "Q8_0", "F32", "Q4_1")), use_kernels=False)
+    monkeypatch.setattr(kernels, "lib", Unreachable())
+    cache = model.new_cache(8)
+    model.forward([3, 14, 15], cache)
+    assert np.isfinite(model.forward([9], cache)).all()
 
 
 # ---------------------------------------------------------------------------------------
@@ -214,7 +227,7 @@ def test_portable_build_runs_the_model_like_numpy(portable_lib, monkeypatch):
     config = decode_config()
     weights = decode_weights(config, ("Q4_0", "Q8_0", "F32", "Q4_1"))
     portable, reference = Llama(config, weights), Llama(config, weights, use_kernels=False)
-    assert portable._fused_decoders() is not None
+    assert portable._fused_decoders()
     caches = [portable.new_cache(16), reference.new_cache(16)]
     for ids in ([3, 14, 15, 9, 26, 5, 35, 8, 9, 7, 1], [2], [4]):             # prefill, then decode
         ours, expected = (m.forward(ids, c) for m, c in zip((portable, reference), caches))

@@ -11,7 +11,7 @@ import pytest
 from conftest import save_tiny_llama
 from llama_np import quantize
 from llama_np.cli import common as cli
-from llama_np.quant import quant
+from llama_np import quant
 from llama_np.checkpoint import load_model
 from llama_np.checkpoint.gguf import load_gguf
 from llama_np.checkpoint.gguf_file import GGUFFile

@@ -9,7 +9,7 @@ import pytest
 from conftest import save_tiny_llama
 from llama_np import resize
 from llama_np.llama import adapter as lora
-from llama_np.quant import quant
+from llama_np import quant
 from llama_np.checkpoint.safetensors import load_hf
 from llama_np.llama.model import Llama
 from test_train_cli import run_cli, tiny_model_folder

@@ -11,6 +11,7 @@ import pytest
 
 from conftest import REPO, save_tiny_llama
 from llama_np import finetune
+from llama_np.checkpoint.peft import apply_adapters
 from llama_np.cli import common as cli
 from llama_np.llama import adapter as lora
 from llama_np.training import trainer as train
@@ -76,8 +77,8 @@ def test_finetune_writes_adapter_log_plot_and_checkpoints(tiny, alpaca, tmp_path
     # the adapter runs under the inference model, and resume continues the same run
     from llama_np.checkpoint import load_model
     model, _ = load_model(tiny)
-    lora.apply_adapters(model, [str(out)])
-    assert isinstance(model.layers[1]["down"], lora.LoraLinear)
+    apply_adapters(model, [str(out)])
+    assert "model.layers.1.mlp.down_proj.weight" in model.lora
     code, err = run_cli(finetune.main, ["--out", str(out), "--resume", "--steps", "6", "--no-progress"], capsys)
     assert code == 0, err
     assert "resuming at step 4" in err

@@ -12,8 +12,8 @@ Quantized tensors stay quantized (`QuantizedMatrix` over the blocks, read once i
 """
 from llama_np.checkpoint.gguf_file import GGUFError, GGUFFile
 from llama_np.llama.config import LlamaConfig
-from llama_np.llama.model import check_weights
-from llama_np.quant.quant import QuantizedMatrix
+from llama_np.llama.weights import check_weights
+from llama_np.quant import QuantizedMatrix
 
 # GGUF tensor name → Hugging Face name; `{i}` is the layer index.
 GGUF_TO_HF = {

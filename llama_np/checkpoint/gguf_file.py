@@ -23,23 +23,10 @@ import struct
 
 import numpy as np
 
+from llama_np.quant.formats import FORMATS, FORMATS_BY_GGML_TYPE, ggml_type_name, tensor_nbytes
+
 GGUF_MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32  # gguf.h GGUF_DEFAULT_ALIGNMENT
-
-# ggml_type ids (ggml.h) of the tensor types llama_np reads, and the bytes per block
-# of `block_size` weights.
-GGML_TYPES = {
-    0: ("F32", 1, 4),
-    1: ("F16", 1, 2),
-    2: ("Q4_0", 32, 18),
-    3: ("Q4_1", 32, 20),
-    8: ("Q8_0", 32, 34),
-    30: ("BF16", 1, 2),
-}
-GGML_TYPE_NAMES = {  # a few of the others, to name them in errors
-    6: "Q5_0", 7: "Q5_1", 10: "Q2_K", 11: "Q3_K", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K",
-    15: "Q8_K", 16: "IQ2_XXS", 24: "I8", 25: "I16", 26: "I32", 27: "I64", 28: "F64",
-}
 
 # metadata value types (gguf.h gguf_type): struct format of the scalars
 _SCALAR_FORMATS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
@@ -64,13 +51,11 @@ class TensorInfo:
 
     @property
     def type_name(self):
-        return GGML_TYPES.get(self.ggml_type, (GGML_TYPE_NAMES.get(self.ggml_type, f"type {self.ggml_type}"),))[0]
+        return ggml_type_name(self.ggml_type)
 
     @property
     def nbytes(self):
-        _, block_size, block_bytes = GGML_TYPES[self.ggml_type]
-        n = int(np.prod(self.shape, dtype=np.int64))
-        return n // block_size * block_bytes
+        return tensor_nbytes(int(np.prod(self.shape, dtype=np.int64)), self.type_name)
 
 
 class _Cursor:
@@ -192,10 +177,10 @@ class GGUFFile:
         info = self.tensors.get(name)
         if info is None:
             raise GGUFError(f"{self.path}: tensor {name!r} is missing")
-        if info.ggml_type not in GGML_TYPES:
+        if info.ggml_type not in FORMATS_BY_GGML_TYPE:
             raise GGUFError(f"{self.path}: tensor {name!r} has type {info.type_name}, "
-                            f"which llama_np does not support (F32, F16, BF16, Q8_0, Q4_0, Q4_1)")
-        _, block_size, block_bytes = GGML_TYPES[info.ggml_type]
+                            f"which llama_np does not support ({', '.join(FORMATS)})")
+        block_size = FORMATS_BY_GGML_TYPE[info.ggml_type].block_weights
         if info.shape[-1] % block_size:
             raise GGUFError(f"{self.path}: tensor {name!r} row length {info.shape[-1]} "
                             f"is not a multiple of the {info.type_name} block size {block_size}")

@@ -27,15 +27,14 @@ import numpy as np
 
 from llama_np.tokenizer import protowire
 from llama_np.checkpoint.gguf import gguf_name, permute_qk
-from llama_np.llama.model import expected_shapes
-from llama_np.quant.quant import BLOCK_BYTES, QK, QuantizedMatrix, dequantize, quantize
+from llama_np.llama.weights import expected_shapes
+from llama_np.quant import BLOCK_BYTES, QK, QuantizedMatrix, dequantize, quantize, tensor_nbytes
 from llama_np.tokenizer.tokenizers import (TOKEN_CONTROL, TOKEN_NORMAL, TOKEN_UNKNOWN, TOKEN_UNUSED,
                                 TOKEN_USER_DEFINED, Tokenizer)
 
 FLOAT_TYPES = {"F32": np.float32, "F16": np.float16}
 TENSOR_TYPES = tuple(FLOAT_TYPES) + tuple(BLOCK_BYTES)   # what a tensor can be written as
 # general.file_type: the main tensor type of the file (enum llama_ftype in llama.h)
-FILE_TYPES = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7}
 QUANTIZATION_VERSION = 2  # ggml.h GGML_QNT_VERSION: the block layouts of DESIGN.md §3
 # the score convert_hf_to_gguf.py gives tokens that are not SentencePiece pieces ([PAD…], added)
 NON_PIECE_SCORE = -1000.0
@@ -252,14 +251,6 @@ def _byte_level_bpe_vocabulary(path):
 
 # ----- tensors --------------------------------------------------------------------------
 
-def tensor_nbytes(shape, type_name):
-    """Bytes a tensor of `shape` takes as `type_name` (blocks run along the last axis)."""
-    n = int(np.prod(shape))
-    if type_name in FLOAT_TYPES:
-        return n * np.dtype(FLOAT_TYPES[type_name]).itemsize
-    return n // QK * BLOCK_BYTES[type_name]
-
-
 def convert_tensor(weight, type_name):
     """`weight` (float array or QuantizedMatrix) as the data GGUF stores for `type_name`:
     float32/float16 values, or uint8 blocks [rows, row_bytes]. Blocks already of that type
@@ -329,7 +320,7 @@ def _write(writer, entries, plan, weights, config, progress):
         writer.add_key_value(key, entry.value, gguf.GGUFValueType[entry.kind], sub_type=element_kind)
     for _, name, shape, type_name in plan:
         # a float32 dtype with raw_dtype set: GGUFWriter takes the shape in elements, not bytes
-        writer.add_tensor_info(name, shape, np.dtype(np.float32), tensor_nbytes(shape, type_name),
+        writer.add_tensor_info(name, shape, np.dtype(np.float32), tensor_nbytes(int(np.prod(shape)), type_name),
                                raw_dtype=gguf.GGMLQuantizationType[type_name])
     writer.write_header_to_file()
     writer.write_kv_data_to_file()

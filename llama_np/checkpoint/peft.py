@@ -166,3 +166,13 @@ def load_adapter(folder, tied_base=False):
         head = params.pop(LM_HEAD)  # one shared copy: the embedding's (PEFT writes both)
         params.setdefault(EMBED, head)
     return adapter
+
+
+def apply_adapters(model, adapter_dirs):
+    """Run `model` with the PEFT adapters in `adapter_dirs` beside its weights, unmerged, in
+    the given order (`Llama.apply_adapter`). Raises AdapterError or CheckpointError naming
+    the folder. Returns the model."""
+    for folder in adapter_dirs:
+        adapter = load_adapter(folder, tied_base=model.config.tie_word_embeddings)
+        model.apply_adapter(adapter, source=str(folder))
+    return model

@@ -12,7 +12,7 @@ import os
 import numpy as np
 
 from llama_np.llama.config import LlamaConfig
-from llama_np.llama.model import check_weights
+from llama_np.llama.weights import check_weights
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"

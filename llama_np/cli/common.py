@@ -74,7 +74,7 @@ def set_threads(n):
     """BLAS reads its thread count at import: set it before NumPy is first imported."""
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(n)
-    from llama_np.kernels import native as kernels
+    from llama_np import kernels
     kernels.set_num_threads(n)
 
 
@@ -91,7 +91,7 @@ def load_for_inference(args):
 
     model, tokenizer = load_model(hub.resolve_model(args.model))
     if args.adapter:
-        from llama_np.llama.adapter import apply_adapters
+        from llama_np.checkpoint.peft import apply_adapters
         apply_adapters(model, args.adapter)
     if getattr(args, "int8_activations", False):
         model.set_int8_activations(True)

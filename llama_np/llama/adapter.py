@@ -15,10 +15,10 @@ Chinese-LLaMA/Alpaca puts LoRA on q, k, v, o (and gate, up, down for instruction
 with r = 8, alpha = 32, dropout 0.05, and additionally trains full copies of the embedding
 and the output head (PEFT's `modules_to_save`), because the vocabulary was extended.
 
-This module holds the LoRA layer's forward/backward pair, the `LoraConfig` (PEFT's field
-names), the `Adapter` (its trainable tensors, by PEFT names), merging, and `apply_adapters`,
-which runs a base `Llama` with adapters applied without merging. Reading and writing the
-PEFT files is `llama_np.checkpoint.peft`.
+This module holds the `LoraConfig` (PEFT's field names), the `Adapter` (its tensors, by
+PEFT names) and merging. The LoRA branch's forward/backward pair is `llama_np.ops.lora`;
+`Llama.apply_adapter` runs a model with adapters beside its weights, unmerged; reading and
+writing the PEFT files is `llama_np.checkpoint.peft`.
 """
 import dataclasses
 import math
@@ -27,11 +27,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from llama_np.ops import ops
-from llama_np.llama.model import layer_weight_names
+from llama_np.llama.weights import layer_weight_names
+from llama_np.quant import dense
 
 # The seven projections of a LLaMA block, by their Hugging Face module names, and the key
-# `model.layer_weight_names` gives each.
+# `llama.weights.layer_weight_names` gives each.
 PROJECTIONS = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o",
                "gate_proj": "gate", "up_proj": "up", "down_proj": "down"}
 ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -43,103 +43,8 @@ LM_HEAD = "lm_head.weight"
 SAVABLE_MODULES = {"embed_tokens": EMBED, "lm_head": LM_HEAD}
 
 
-DROPOUT_LEVELS = 1 << 16  # dropout masks come from uint16 draws: p in steps of 1/65536
-
-
 class AdapterError(ValueError):
     """A LoRA configuration or adapter that does not fit the model it is applied to."""
-
-
-# ------------------------------------------------------------------- the LoRA layer
-# A LoRA linear layer is the frozen product plus a low-rank branch:
-#     y = ops.linear_forward(x, W) + lora_forward(x, A, B, scaling, dropout)
-# so only the branch needs code of its own; the frozen product (and its input gradient
-# dy W) is the ordinary linear op.
-
-def lora_forward(x, lora_a, lora_b, scaling, dropout=0.0, rng=None):
-    """The LoRA branch: scaling · (dropout(x) Aᵀ) Bᵀ, never forming B A [out, in].
-
-    Dropout (only when `rng` is given, i.e. in training) zeroes each input of the branch
-    with probability p, as PEFT's `lora_dropout`, and scales the survivors by 1/(1 - p).
-    That factor, like `scaling`, multiplies the r-wide product x Aᵀ rather than the
-    [N, in] input: the same numbers, N·r multiplications instead of N·in. The mask compares
-    16-bit random integers with a threshold (half the random bits of float draws, and
-    training draws millions per step), so p is taken to the nearest multiple of 1/65536."""
-    # x: [N, in], lora_a: [r, in], lora_b: [out, r]
-    keep = None
-    factor = scaling
-    x_kept = x
-    if rng is not None and dropout > 0:
-        threshold = round(dropout * DROPOUT_LEVELS)
-        keep = rng.integers(0, DROPOUT_LEVELS, x.shape, dtype=np.uint16) >= threshold  # [N, in] bool
-        x_kept = x * keep                                              # [N, in]
-        factor = scaling / (1.0 - threshold / DROPOUT_LEVELS)
-    u = x_kept @ lora_a.T                                              # [N, r]
-    u *= u.dtype.type(factor)
-    delta = u @ lora_b.T                                               # [N, out]
-    return delta, (x_kept, keep, u, lora_a, lora_b, factor)
-
-
-def lora_backward(ddelta, cache, input_grad=True):
-    """Gradients of lora_forward. With c = scaling / (1 - p), m the dropout mask and
-    u = c · (m ⊙ x) Aᵀ:
-
-        dB = dyᵀ u                 [out, r]
-        g  = c · dy B              [N, r]
-        dA = gᵀ (m ⊙ x)            [r, in]
-        dx = m ⊙ (g A)             [N, in]   (added to the frozen product's dy W)
-
-    `input_grad=False` skips dx (the first layer, when nothing below it is trained)."""
-    x_kept, keep, u, lora_a, lora_b, factor = cache
-    # ddelta: [N, out]
-    dlora_b = ddelta.T @ u                                              # [out, r]
-    g = ddelta @ lora_b                                                 # [N, r]
-    g *= g.dtype.type(factor)
-    dlora_a = g.T @ x_kept                                              # [r, in]
-    dx = None
-    if input_grad:
-        dx = g @ lora_a                                                 # [N, in]
-        if keep is not None:
-            dx *= keep
-    return dx, dlora_a, dlora_b
-
-
-class LoraLinear:
-    """A frozen weight with an unmerged LoRA update, for inference: anything that computes
-    `x @ W.T` through `.matmul(x)` (the Llama does for non-array weights) gets
-    x Wᵀ + scaling · (x Aᵀ) Bᵀ. Wrappers nest, so several adapters stack."""
-
-    def __init__(self, base, lora_a, lora_b, scaling):
-        self.base = base                  # [out, in] array, QuantizedMatrix or LoraLinear
-        self.lora_a = lora_a              # [r, in]
-        self.lora_b = lora_b              # [out, r]
-        self.scaling = float(scaling)
-        self.shape = tuple(base.shape)
-
-    def __repr__(self):
-        return f"LoraLinear(r={self.lora_a.shape[0]}, scaling={self.scaling}, base={self.base!r})"
-
-    def matmul(self, x):
-        y = ops.linear_forward(x, self.base)[0]                          # [..., out]
-        return y + lora_forward(x, self.lora_a, self.lora_b, self.scaling)[0]
-
-    def matmul_t(self, dy):
-        dx = ops.linear_backward(dy, (None, self.base), weight_grad=False)[0]  # [..., in]
-        return dx + ((dy @ self.lora_b) @ self.lora_a) * np.float32(self.scaling)
-
-    def merged(self):
-        """W + scaling · B A as one float32 matrix."""
-        base = self.base.merged() if isinstance(self.base, LoraLinear) else dense(self.base)
-        return base + lora_delta(self.lora_a, self.lora_b, self.scaling)
-
-
-def dense(weight):
-    """A weight as a float array (quantized weights dequantized: one matrix at a time)."""
-    if isinstance(weight, np.ndarray):  # float64 stays float64 (gradient checks)
-        return weight if weight.dtype == np.float64 else weight.astype(np.float32, copy=False)
-    if isinstance(weight, LoraLinear):
-        return weight.merged()
-    return weight.dequantize()
 
 
 def lora_delta(lora_a, lora_b, scaling):
@@ -367,7 +272,7 @@ def merge(model_config, weights, adapter):
     merged = dict(weights)
     for name, lora_a, lora_b, scaling in adapter.lora_pairs():
         merged[name] = dense(merged[name]) + lora_delta(lora_a, lora_b, scaling)
-    config = _with_copies(model_config, merged, adapter)
+    config = with_copies(model_config, merged, adapter)
     return config, merged
 
 
@@ -380,7 +285,7 @@ def unmerge(weights, adapter):
     return out
 
 
-def _with_copies(model_config, weights, adapter):
+def with_copies(model_config, weights, adapter):
     """Put the adapter's embed_tokens / lm_head copies into `weights`; returns the config
     (untied when the head and the embedding are now different matrices)."""
     embedding, head = adapter.embedding, adapter.output_head
@@ -401,24 +306,3 @@ def _with_copies(model_config, weights, adapter):
     elif LM_HEAD in weights:
         del weights[LM_HEAD]
     return dataclasses.replace(model_config, tie_word_embeddings=still_tied)
-
-
-def apply_adapters(model, adapter_dirs):
-    """Run `model` (a `llama_np.llama.model.Llama`) with the PEFT LoRA adapters in `adapter_dirs`
-    applied without merging: each adapted weight becomes a `LoraLinear` around the base
-    (stacking in the given order) and modules_to_save copies replace embed_tokens/lm_head.
-    Raises AdapterError (or CheckpointError for unreadable files) naming the problem.
-    Returns the model, changed in place."""
-    from llama_np.checkpoint.peft import load_adapter
-
-    for folder in adapter_dirs:
-        adapter = load_adapter(folder, tied_base=model.config.tie_word_embeddings)
-        adapter.check_compatible(model.config, model.weights, source=str(folder))
-        weights = dict(model.weights)
-        for name, lora_a, lora_b, scaling in adapter.lora_pairs():
-            weights[name] = LoraLinear(weights[name], lora_a, lora_b, scaling)
-        model.config = _with_copies(model.config, weights, adapter)
-        model.weights = weights
-    model.layers = [{key: model.weights[name] for key, name in layer_weight_names(i).items()}
-                    for i in range(model.config.num_hidden_layers)]
-    return model

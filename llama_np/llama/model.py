@@ -1,96 +1,79 @@
-"""LLaMA (Touvron et al. 2023) as a composition of the ops in `llama_np.ops.ops`.
+"""LLaMA (Touvron et al. 2023): the block, written once with its backward beside it, and the model.
 
-    ids ─ embed_tokens ─► h ─┬─ N × block ─► norm ─► lm_head ─► logits
-    block(h):  h += o_proj(attention(rope(q_proj(rmsnorm(h))), rope(k_proj(·)), v_proj(·)))
-               h += down_proj(silu(gate_proj(rmsnorm(h))) ⊙ up_proj(rmsnorm(h)))
+    ids ─ embed_tokens ─► h ─► block 0 ─► … ─► block L-1 ─► norm ─► lm_head ─► logits
+    block(h):  h += o_proj(attention(rope(q_proj(x)), rope(k_proj(x)), v_proj(x))),  x = rmsnorm(h)
+               h += down_proj(silu(gate_proj(x)) ⊙ up_proj(x)),                        x = rmsnorm(h)
 
-Weights are kept under their Hugging Face names (`model.layers.{i}.self_attn.q_proj.weight`,
-layout [out, in]); each is a float32 array or a `quant.QuantizedMatrix`, or anything with
-`.matmul(x)` and `.shape` (LoRA wraps a weight that way). The KV cache is preallocated, so
-generation is a prefill of the prompt followed by one-token decode steps.
+`block_forward` is LLaMA's block and nothing else. What differs between the uses of the
+block is handed to it as `layer`, one layer's weights together with the way this use
+computes with them:
 
-`block` is the model as NumPy reads it, and what prefill runs (its matrix products and
-attention in C when the kernels are built). A one-token decode step spends its time in
-Python overhead around small products, so there each block is instead one C call
-(`kernels.DecodeLayer`, kernels/decode_layer.c) doing exactly what `block` does.
+    inference  (`llama.inference_layer.InferenceLayer`): plain, quantized or LoRA products
+               through the model's backend (NumPy or C), attention over the KV cache
+    training   (`training.training_layer.TrainingLayer`): stacked products with the LoRA
+               branch, attention within each sequence, and a tape for `block_backward`
+    decoding   one new token: kernels/decode_layer.c, this block compiled into one C call
+               (`kernels.DecodeLayer`), tested against `block_forward`
+
+Weights keep their Hugging Face names and layout [out, in] (`llama.weights`).
 """
 import numpy as np
 
-from llama_np.kernels import native as kernels
-from llama_np.ops import ops
+from llama_np import kernels, ops
+from llama_np.llama.adapter import with_copies
 from llama_np.llama.config import LlamaConfig
-from llama_np.quant.quant import QuantizedMatrix
+from llama_np.llama.inference_layer import InferenceLayer
+from llama_np.llama.kv_cache import KVCache
+from llama_np.llama.weights import layer_weight_names
 
 
-def layer_weight_names(i):
-    """Hugging Face names of the tensors of block i."""
-    p = f"model.layers.{i}."
-    return {
-        "attn_norm": p + "input_layernorm.weight",
-        "q": p + "self_attn.q_proj.weight",
-        "k": p + "self_attn.k_proj.weight",
-        "v": p + "self_attn.v_proj.weight",
-        "o": p + "self_attn.o_proj.weight",
-        "mlp_norm": p + "post_attention_layernorm.weight",
-        "gate": p + "mlp.gate_proj.weight",
-        "up": p + "mlp.up_proj.weight",
-        "down": p + "mlp.down_proj.weight",
-    }
+def block_forward(h, layer):
+    """One LLaMA block on the residual stream h [N, D]: an attention branch, then a SwiGLU
+    MLP branch, each reading its rmsnorm'd input and adding its output back to h."""
+    x = layer.norm(h, "attn_norm")                                     # [N, D]
+    q, k, v = layer.project(x, "q", "k", "v")                          # [N, H·hd], [N, H_kv·hd] ×2
+    q, k = layer.rope(q, k)                                            # [N, H, hd], [N, H_kv, hd]
+    h = h + layer.project(layer.attend(q, k, v), "o")                  # [N, D]
+
+    x = layer.norm(h, "mlp_norm")                                      # [N, D]
+    gate, up = layer.project(x, "gate", "up")                          # [N, F] ×2
+    return h + layer.project(layer.swiglu(gate, up), "down")           # [N, D]
 
 
-def expected_shapes(config: LlamaConfig):
-    """Every tensor a LLaMA checkpoint must hold, with its shape (lm_head only if untied)."""
-    D, F, V = config.hidden_size, config.intermediate_size, config.vocab_size
-    q_out = config.num_attention_heads * config.head_dim
-    kv_out = config.num_key_value_heads * config.head_dim
-    shapes = {"model.embed_tokens.weight": (V, D), "model.norm.weight": (D,)}
-    if not config.tie_word_embeddings:
-        shapes["lm_head.weight"] = (V, D)
-    for i in range(config.num_hidden_layers):
-        n = layer_weight_names(i)
-        shapes.update({
-            n["attn_norm"]: (D,), n["mlp_norm"]: (D,),
-            n["q"]: (q_out, D), n["k"]: (kv_out, D), n["v"]: (kv_out, D), n["o"]: (D, q_out),
-            n["gate"]: (F, D), n["up"]: (F, D), n["down"]: (D, F),
-        })
-    return shapes
+def block_backward(dh, layer):
+    """The gradient of block_forward, its steps in reverse, from what the forward left on the
+    layer's tape: dh [N, D] at the block's output → dh at its input (None when nothing
+    below the block needs it). The residual stream passes dh through; each branch adds the
+    gradient of its input."""
+    dhidden = layer.project_backward(dh, "down")                       # [N, F]
+    dgate, dup = layer.swiglu_backward(dhidden)                        # [N, F] ×2
+    dx = layer.project_backward((dgate, dup), "gate", "up")            # [N, D]
+    dh = dh + layer.norm_backward(dx, "mlp_norm")                      # [N, D]
 
-
-def check_weights(config, weights, source="checkpoint"):
-    """Raise a ValueError naming the first missing or misshapen tensor."""
-    for name, shape in expected_shapes(config).items():
-        if name not in weights:
-            raise ValueError(f"{source}: tensor {name!r} is missing")
-        if tuple(weights[name].shape) != shape:
-            raise ValueError(f"{source}: tensor {name!r} has shape {tuple(weights[name].shape)}, "
-                             f"config says {shape}")
-
-
-class KVCache:
-    """Keys and values of every position seen so far, for each layer, preallocated for
-    `max_len` positions (pages the OS has not been asked to touch cost no memory)."""
-
-    def __init__(self, config: LlamaConfig, max_len):
-        shape = (config.num_hidden_layers, max_len, config.num_key_value_heads, config.head_dim)
-        self.k = np.zeros(shape, dtype=np.float32)  # [L, max_len, H_kv, hd]
-        self.v = np.zeros(shape, dtype=np.float32)  # [L, max_len, H_kv, hd]
-        self.max_len = max_len
-        self.length = 0                             # positions filled
-
-    def reset(self):
-        self.length = 0
+    dattn = layer.project_backward(dh, "o")                            # [N, H·hd]
+    dq, dk, dv = layer.attend_backward(dattn)                          # [N, H, hd], [N, H_kv, hd] ×2
+    dq, dk = layer.rope_backward(dq, dk)                               # [N, H·hd], [N, H_kv·hd]
+    dx = layer.project_backward((dq, dk, dv), "q", "k", "v")           # [N, D] or None
+    return None if dx is None else dh + layer.norm_backward(dx, "attn_norm")
 
 
 class Llama:
-    """A LLaMA decoder for inference: `forward(ids, cache)` → logits."""
+    """A LLaMA decoder for inference: `forward(ids, cache)` → logits.
+
+    `use_kernels` picks the backend that runs every op (`kernels.backend`: C where built,
+    else NumPy). LoRA adapters run beside the weights, unmerged, after `apply_adapter`."""
 
     def __init__(self, config: LlamaConfig, weights, use_kernels=True):
         self.config = config
         self.weights = weights
-        self.use_kernels = use_kernels and kernels.AVAILABLE
-        self.layers = [{key: weights[name] for key, name in layer_weight_names(i).items()}
-                       for i in range(config.num_hidden_layers)]
-        self._decoders = None  # (the layers' weights, a kernels.DecodeLayer per layer or None)
+        self.backend = kernels.backend(use_kernels)
+        self.lora = {}                    # weight name -> [(A [r, in], B [out, r], scaling), …]
+        self.int8_activations = False
+        self._layers_from_weights()
+
+    @property
+    def use_kernels(self):
+        return self.backend is not kernels.NUMPY
 
     @property
     def lm_head(self):
@@ -99,77 +82,8 @@ class Llama:
             return self.weights["model.embed_tokens.weight"]
         return self.weights["lm_head.weight"]
 
-    def set_int8_activations(self, on=True):
-        """Round activations to 8 bits (per block of 32) before every product with quantized
-        weights: llama.cpp's arithmetic, integer dot products (`QuantizedMatrix`,
-        `quant.quant_matmul_int8`). The logits move a little; on the machine of the README it
-        decodes no faster than the fp32 kernels and fills prompts 2.5× slower."""
-        for weight in self.weights.values():
-            while hasattr(weight, "base"):          # under LoRA wrappers, the frozen weight
-                weight = weight.base
-            if isinstance(weight, QuantizedMatrix):
-                weight.int8_activations = bool(on)
-        self._decoders = None                       # the fused kernels read the flag once
-
     def new_cache(self, max_len=None):
         return KVCache(self.config, max_len or self.config.max_position_embeddings)
-
-    # -- the pieces, each one op, with the C kernel where one exists ------------------
-    def _rmsnorm(self, x, weight):
-        if self.use_kernels:
-            return kernels.rmsnorm(x, weight, self.config.rms_norm_eps)
-        return ops.rmsnorm_forward(x, weight, self.config.rms_norm_eps)[0]
-
-    def _rope(self, x, positions):
-        if self.use_kernels:
-            return kernels.rope_(x, positions, self.config.rope_theta)
-        return ops.rope_forward(x, positions, self.config.rope_theta)[0]
-
-    def _attention(self, q, keys, values):
-        if self.use_kernels:
-            return kernels.attention_forward(q, keys, values)
-        return ops.attention_forward(q, keys, values)[0]
-
-    def _fused_decoders(self):
-        """A `kernels.DecodeLayer` per block (one C call per block for a one-token step),
-        made on first use and remade when the weights were replaced (LoRA swaps them);
-        None when the kernels are off or some block's weights are of a kind the fused
-        kernel does not take (e.g. a LoRA wrapper): decoding then runs `block`."""
-        if not self.use_kernels:
-            return None
-        layers = [tuple(layer.values()) for layer in self.layers]
-        if self._decoders is None or any(a is not b for old, new in zip(self._decoders[0], layers)
-                                         for a, b in zip(old, new)):
-            try:
-                decoders = [kernels.DecodeLayer(layer, self.config) for layer in self.layers]
-            except (TypeError, ValueError):
-                decoders = None
-            self._decoders = (layers, decoders)
-        return self._decoders[1]
-
-    def block(self, h, layer_index, positions, cache):
-        """One transformer block on h [T, D]: attention then MLP, each a residual branch."""
-        cfg, w = self.config, self.layers[layer_index]
-        n_tokens = h.shape[0]
-        start = cache.length
-
-        x = self._rmsnorm(h, w["attn_norm"])                                               # [T, D]
-        q = ops.linear_forward(x, w["q"])[0].reshape(n_tokens, cfg.num_attention_heads, cfg.head_dim)
-        k = ops.linear_forward(x, w["k"])[0].reshape(n_tokens, cfg.num_key_value_heads, cfg.head_dim)
-        v = ops.linear_forward(x, w["v"])[0].reshape(n_tokens, cfg.num_key_value_heads, cfg.head_dim)
-        q = self._rope(q, positions)                                                       # [T, H, hd]
-        k = self._rope(k, positions)                                                       # [T, H_kv, hd]
-        cache.k[layer_index, start:start + n_tokens] = k
-        cache.v[layer_index, start:start + n_tokens] = v
-        keys = cache.k[layer_index, :start + n_tokens]                                     # [S, H_kv, hd]
-        values = cache.v[layer_index, :start + n_tokens]                                   # [S, H_kv, hd]
-        attn = self._attention(q, keys, values)                                            # [T, H*hd]
-        h = h + ops.linear_forward(attn, w["o"])[0]                                        # [T, D]
-
-        x = self._rmsnorm(h, w["mlp_norm"])                                                # [T, D]
-        gate, up = ops.linear_forward(x, w["gate"])[0], ops.linear_forward(x, w["up"])[0]  # [T, F] each
-        hidden = ops.swiglu_forward(gate, up)[0]                                           # [T, F]
-        return h + ops.linear_forward(hidden, w["down"])[0]                                # [T, D]
 
     def forward(self, ids, cache=None, last_only=False):
         """Logits for the tokens `ids` [T], which follow the `cache.length` tokens already in
@@ -179,22 +93,72 @@ class Llama:
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         if cache is None:
             cache = self.new_cache(len(ids))
+        self._check_ids(ids, cache)
+        positions = np.arange(cache.length, cache.length + len(ids), dtype=np.int64)  # [T]
+        h = ops.embedding_forward(ids, self.weights["model.embed_tokens.weight"])[0]   # [T, D]
+        h = np.ascontiguousarray(h, dtype=np.float32)
+        fused = self._fused_decoders() if len(ids) == 1 else None
+        for i in range(self.config.num_hidden_layers):
+            if fused:      # one new token: the same block as one C call
+                fused[i](h, cache.k[i], cache.v[i], cache.length)
+            else:
+                h = block_forward(h, InferenceLayer(self, i, cache, positions))
+        cache.length += len(ids)
+        h = np.ascontiguousarray(h[-1:] if last_only else h)
+        h = self.backend.rmsnorm(h, self.weights["model.norm.weight"], self.config.rms_norm_eps)  # [T, D]
+        return self.project(h, self.lm_head)                                                    # [T, V]
+
+    def block(self, h, layer_index, positions, cache):
+        """Block `layer_index` alone on h [T, D] at `positions` (its keys and values go to
+        `cache` from `cache.length` on): what `forward` runs for each layer."""
+        return block_forward(h, InferenceLayer(self, layer_index, cache, positions))
+
+    def project(self, x, weight, lora=()):
+        """x [..., in] @ Wᵀ through the backend, plus scaling · (x Aᵀ) Bᵀ for each LoRA pair."""
+        y = self.backend.matmul(x, weight, self.int8_activations)                  # [..., out]
+        for lora_a, lora_b, scaling in lora:
+            y = y + ops.lora_forward(x, lora_a, lora_b, scaling)[0]
+        return y
+
+    # -- changing how the model runs --------------------------------------------------
+    def apply_adapter(self, adapter, source="adapter"):
+        """Run with a LoRA adapter (`llama.adapter.Adapter`) beside the weights, unmerged:
+        every adapted projection then adds scaling · (x Aᵀ) Bᵀ (adapters stack, in the order
+        applied), and the adapter's embed_tokens / lm_head copies replace the model's.
+        Raises AdapterError (naming `source`) if it does not fit this model."""
+        adapter.check_compatible(self.config, self.weights, source=source)
+        for name, lora_a, lora_b, scaling in adapter.lora_pairs():
+            self.lora.setdefault(name, []).append((lora_a, lora_b, scaling))
+        weights = dict(self.weights)
+        self.config = with_copies(self.config, weights, adapter)
+        self.weights = weights
+        self._layers_from_weights()
+
+    def set_int8_activations(self, on=True):
+        """Round activations to 8 bits (per block of 32) before every product with quantized
+        weights: llama.cpp's arithmetic, integer dot products (`quant.quant_matmul_int8`).
+        The logits move a little (README, Results)."""
+        self.int8_activations = bool(on)
+        self._decoders = None                       # the fused kernels read the flag once
+
+    # -- plumbing ------------------------------------------------------------------
+    def _layers_from_weights(self):
+        self.layers = [{key: self.weights[name] for key, name in layer_weight_names(i).items()}
+                       for i in range(self.config.num_hidden_layers)]
+        self._decoders = None
+
+    def _fused_decoders(self):
+        """A `kernels.DecodeLayer` per block, made on first use; None when the backend has
+        none or a block's products are not plain weights (LoRA beside them)."""
+        if self._decoders is None:
+            fused = None if self.lora else self.backend.decode_layers(self.layers, self.config,
+                                                                      self.int8_activations)
+            self._decoders = fused or []
+        return self._decoders
+
+    def _check_ids(self, ids, cache):
         if cache.length + len(ids) > cache.max_len:
             raise ValueError(f"context overflow: {cache.length} cached + {len(ids)} new tokens "
                              f"> {cache.max_len} positions")
         if len(ids) and (ids.min() < 0 or ids.max() >= self.config.vocab_size):
             raise ValueError(f"token id out of range [0, {self.config.vocab_size})")
-        positions = np.arange(cache.length, cache.length + len(ids), dtype=np.int64)    # [T]
-        h = ops.embedding_forward(ids, self.weights["model.embed_tokens.weight"])[0]     # [T, D]
-        h = np.ascontiguousarray(h, dtype=np.float32)
-        decoders = self._fused_decoders() if len(ids) == 1 else None
-        for i in range(self.config.num_hidden_layers):
-            if decoders:   # one new token: the same block as one C call (kernels/decode_layer.c)
-                decoders[i](h, cache.k[i], cache.v[i], cache.length)
-            else:
-                h = self.block(h, i, positions, cache)
-        cache.length += len(ids)
-        if last_only:
-            h = h[-1:]
-        h = self._rmsnorm(np.ascontiguousarray(h), self.weights["model.norm.weight"])      # [T, D]
-        return ops.linear_forward(h, self.lm_head)[0]                                     # [T, V]

@@ -1,0 +1,17 @@
+"""Block quantization: the weight formats (one table), round-to-nearest quantizers bit-identical
+to llama.cpp's reference ones, the NumPy references of the quantized products, and
+`QuantizedMatrix`, a weight kept as blocks.
+
+    formats.py   the table of formats (GGML ids, block sizes, kernel numbers), block layouts
+    rtn.py       quantize / dequantize (RTN), and what it costs
+    matmul.py    x @ W.T on blocks, its transpose, llama.cpp's int8-activation arithmetic
+    matrix.py    QuantizedMatrix
+
+Imports: NumPy only. Which code multiplies by a QuantizedMatrix in a model, NumPy or C, is
+decided by `llama_np.kernels` (its backend), not here.
+"""
+from llama_np.quant.formats import (BLOCK_BYTES, BLOCK_DTYPES, FORMATS, GGML_TYPE_IDS, QK, TensorFormat,
+                                    ggml_type_name, tensor_nbytes)
+from llama_np.quant.matmul import quant_matmul, quant_matmul_int8, quant_matmul_t, quantize_activations_int8
+from llama_np.quant.matrix import QuantizedMatrix, dense
+from llama_np.quant.rtn import dequantize, quantization_error, quantize

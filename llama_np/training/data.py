@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from llama_np.ops.ops import IGNORE_INDEX
+from llama_np.ops import IGNORE_INDEX
 from llama_np.files.text import read_utf8
 
 # The Chinese-Alpaca training prompt (build_dataset.py PROMPT_TEMPLATE), exactly.

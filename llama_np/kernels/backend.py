@@ -1,0 +1,81 @@
+"""The one switch between NumPy and C: a backend is the set of ops a model runs with.
+
+    backend = kernels.backend(use_c=True)      # C where the extension was built, else NumPy
+    y = backend.matmul(x, weight)              # float32 or QuantizedMatrix weight
+    y = backend.rmsnorm(x, weight, eps); backend.rope(x, positions, theta); backend.attention(q, k, v)
+
+`NUMPY` runs every op as its reference (`llama_np.ops`, `llama_np.quant`); `C` runs the
+kernels of `kernels/` (each behind the argument checks of `llama_np.kernels.native`),
+quantized products included, and offers the fused one-token decode layer. A model holds
+one backend and calls every op through it, so `Llama(use_kernels=False)` really is NumPy
+from the embedding to the logits. Plain float32 products are NumPy's (BLAS) in both.
+"""
+import numpy as np
+
+from llama_np import ops
+from llama_np.kernels import native
+from llama_np.kernels.decode_layer import DecodeLayer
+
+
+class NumpyBackend:
+    """Every op as its NumPy reference."""
+    name = "numpy"
+
+    def rmsnorm(self, x, weight, eps):
+        return ops.rmsnorm_forward(x, weight, eps)[0]                     # [T, D]
+
+    def rope(self, x, positions, theta):
+        return ops.rope_forward(x, positions, theta)[0]                   # [T, H, hd]
+
+    def attention(self, q, k, v):
+        return ops.attention_forward(q, k, v)[0]                          # [T, H·hd]
+
+    def matmul(self, x, weight, int8_activations=False):
+        """x @ W.T: x [..., in] float32, W a float32 [out, in] array or a QuantizedMatrix →
+        [..., out]. `int8_activations` rounds x to 8 bits per block before a quantized
+        product (llama.cpp's arithmetic)."""
+        if isinstance(weight, np.ndarray):
+            return x @ weight.T
+        return weight.matmul(x, int8_activations)
+
+    def decode_layers(self, layers, config, int8_activations=False):
+        """The fused one-token block for each layer, or None where there is none."""
+        return None
+
+
+class CBackend(NumpyBackend):
+    """The C kernels."""
+    name = "c"
+
+    def rmsnorm(self, x, weight, eps):
+        return native.rmsnorm(x, weight, eps)
+
+    def rope(self, x, positions, theta):
+        return native.rope_(x, positions, theta)                          # in place
+
+    def attention(self, q, k, v):
+        return native.attention_forward(q, k, v)
+
+    def matmul(self, x, weight, int8_activations=False):
+        if isinstance(weight, np.ndarray):
+            return x @ weight.T
+        x_rows = weight.check_input(x, weight.shape[1], "x")              # [T, in]
+        y = native.quant_matmul(weight.data, weight.qtype, x_rows, int8_activations)
+        return y.reshape(*x.shape[:-1], weight.shape[0])                  # [..., out]
+
+    def decode_layers(self, layers, config, int8_activations=False):
+        """A `DecodeLayer` per layer, or None when some layer's weights are of a kind the
+        fused kernel does not take (the model then runs `block_forward`)."""
+        try:
+            return [DecodeLayer(layer, config, int8_activations) for layer in layers]
+        except (TypeError, ValueError):
+            return None
+
+
+NUMPY = NumpyBackend()
+C = CBackend() if native.AVAILABLE else None
+
+
+def backend(use_c=True):
+    """The C backend when asked for and built, else NumPy."""
+    return C if use_c and C is not None else NUMPY

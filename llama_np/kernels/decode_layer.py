@@ -1,0 +1,84 @@
+"""The fused decode layer: one transformer block for one new token in a single C call
+(kernels/decode_layer.c), the compiled form of `llama_np.llama.model.block_forward` with
+quantized (or float32) products and attention over the KV cache. A test holds the two to
+each other (tests/test_decode_kernels.py)."""
+import numpy as np
+
+from llama_np.kernels import native
+from llama_np.kernels.native import FORMATS, get_num_threads, require_array
+from llama_np.quant import QK, QuantizedMatrix
+
+_DECODE_MATRICES = ("q", "k", "v", "o", "gate", "up", "down")
+
+
+class DecodeLayer:
+    """One transformer block for `decode_layer_f32`: the whole block for one new token in a
+    single C call (kernels/decode_layer.c; its reference is `block_forward`).
+
+    The weights are checked once, here, and kept as C pointers (with the arrays they point
+    into, so that those stay alive); each call then checks only the per-token arguments.
+    `layer` maps the keys of `llama_np.llama.weights.layer_weight_names` to weights, each a
+    QuantizedMatrix or a float32 [out, in] array; `int8_activations` rounds the activations
+    to 8 bits before each quantized product (llama.cpp's arithmetic). Raises TypeError or
+    ValueError for weights the kernel cannot take (the model then runs `block_forward`)."""
+
+    def __init__(self, layer, config, int8_activations=False):
+        hd, n_q, n_kv = config.head_dim, config.num_attention_heads, config.num_key_value_heads
+        dim, hidden = config.hidden_size, config.intermediate_size   # LlamaConfig checked n_q % n_kv
+        expected = {"q": (n_q * hd, dim), "k": (n_kv * hd, dim), "v": (n_kv * hd, dim), "o": (dim, n_q * hd),
+                    "gate": (hidden, dim), "up": (hidden, dim), "down": (dim, hidden)}
+        self._keep = []                                     # every buffer a pointer points into
+        self.weights = native.ffi.new("block_weights *")
+        for key in _DECODE_MATRICES:
+            w = layer[key]
+            if isinstance(w, QuantizedMatrix):
+                data, fmt = w.data, w.qtype
+            elif isinstance(w, np.ndarray):
+                require_array(w, key, np.float32, 2)
+                data, fmt = w, "F32"
+            else:
+                raise TypeError(f"{key}: the fused decode kernel takes quantized or float32 weights, "
+                                f"not {type(w).__name__}")
+            if tuple(w.shape) != expected[key]:
+                raise ValueError(f"{key}: shape {tuple(w.shape)}, expected {expected[key]}")
+            if w.shape[1] % QK:
+                raise ValueError(f"{key}: rows of {w.shape[1]} weights, not a multiple of {QK}")
+            buffer = native.ffi.from_buffer("uint8_t[]", data)
+            alignment = 4 if fmt == "F32" else 2                 # floats; fp16 scales
+            if int(native.ffi.cast("uintptr_t", buffer)) % alignment:
+                raise ValueError(f"{key}: weights must start at a {alignment}-byte aligned address")
+            self._keep.append(buffer)
+            matrix = getattr(self.weights, key)
+            matrix.data, matrix.format, matrix.rows, matrix.cols = buffer, FORMATS[fmt], *w.shape
+        for key in ("attn_norm", "mlp_norm"):
+            require_array(layer[key], key, np.float32, 1)
+            if layer[key].shape != (dim,):
+                raise ValueError(f"{key}: shape {layer[key].shape}, expected ({dim},)")
+            buffer = native.ffi.from_buffer("float[]", layer[key])
+            self._keep.append(buffer)
+            setattr(self.weights, key, buffer)
+        self.shape = native.ffi.new("block_shape *", {
+            "dim": dim, "n_heads": n_q, "n_kv_heads": n_kv, "head_dim": hd, "hidden_dim": hidden,
+            "norm_eps": config.rms_norm_eps, "rope_theta": config.rope_theta,
+            "int8_activations": int(bool(int8_activations))})
+        self.cache_row = (n_kv, hd)
+
+    def __call__(self, h, k_cache, v_cache, position):
+        """h [1, D] float32, updated in place; k_cache and v_cache [max_len, H_kv, hd] float32,
+        this layer's cache, whose row `position` is written and rows 0 … position read."""
+        require_array(h, "h", np.float32, 2)
+        require_array(k_cache, "k_cache", np.float32, 3)
+        require_array(v_cache, "v_cache", np.float32, 3)
+        if h.shape != (1, self.shape.dim):
+            raise ValueError(f"h: shape {h.shape}, expected (1, {self.shape.dim})")
+        if k_cache.shape != v_cache.shape or k_cache.shape[1:] != self.cache_row:
+            raise ValueError(f"cache shapes {k_cache.shape} and {v_cache.shape}, expected "
+                             f"[max_len, {self.cache_row[0]}, {self.cache_row[1]}] each")
+        if not 0 <= position < k_cache.shape[0]:
+            raise ValueError(f"position {position} outside the cache of {k_cache.shape[0]} rows")
+        status = native.lib.decode_layer_f32(native.ffi.from_buffer("float[]", h, require_writable=True), self.weights,
+                                      self.shape, native.ffi.from_buffer("float[]", k_cache, require_writable=True),
+                                      native.ffi.from_buffer("float[]", v_cache, require_writable=True),
+                                      int(position), get_num_threads())
+        if status != 0:
+            raise MemoryError("no scratch memory for the decode step")

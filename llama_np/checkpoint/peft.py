@@ -21,6 +21,7 @@ import re
 import numpy as np
 
 from llama_np.checkpoint.safetensors import CheckpointError, read_safetensors
+from llama_np.files.atomic import atomic_path, atomic_write_text
 from llama_np.llama.adapter import (EMBED, LM_HEAD, PROJECTIONS, SAVABLE_MODULES, Adapter, AdapterError,
                            LoraConfig)
 
@@ -67,13 +68,9 @@ def save_adapter(folder, adapter):
                for name, p in adapter.params.items()}
     if adapter.tied_base and adapter.config.ensure_weight_tying and EMBED in adapter.params:
         tensors[PREFIX + LM_HEAD] = tensors[PREFIX + EMBED].copy()  # PEFT writes both names
-    tmp = os.path.join(folder, WEIGHTS_FILE + ".tmp")
-    save_file(tensors, tmp, metadata={"format": "pt"})
-    os.replace(tmp, os.path.join(folder, WEIGHTS_FILE))
-    tmp = os.path.join(folder, CONFIG_FILE + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(_config_dict(adapter.config), f, indent=2)
-    os.replace(tmp, os.path.join(folder, CONFIG_FILE))
+    with atomic_path(os.path.join(folder, WEIGHTS_FILE)) as tmp:
+        save_file(tensors, tmp, metadata={"format": "pt"})
+    atomic_write_text(os.path.join(folder, CONFIG_FILE), json.dumps(_config_dict(adapter.config), indent=2))
 
 
 def read_adapter_config(folder):

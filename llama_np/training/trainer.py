@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from llama_np.checkpoint.peft import load_adapter, save_adapter
+from llama_np.files.atomic import atomic_write_text
 from llama_np.llama.adapter import EMBED, LM_HEAD
 
 LATEST = "latest"                 # the file naming the newest checkpoint folder of a run
@@ -278,7 +279,7 @@ class Trainer:
         if os.path.exists(final):
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _write_atomic(os.path.join(self.out_dir, LATEST), name + "\n")
+        atomic_write_text(os.path.join(self.out_dir, LATEST), name + "\n")
         self._prune_checkpoints(keep=name)
         return final
 
@@ -317,7 +318,7 @@ class Trainer:
             return
         with open(path, encoding="utf-8") as f:
             kept = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= self.step]
-        _write_atomic(path, "".join(kept))
+        atomic_write_text(path, "".join(kept))
 
     def plot(self, path=None):
         """The loss curve of the whole run (from train_log.jsonl) as a PNG."""
@@ -403,13 +404,6 @@ def _from_json(value):
             return np.array(value["ndarray"], dtype=value["dtype"])
         return {k: _from_json(v) for k, v in value.items()}
     return value
-
-
-def _write_atomic(path, text):
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def _install_sigint(stop):

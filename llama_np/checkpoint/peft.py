@@ -22,6 +22,7 @@ import numpy as np
 
 from llama_np.checkpoint.safetensors import CheckpointError, read_safetensors
 from llama_np.files.atomic import atomic_path, atomic_write_text
+from llama_np.files.text import read_json
 from llama_np.llama.adapter import (EMBED, LM_HEAD, PROJECTIONS, SAVABLE_MODULES, Adapter, AdapterError,
                            LoraConfig)
 
@@ -80,11 +81,7 @@ def read_adapter_config(folder):
         raise CheckpointError(f"{folder}: no such adapter folder")
     if not os.path.exists(path):
         raise CheckpointError(f"{folder}: no {CONFIG_FILE} (not a PEFT adapter folder)")
-    try:
-        with open(path, encoding="utf-8") as f:
-            raw = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    raw = read_json(path, CheckpointError, "the adapter config")
     if not isinstance(raw, dict):
         raise CheckpointError(f"{path}: expected a JSON object")
     if raw.get("peft_type") != "LORA":

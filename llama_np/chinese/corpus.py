@@ -35,7 +35,7 @@ import json
 
 from llama_np.files import hub
 from llama_np.files.atomic import atomic_write_text
-from llama_np.files.text import read_utf8
+from llama_np.files.text import read_json, read_utf8
 
 CMRC2018_FILE = "ymcui/cmrc2018/squad-style-data/cmrc2018_dev.json"
 SONG_CI_FILE = "chinese-poetry/chinese-poetry/宋词/宋词三百首.json"
@@ -66,7 +66,7 @@ def cmrc2018_questions(path=None):
 def _from_cmrc2018(path, text_of):
     """text_of(paragraph) for each paragraph of a SQuAD-style file, in file order."""
     path = path or hub.data_path(CMRC2018_FILE)
-    data = _read_json(path)
+    data = read_json(path, CorpusError, "the corpus")
     try:
         return [text_of(paragraph) for article in data["data"] for paragraph in article["paragraphs"]]
     except (KeyError, TypeError) as e:
@@ -77,7 +77,7 @@ def _from_cmrc2018(path, text_of):
 def song_ci_poems(path=None):
     """The 280 poems of 宋词三百首, in file order, each its lines joined by newlines."""
     path = path or hub.data_path(SONG_CI_FILE)
-    poems = _read_json(path)
+    poems = read_json(path, CorpusError, "the corpus")
     try:
         return ["\n".join(poem["paragraphs"]) for poem in poems]
     except (KeyError, TypeError) as e:
@@ -123,16 +123,6 @@ def chinese_documents(part="train", sources=SOURCES):
 def unknown_sources(sources):
     """The names in `sources` that are neither SOURCES nor EXTRA_SOURCES."""
     return [name for name in sources if name not in SOURCES + EXTRA_SOURCES]
-
-
-def _read_json(path):
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except OSError as e:
-        raise CorpusError(f"{path}: cannot read ({e.strerror})") from None
-    except (ValueError, UnicodeDecodeError) as e:
-        raise CorpusError(f"{path}: not valid UTF-8 JSON ({e})") from None
 
 
 # ----- plain text files -------------------------------------------------------------------

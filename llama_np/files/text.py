@@ -4,8 +4,10 @@ Corpora (`llama_np.chinese.corpus`), training data (`llama_np.training.data`) an
 (`llama_np.perplexity`) all come in through `read_utf8`, so they fail alike: the file named,
 then what is wrong with it — cannot be read, not UTF-8 (with the line of the first bad byte,
 which is where to look in an editor), or nothing in it but white space. Binary files (a
-SentencePiece `.model`) come in through `read_bytes`.
+SentencePiece `.model`) come in through `read_bytes`, JSON files (side files of a model
+folder, data sets, saved results) through `read_json`.
 """
+import json
 import os
 
 
@@ -35,3 +37,21 @@ def read_bytes(path, error=ValueError, what="the file"):
             return f.read()
     except OSError as e:
         raise error(f"{os.fspath(path)}: cannot read {what} ({(e.strerror or str(e)).lower()})") from None
+
+
+_REQUIRED = object()
+
+
+def read_json(path, error=ValueError, what="the file", missing=_REQUIRED):
+    """The value held by the UTF-8 JSON file at `path`. When `missing` is given, a path that
+    is not a file gives it back (an optional side file); otherwise a file that cannot be
+    read raises `error` as `read_bytes` does, and one that is not UTF-8 JSON raises `error`
+    naming the file and the decoder's complaint."""
+    path = os.fspath(path)
+    if missing is not _REQUIRED and not os.path.isfile(path):
+        return missing
+    data = read_bytes(path, error, what)
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise error(f"{path}: not valid JSON ({e})") from None

@@ -3,8 +3,9 @@
 Read from a Hugging Face `config.json` or from GGUF metadata (`llama.*` keys); the two
 name the same quantities differently, and this is the one place that knows both.
 """
-import json
 from dataclasses import dataclass, asdict
+
+from llama_np.files.text import read_json
 
 
 class ConfigError(ValueError):
@@ -74,11 +75,7 @@ class LlamaConfig:
 
     @classmethod
     def from_json(cls, path):
-        try:
-            with open(path, encoding="utf-8") as f:
-                cfg = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}: not valid JSON ({e})") from None
+        cfg = read_json(path, ConfigError, "the config")
         return cls.from_hf_dict(cfg, source=str(path))
 
     def to_hf_dict(self):

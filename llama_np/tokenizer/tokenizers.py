@@ -33,10 +33,10 @@ Typical use:
 `tokenizers` and `sentencepiece` are imported only when a tokenizer of that kind is built,
 so importing this module is instant.
 """
-import json
 import os
 import re
 
+from llama_np.files.text import read_json
 from llama_np.tokenizer import protowire
 
 # Token types, as GGUF stores them in `tokenizer.ggml.token_type`. llama.cpp took them from
@@ -501,8 +501,8 @@ def _read_hf_tokenizer_config(folder):
     """What llama_np needs from an HF folder's tokenizer side files, each optional:
     bos/eos/pad token texts, add_bos_token (None if unsaid), chat_template (None if none),
     and added_tokens ({text: id}, for SentencePiece models extended by transformers)."""
-    config = _read_json(os.path.join(folder, "tokenizer_config.json"))
-    special_map = _read_json(os.path.join(folder, "special_tokens_map.json"))
+    config = read_json(os.path.join(folder, "tokenizer_config.json"), TokenizerError, missing={})
+    special_map = read_json(os.path.join(folder, "special_tokens_map.json"), TokenizerError, missing={})
 
     def token_text(name):
         value = config.get(name, special_map.get(name))
@@ -510,7 +510,7 @@ def _read_hf_tokenizer_config(folder):
             value = value.get("content")
         return value
 
-    added = dict(_read_json(os.path.join(folder, "added_tokens.json")))
+    added = dict(read_json(os.path.join(folder, "added_tokens.json"), TokenizerError, missing={}))
     for token_id, entry in config.get("added_tokens_decoder", {}).items():
         added.setdefault(entry["content"], int(token_id))
 
@@ -528,13 +528,3 @@ def _read_hf_tokenizer_config(folder):
     return dict(bos_token=token_text("bos_token"), eos_token=token_text("eos_token"),
                 pad_token=token_text("pad_token"), add_bos_token=config.get("add_bos_token"),
                 chat_template=chat_template, added_tokens=added)
-
-
-def _read_json(path):
-    if not os.path.isfile(path):
-        return {}
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise TokenizerError(f"{path}: not valid JSON ({e})") from None

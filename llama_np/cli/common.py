@@ -9,6 +9,8 @@ import argparse
 import os
 import sys
 
+from llama_np.llama import decoding_defaults as paper
+
 EXIT_USAGE = 2
 EXIT_ERROR = 1
 
@@ -33,21 +35,21 @@ def add_threads_arg(parser):
 
 
 def add_sampling_args(parser):
-    """The decoding flags; defaults are the paper's settings (llama_np.llama.sampling)."""
+    """The decoding flags; defaults are the paper's settings (llama_np.llama.decoding_defaults)."""
     g = parser.add_argument_group("sampling (defaults: the paper's settings)")
-    g.add_argument("--temperature", type=non_negative_float, default=0.2,
+    g.add_argument("--temperature", type=non_negative_float, default=paper.PAPER_TEMPERATURE,
                    help="softmax temperature; 0 = greedy (default: %(default)s)")
-    g.add_argument("--top-k", type=non_negative_int, default=40,
+    g.add_argument("--top-k", type=non_negative_int, default=paper.PAPER_TOP_K,
                    help="keep the k most likely tokens; 0 = off (default: %(default)s)")
-    g.add_argument("--top-p", type=unit_float, default=0.9,
+    g.add_argument("--top-p", type=unit_float, default=paper.PAPER_TOP_P,
                    help="nucleus: keep the most likely tokens up to this probability mass (default: %(default)s)")
-    g.add_argument("--repetition-penalty", type=positive_float, default=1.3,
+    g.add_argument("--repetition-penalty", type=positive_float, default=paper.PAPER_REPETITION_PENALTY,
                    help="divide (multiply) the positive (negative) logits of seen tokens; 1 = off "
                         "(default: %(default)s)")
     g.add_argument("--seed", type=int, default=None, help="random seed for reproducible sampling")
-    g.add_argument("--max-new-tokens", type=positive_int, default=512,
+    g.add_argument("--max-new-tokens", type=positive_int, default=paper.PAPER_MAX_NEW_TOKENS,
                    help="stop after this many new tokens (default: %(default)s)")
-    g.add_argument("--ctx", type=positive_int, default=2048,
+    g.add_argument("--ctx", type=positive_int, default=paper.PAPER_CONTEXT,
                    help="context length in tokens (default: %(default)s)")
 
 

@@ -7,7 +7,8 @@ with a KV cache, LoRA adapters beside its weights, and generating text with it.
     inference_layer.py  the block's inference use: backend products, KV-cache attention
     kv_cache.py         KVCache
     adapter.py          LoraConfig, Adapter, merging
-    sampling.py         the paper's decoding settings and the samplers
+    decoding_defaults.py  the paper's decoding settings (numbers only: the tools' --help)
+    sampling.py         the samplers
     generation.py       the generation loop, streaming, stop strings
     conversation.py     a multi-turn chat over one cache
 

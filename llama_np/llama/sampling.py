@@ -3,20 +3,15 @@
 The filters run in Hugging Face's order: repetition penalty → temperature → top-k → top-p,
 then one draw from what is left. Temperature 0 (or `greedy=True`) is the arg-max.
 
-The paper's decoding settings (Chinese-LLaMA-Alpaca `inference_hf.py`) are the defaults:
-temperature 0.2, top-k 40, top-p 0.9, repetition penalty 1.3, at most 512 new tokens in a
-2048-token context.
+The paper's decoding settings (`decoding_defaults`) are the defaults.
 """
 from dataclasses import dataclass
 
 import numpy as np
 
-PAPER_TEMPERATURE = 0.2
-PAPER_TOP_K = 40
-PAPER_TOP_P = 0.9
-PAPER_REPETITION_PENALTY = 1.3
-PAPER_MAX_NEW_TOKENS = 512
-PAPER_CONTEXT = 2048
+from llama_np.llama.decoding_defaults import (PAPER_CONTEXT, PAPER_MAX_NEW_TOKENS,  # noqa: F401 (re-exported)
+                                              PAPER_REPETITION_PENALTY, PAPER_TEMPERATURE, PAPER_TOP_K,
+                                              PAPER_TOP_P)
 
 
 @dataclass

@@ -4,7 +4,7 @@
     python benchmarks/bench_inference.py --runs 3 --threads 2    # quicker
     python benchmarks/bench_inference.py --engines llama_np,llama_cpp --json results.json
 
-What is measured (DESIGN.md §5 has the anchors of the reference machine):
+What is measured (docs/benchmarks.md#anchors has the numbers measured so far):
 
 - prefill tok/s: one forward pass over a 128-token prompt (the first answers of
   alpaca_en_demo.json, the same token ids for every engine) from an empty cache;
@@ -16,10 +16,11 @@ What is measured (DESIGN.md §5 has the anchors of the reference machine):
   RSS is the memory of a short chat.
 
 Engines: llama_np (this repository), llama.cpp through llama-cpp-python (same Q4_1 file;
-build recipe in DESIGN.md §5) and transformers + torch in fp32. For transformers the GGUF is
-dequantized once, at the start, by `from_pretrained(gguf_file=...)` and saved as a Hugging
-Face folder in a temporary directory, which its runs then load as a transformers user would
-(reading the GGUF itself takes transformers about a minute, mostly building its tokenizer).
+build recipe in docs/benchmarks.md#llamacpp) and transformers + torch in fp32. For
+transformers the GGUF is dequantized once, at the start, by `from_pretrained(gguf_file=...)`
+and saved as a Hugging Face folder in a temporary directory, which its runs then load as a
+transformers user would (reading the GGUF itself takes transformers about a minute, mostly
+building its tokenizer).
 An engine that is not importable is skipped. On request (`--engines ...,llama_np_int8`) llama_np
 also runs with --int8-activations, llama.cpp's own arithmetic.
 
@@ -57,7 +58,7 @@ WARMUP_TOKENS = 8
 CHAT_MESSAGE = "Please explain in two short sentences why the sky looks blue during a clear day."
 ALPACA_EN_FILE = "hiyouga/LLaMA-Factory/data/alpaca_en_demo.json"
 
-# DESIGN.md §5: the reference machine (2 cores, Sapphire Rapids, AVX-512/VNNI)
+# The reference machine (2 cores, Sapphire Rapids, AVX-512/VNNI): docs/benchmarks.md#anchors
 ANCHORS = {("llama_cpp", 2): (302, 86), ("llama_cpp", 1): (165, 53), ("transformers", 2): (764, 29)}
 ANCHOR_TTFT = {"llama_cpp": 0.28, "transformers": 2.9}
 ANCHOR_RSS_MB = {"llama_cpp": 208, "transformers": 928}
@@ -66,7 +67,7 @@ ANCHOR_RSS_MB = {"llama_cpp": 208, "transformers": 928}
 def prompt_ids(model_path, n_tokens):
     """The first `n_tokens` tokens of the Alpaca answers, in the model's vocabulary."""
     from llama_np.files import hub
-    from llama_np.tokenizer.tokenizers import load_tokenizer
+    from llama_np.checkpoint import load_tokenizer
 
     tokenizer = load_tokenizer(model_path)
     with open(hub.data_path(ALPACA_EN_FILE), encoding="utf-8") as f:
@@ -317,7 +318,7 @@ def report(results, first_token, engines, thread_counts, runs, model_path):
     """The tables, as markdown, on stdout."""
     print(f"\n### Inference, {os.path.basename(model_path)} (medians of {runs} runs)\n")
     print("| engine | threads | prefill tok/s, 128 tokens: median (best) | decode tok/s, 128 tokens: median (best) "
-          "| peak RSS MiB | reference machine (DESIGN §5) |")
+          "| peak RSS MiB | reference machine (docs/benchmarks.md#anchors) |")
     print("|---|---|---|---|---|---|")
     medians = {}
     for engine in engines:

@@ -4,13 +4,14 @@
     python benchmarks/train_bench.py --runs 3 --steps 4   # more repetitions
     python benchmarks/train_bench.py --base-dtype float32 # llama_np with an fp32 copy of the base
 
-The setting of DESIGN.md §5: r = 8, alpha = 32, dropout 0.05 on q,k,v,o,gate,up,down,
-AdamW, gradient clipping, batch 4 x 256 tokens, every position a target. The batch is real
-text (the responses of alpaca_en_demo.json, tokenized and packed). Each engine runs in its
-own process (so that peak RSS is its own), engines alternate run by run (so that a busy
-machine slows both alike), the first step of each run is a warm-up, and the medians of the
-step times are reported. PyTorch is skipped if torch, transformers or peft are missing;
-transformers reads the same GGUF and dequantizes it to fp32.
+The setting of docs/benchmarks.md#how-speed-is-measured: r = 8, alpha = 32, dropout 0.05
+on q,k,v,o,gate,up,down, AdamW, gradient clipping, batch 4 x 256 tokens, every position a
+target. The batch is real text (the responses of alpaca_en_demo.json, tokenized and
+packed). Each engine runs in its own process (so that peak RSS is its own), engines
+alternate run by run (so that a busy machine slows both alike), the first step of each run
+is a warm-up, and the medians of the step times are reported. PyTorch is skipped if torch,
+transformers or peft are missing; transformers reads the same GGUF and dequantizes it to
+fp32.
 """
 import argparse
 import json
@@ -35,7 +36,7 @@ def batch_ids(model_path, batch, seq_len):
     import numpy as np
     from llama_np.files import hub
     from llama_np.training.data import read_alpaca
-    from llama_np.tokenizer.tokenizers import load_tokenizer
+    from llama_np.checkpoint import load_tokenizer
 
     tokenizer = load_tokenizer(model_path)
     ids = []

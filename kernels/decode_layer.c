@@ -1,5 +1,5 @@
 /* One decoding step of one transformer block, in a single call: the block of
- * llama_np/model.py (Llama.block) for one new token, T = 1.
+ * llama_np/llama/model.py (block_forward) for one new token, T = 1.
  *
  *   x = rmsnorm(h)                      q, k, v = x Wqᵀ, x Wkᵀ, x Wvᵀ
  *   rope(q, k) at `position`            k, v → the cache row `position`
@@ -8,15 +8,16 @@
  *   x = rmsnorm(h)                      g, u = x Wgateᵀ, x Wupᵀ
  *   h += (silu(g) ⊙ u) Wdownᵀ
  *
- * Why fuse: a token's work is ~3.5 M multiply-adds per block, a few hundred µs. Done op
- * by op from Python it is ~10 kernel calls per block, each paying for its Python wrapper,
- * its argument checks and the start and end of its own OpenMP team: more than a tenth of
- * the decode time. Here one OpenMP team does the whole block, and its threads wait for
- * each other only where a step needs the whole output of the one before: 4 barriers
- * (after q/k/v, attention, Wo, gate/up; each `omp for` ends in one). The small steps in
- * between — the norms, the per-block sums of an activation row — every thread does for
- * itself, on its own copy: a few µs, cheaper than one more meeting (with 2 threads, going
- * from 10 barriers a block to 4 made decoding ~20% faster).
+ * Why fuse: a token's work is only ~3.5 M multiply-adds per block. Done op by op from
+ * Python it is ~10 kernel calls per block, each paying for its Python wrapper, its argument
+ * checks and the start and end of its own OpenMP team: a noticeable share of the step
+ * (docs/benchmarks.md#decode-kernels). Here one OpenMP team does the whole block, and its
+ * threads wait for each other only where a step needs the whole output of the one before:
+ * 4 barriers (after q/k/v, attention, Wo, gate/up; each `omp for` ends in one). The small
+ * steps in between — the norms, the per-block sums of an activation row — every thread does
+ * for itself, on its own copy, which is cheaper than one more meeting: every barrier is a
+ * wait for the slowest thread (fewer barriers, faster decoding:
+ * docs/benchmarks.md#decode-kernels).
  *
  * Weights: any mix of Q4_0, Q4_1, Q8_0 (dot_rows, internal/quant_rows.h) and F32.
  * With int8_activations every activation row is rounded to 8 bits per block first

@@ -40,7 +40,8 @@ def parse_args(argv=None):
         description="Answer the Chinese-Alpaca evaluation prompts with the paper's decoding settings; "
                     "resumable; markdown report by category.")
     cli.add_model_args(p)
-    p.add_argument("--out", required=True, metavar="DIR", help="folder for answers.jsonl and report.md")
+    cli.required_group(p).add_argument("--out", required=True, metavar="DIR",
+                                       help="folder for answers.jsonl and report.md")
     p.add_argument("--prompts", default=None,
                    help="JSON list of {category, id, prompt} (default: the paper's 160 from the data mirror)")
     p.add_argument("--template", default="alpaca",

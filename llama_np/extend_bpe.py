@@ -12,7 +12,6 @@ their ids; the new ones follow. Without `--corpus` it learns from the training p
 llama_np's Chinese corpus (held-out documents excluded).
 """
 import argparse
-import os
 
 from llama_np.cli import common as cli
 
@@ -26,7 +25,8 @@ def parse_args(argv=None):
     parser.add_argument("--model", default="default",
                         help="a .gguf file whose tokenizer is byte-level BPE; 'default' = "
                              "SmolLM2-135M-Instruct (default: %(default)s)")
-    parser.add_argument("--out", required=True, metavar="DIR", help="folder to write the extended tokenizer to")
+    cli.required_group(parser).add_argument("--out", required=True, metavar="DIR",
+                                            help="folder to write the extended tokenizer to")
     parser.add_argument("--new-tokens", type=cli.positive_int, default=DEFAULT_NEW_TOKENS,
                         help="how many tokens to add, at most (default: %(default)s)")
     parser.add_argument("--min-frequency", type=cli.positive_int, default=DEFAULT_MIN_FREQUENCY,
@@ -40,28 +40,16 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     from llama_np.chinese import corpus
+    from llama_np.chinese.vocab_bpe import extend_tokenizer, extension_summary
     from llama_np.files import hub
-    from llama_np.checkpoint.gguf_file import GGUFFile
-    from llama_np.chinese.vocab_bpe import extended_metadata, learn_extension, save_hf_tokenizer, write_tokenizer_gguf
 
-    model_path = hub.resolve_model(args.model)
-    if os.path.isdir(model_path):
-        raise ValueError(f"{model_path}: give a .gguf file (its tokenizer metadata is what gets extended)")
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        raise ValueError(f"--out {args.out} exists and is not a folder")
     if args.corpus:
         documents = [line for path in args.corpus for line in corpus.read_text_file(path)]
     else:
         documents = corpus.chinese_documents("train")
-    base = GGUFFile(model_path).metadata
-    extension = learn_extension(base, documents, args.new_tokens, args.min_frequency)
-    metadata = extended_metadata(base, extension)
-    save_hf_tokenizer(metadata, args.out)
-    write_tokenizer_gguf(metadata, os.path.join(args.out, "tokenizer.gguf"))
-    print(f"learned {len(extension.merges)} merges, {len(extension.tokens)} new tokens, from "
-          f"{len(documents)} documents ({sum(map(len, documents))} characters)")
-    print(f"wrote {args.out}: tokenizer.json, tokenizer_config.json, tokenizer.gguf "
-          f"({extension.base_size} + {len(extension.tokens)} = {len(metadata['tokenizer.ggml.tokens'])} tokens)")
+    extension, metadata = extend_tokenizer(hub.resolve_model(args.model), documents, args.out,
+                                           args.new_tokens, args.min_frequency)
+    print(extension_summary(extension, metadata, documents, args.out))
 
 
 if __name__ == "__main__":

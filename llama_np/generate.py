@@ -14,7 +14,7 @@ def parse_args(argv=None):
         prog="python -m llama_np.generate",
         description="Continue a text with a LLaMA model (raw completion: no chat template).")
     cli.add_model_args(parser)
-    parser.add_argument("--prompt", required=True, help="the text to continue")
+    cli.required_group(parser).add_argument("--prompt", required=True, help="the text to continue")
     cli.add_sampling_args(parser)
     return parser.parse_args(argv)
 

@@ -1,7 +1,7 @@
 """`python -m llama_np.merge_lora`: bake LoRA adapters into a base model.
 
-    python -m llama_np.merge_lora --base model.gguf --adapter runs/a --out merged.gguf
-    python -m llama_np.merge_lora --base hf_folder --adapter runs/a --adapter runs/b --out merged_hf
+    python -m llama_np.merge_lora --model model.gguf --adapter runs/a --out merged.gguf
+    python -m llama_np.merge_lora --model hf_folder --adapter runs/a --adapter runs/b --out merged_hf
 
 Each adapted weight becomes W + (alpha/r) · B A (adapters applied in the order given, as
 PEFT's merge_and_unload one after the other), and modules_to_save copies replace
@@ -10,8 +10,8 @@ embed_tokens / lm_head. The merged model runs at the base model's speed, with no
 Output: a Hugging Face folder (config.json + model.safetensors in float32, plus the
 tokenizer), or — from a GGUF base — a GGUF file (`--out` ending in .gguf) with the base's
 metadata and tokenizer. In a GGUF, merged tensors are re-quantized with the RTN quantizer
-to `--qtype` (default: each tensor's own type) and untouched tensors are copied byte for
-byte. Files are written under a temporary name and renamed into place.
+to `--type` (default: each tensor's own type) and untouched tensors are copied byte for
+byte. (`--base` and `--qtype` are the older names of `--model` and `--type`.) Files are written under a temporary name and renamed into place.
 """
 import argparse
 import os
@@ -30,14 +30,17 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(
         prog="python -m llama_np.merge_lora",
         description="Merge one or more PEFT LoRA adapters into a base model.")
-    p.add_argument("--base", default="default",
-                   help="base model: .gguf file or Hugging Face folder; 'default' = SmolLM2-135M-Instruct Q4_1")
-    p.add_argument("--adapter", action="append", required=True, metavar="DIR",
-                   help="a PEFT LoRA adapter folder (repeatable; merged in order)")
-    p.add_argument("--out", required=True,
-                   help="output: a folder (Hugging Face, float32) or a file ending in .gguf")
-    p.add_argument("--qtype", choices=QTYPES, default="same",
-                   help="GGUF output: type of the merged tensors (default: each tensor's own type)")
+    p.add_argument("--model", "--base", dest="model", default="default",
+                   help="the base model to merge into: .gguf file or Hugging Face folder; 'default' = "
+                        "SmolLM2-135M-Instruct Q4_1 (default: %(default)s; --base is its older name)")
+    required = cli.required_group(p)
+    required.add_argument("--adapter", action="append", required=True, metavar="DIR",
+                          help="a PEFT LoRA adapter folder (repeatable; merged in order)")
+    required.add_argument("--out", required=True,
+                          help="output: a folder (Hugging Face, float32) or a file ending in .gguf")
+    p.add_argument("--type", "--qtype", dest="qtype", choices=QTYPES, default="same",
+                   help="GGUF output: type of the merged tensors, as quantize's --type (default: each "
+                        "tensor's own type; --qtype is its older name)")
     cli.add_threads_arg(p)
     return p.parse_args(argv)
 
@@ -147,7 +150,7 @@ def main(argv=None):
     from llama_np.checkpoint.gguf import load_gguf
     from llama_np.checkpoint.safetensors import load_hf
 
-    base = hub.resolve_model(args.base)
+    base = hub.resolve_model(args.model)
     to_gguf = args.out.endswith(".gguf")
     if os.path.isdir(base):
         if to_gguf:
@@ -157,7 +160,7 @@ def main(argv=None):
     else:
         config, weights, _ = load_gguf(base)
     if args.qtype != "same" and not to_gguf:
-        raise ValueError("--qtype applies to a .gguf output only (a Hugging Face folder is float32)")
+        raise ValueError("--type applies to a .gguf output only (a Hugging Face folder is float32)")
     config, weights, changed = merge_all(config, weights, args.adapter)
     if to_gguf:
         write_gguf(args.out, base, config, weights, changed, args.qtype)

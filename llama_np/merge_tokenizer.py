@@ -20,7 +20,8 @@ def parse_args(argv=None):
                     "lacks, with score 0, keeping BASE's pieces, ids, scores and settings.")
     parser.add_argument("base", metavar="BASE.model", help="the SentencePiece model to extend (e.g. LLaMA's)")
     parser.add_argument("added", metavar="ADDED.model", help="the SentencePiece model whose pieces to add")
-    parser.add_argument("--out", required=True, metavar="MERGED.model", help="where to write the merged model")
+    cli.required_group(parser).add_argument("--out", required=True, metavar="MERGED.model",
+                                            help="where to write the merged model")
     return parser.parse_args(argv)
 
 

@@ -5,8 +5,8 @@ that llama_np and llama.cpp both run.
     python -m llama_np.quantize model.F16.gguf   --type Q8_0 --out model.Q8_0.gguf
     python -m llama_np.quantize default --type F32 --out smollm2.F32.gguf     # dequantize
 
-The source is a Hugging Face folder (config.json + safetensors + tokenizer) or a GGUF file.
-Which tensor becomes what:
+The source (the first argument, or `--model` as in the other tools) is a Hugging Face folder
+(config.json + safetensors + tokenizer) or a GGUF file. Which tensor becomes what:
 
     norms (1-D)                       F32 always: 0.02% of the weights, and every
                                       activation is multiplied by them
@@ -51,20 +51,29 @@ def parse_args(argv=None):
         description="Quantize a LLaMA (Hugging Face folder or F32/F16 GGUF) to a GGUF file with "
                     "Q4_0, Q4_1 or Q8_0 weights (RTN, llama.cpp's block formats), or convert it "
                     "to F32/F16.")
-    p.add_argument("source", help="a Hugging Face folder, a .gguf file, or 'default' "
-                                  "(SmolLM2-135M-Instruct Q4_1)")
-    p.add_argument("--type", required=True, choices=WEIGHT_TYPES, dest="weight_type",
-                   help="type of the weight matrices")
+    p.add_argument("source", nargs="?", metavar="MODEL",
+                   help="the model to quantize, given without --model (as in the examples)")
+    required = cli.required_group(p)
+    required.add_argument("--model", help="the model to quantize: a Hugging Face folder, a .gguf file, or "
+                                          "'default' (SmolLM2-135M-Instruct Q4_1); required, here or as MODEL")
+    required.add_argument("--type", required=True, choices=WEIGHT_TYPES, dest="weight_type",
+                          help="type of the weight matrices")
+    required.add_argument("--out", required=True, help="the GGUF file to write (atomically)")
     p.add_argument("--embed-type", choices=WEIGHT_TYPES, default=None,
                    help="type of token_embd and output; default: Q8_0 when --type is Q4_0/Q4_1, "
                         "else --type")
-    p.add_argument("--out", required=True, help="the GGUF file to write (atomically)")
     p.add_argument("--allow-requantize", action="store_true",
                    help="re-quantize tensors that are already quantized to another type "
                         "(their rounding errors add up)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     cli.add_threads_arg(p)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.source is not None and args.model is not None:
+        p.error(f"the model is given twice ({args.source!r} and --model {args.model!r}); give it once")
+    if args.source is None and args.model is None:
+        p.error("the following arguments are required: --model (or MODEL, without --model)")
+    args.source = args.model = args.source if args.source is not None else args.model
+    return args
 
 
 def tensor_types(config, weight_type, embed_type):

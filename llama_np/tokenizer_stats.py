@@ -14,7 +14,7 @@ paragraphs):
     python -m llama_np.tokenizer_stats default smollm2-zh/ --part held_out
     python -m llama_np.tokenizer_stats default --corpus my_text.txt --example "你好，世界"
 
-Each tokenizer is anything `llama_np.tokenizer.tokenizers.load_tokenizer` reads (a SentencePiece
+Each tokenizer is anything `llama_np.checkpoint.load_tokenizer` reads (a SentencePiece
 `.model`, a GGUF file, a Hugging Face folder), or "default" for the default model's.
 """
 import argparse
@@ -121,7 +121,7 @@ def main(argv=None):
     args = parse_args(argv)
     from llama_np.chinese import corpus
     from llama_np.files import hub
-    from llama_np.tokenizer.tokenizers import load_tokenizer
+    from llama_np.checkpoint import load_tokenizer
 
     if args.corpus:
         documents = [line for path in args.corpus for line in corpus.read_text_file(path)]

@@ -20,9 +20,10 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m llama_np.train_tokenizer",
         description="Train a SentencePiece model (the sentencepiece trainer) on Chinese text.")
-    parser.add_argument("--out", required=True, metavar="MODEL.model", help="where to write the trained model")
-    parser.add_argument("--vocab-size", type=cli.positive_int, required=True,
-                        help="number of pieces to learn (the paper: 20000)")
+    required = cli.required_group(parser)
+    required.add_argument("--out", required=True, metavar="MODEL.model", help="where to write the trained model")
+    required.add_argument("--vocab-size", type=cli.positive_int, required=True,
+                          help="number of pieces to learn (the paper: 20000)")
     parser.add_argument("--corpus", action="append", metavar="FILE",
                         help="UTF-8 text, one document per line (repeatable); default: the training "
                              "part of llama_np's Chinese corpus (cmrc2018 + Song ci)")

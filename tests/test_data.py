@@ -59,7 +59,7 @@ def test_long_examples_are_truncated_and_prompt_only_ones_reported():
 
 
 def test_real_tokenizer_masks_the_template(real_model_path):
-    from llama_np.tokenizer.tokenizers import load_tokenizer
+    from llama_np.checkpoint import load_tokenizer
     tok = load_tokenizer(real_model_path)
     record = {"instruction": "Name a colour.", "input": "", "output": "Blue."}
     [example], _ = data.alpaca_examples([record], tok, 512)

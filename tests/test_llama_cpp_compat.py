@@ -4,16 +4,18 @@ from an F32 file (so names, shapes, Q/K row order and hyper-parameters are read 
 reads them), close logits and a generated reply from quantized files.
 
 Skipped when llama_cpp is not importable (CI may leave it out: building it takes minutes;
-recipe in DESIGN.md §5).
+recipe in docs/benchmarks.md#llamacpp).
 
 Why quantized files are compared loosely: llama.cpp rounds the activations to 8 bits before
-each quantized product (DESIGN.md §3) and llama_np by default does not, so their logits
-differ by up to about one logit on the real model even when reading identical blocks.
+each quantized product (docs/formats.md#q8_1-activation-arithmetic) and llama_np by
+default does not, so their logits differ by up to about one logit on the real model even
+when reading identical blocks.
 """
 import numpy as np
 import pytest
 
-from llama_np import perplexity, quantize
+from llama_np import quantize
+from llama_np.llama import perplexity
 from llama_np.cli import common as cli
 from llama_np.checkpoint import load_model
 
@@ -152,7 +154,7 @@ def test_real_model_requantized_runs_in_llama_cpp(real_model_path, tmp_path, cap
     q8_model, _ = load_model(q8)
     llm = open_llama_cpp(q8, n_ctx=256)
     difference = np.abs(llama_cpp_logits(llm, ids) - q8_model.forward(ids))
-    assert difference.max() < 2.0                                 # measured ≈ 0.9 (DESIGN.md §5: ~1)
+    assert difference.max() < 2.0                                 # measured ≈ 0.9 (docs/benchmarks.md#test-bounds)
     reply = llm.create_chat_completion([{"role": "user", "content": "What is the capital of France?"}],
                                        max_tokens=16, temperature=0.0)
     assert reply["choices"][0]["message"]["content"].strip()     # the chat template and EOS work

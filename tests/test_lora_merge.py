@@ -127,7 +127,7 @@ def test_hf_merge_writes_a_folder_with_the_tokenizer(tmp_path, capsys, rng):
 
 @pytest.mark.parametrize("flags, message", [
     (["--adapter", "NOWHERE"], "NOWHERE: no such adapter folder"),
-    (["--qtype", "Q4_0", "--out", "OUTDIR"], "--qtype applies to a .gguf output only"),
+    (["--qtype", "Q4_0", "--out", "OUTDIR"], "--type applies to a .gguf output only"),
     (["--base", "missing.gguf"], "missing.gguf: no such model"),
 ])
 def test_bad_input_is_one_line(tiny_gguf, tmp_path, capsys, flags, message):

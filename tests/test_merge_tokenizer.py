@@ -15,7 +15,7 @@ spm = pytest.importorskip("sentencepiece")
 LLAMA = "karpathy/llama2.c/tokenizer.model"
 CHINESE_SP = "ymcui/Chinese-LLaMA-Alpaca/scripts/merge_tokenizer/chinese_sp.model"
 LLAMA_SIZE = 32_000
-MERGED_SIZE = 49_953  # DESIGN.md §3, the paper's Chinese-LLaMA tokenizer
+MERGED_SIZE = 49_953  # docs/recipe.md#tokenizer, the paper's Chinese-LLaMA tokenizer
 
 
 @pytest.fixture(scope="module")

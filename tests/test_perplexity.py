@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from conftest import save_tiny_llama
-from llama_np import perplexity
+from llama_np import perplexity as perplexity_tool
+from llama_np.llama import perplexity
 from llama_np.cli import common as cli
 from llama_np.checkpoint.safetensors import load_hf
 from llama_np.llama.model import Llama
@@ -111,7 +112,7 @@ def test_matches_a_direct_computation_with_transformers(tiny_model):
 
 def run_cli(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        cli.run(lambda: perplexity.main(argv + ["--quiet"]))
+        cli.run(lambda: perplexity_tool.main(argv + ["--quiet"]))
     captured = capsys.readouterr()
     return exit_info.value.code, captured.out, captured.err
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from llama_np import quantize, recipe
+from llama_np.chinese import bits_per_char, recipe as pipeline
 from llama_np.llama import adapter as lora
 from llama_np.checkpoint.peft import save_adapter
 from test_train_cli import run_cli, tiny_model_folder
@@ -46,7 +47,7 @@ def test_recipe_end_to_end_and_rerun_skips_finished_steps(tiny_gguf, tmp_path, c
     adapter = json.load(open(out / "sft" / "adapter_config.json"))
     assert len(adapter["target_modules"]) == 7 and "embed_tokens" in adapter["modules_to_save"]
     assert "| stage2 |" in (out / "results.md").read_text()
-    assert (out / recipe.PLOT_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / pipeline.PLOT_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     stamp = os.path.getmtime(out / "sft" / "adapter_model.safetensors")
     code, err = run_cli(recipe.main, ["--model", tiny_gguf, "--out", str(out)] + TINY_RECIPE, capsys)
@@ -95,26 +96,26 @@ def test_stage1_check_sees_a_changed_transformer_tensor(tiny_gguf, tmp_path):
     save_adapter(tmp_path / "embed_only", lora.Adapter(
         lora.LoraConfig(target_modules=[], modules_to_save=["embed_tokens"], ensure_weight_tying=True),
         {lora.EMBED: adapter.params[lora.EMBED] + 1}, tied_base=True))
-    assert recipe.stage1_left_transformer_alone(tiny_gguf, str(tmp_path / "embed_only"))
+    assert pipeline.stage1_left_transformer_alone(tiny_gguf, str(tmp_path / "embed_only"))
     name = next(n for n in adapter.params if n.endswith("lora_B.weight"))
     adapter.params[name][:] = 0.5
     save_adapter(tmp_path / "moved", adapter)
-    assert not recipe.stage1_left_transformer_alone(tiny_gguf, str(tmp_path / "moved"))
+    assert not pipeline.stage1_left_transformer_alone(tiny_gguf, str(tmp_path / "moved"))
 
 
 def test_held_out_spans_are_characters_not_tokens():
     """The windows are cut in characters, so every tokenizer is scored on the same text."""
     text = "".join(chr(0x4E00 + i % 500) for i in range(1000))
-    spans = recipe.held_out_spans(text, 256, 6)
+    spans = bits_per_char.held_out_spans(text, 256, 6)
     assert len(spans) == 6
     assert all(len(context) == 32 and len(scored) == 96 for context, scored in spans)
     assert "".join(c + s for c, s in spans) == text[:6 * 128]
-    assert len(recipe.held_out_spans(text, 256, 100)) == 1000 // 128
+    assert len(bits_per_char.held_out_spans(text, 256, 100)) == 1000 // 128
 
 
 def test_relative_change_says_higher_or_lower():
-    assert recipe.relative_change(6.463, 7.971) == "+23.3%, higher"
-    assert recipe.relative_change(6.0, 5.1) == "-15.0%, lower"
+    assert pipeline.relative_change(6.463, 7.971) == "+23.3%, higher"
+    assert pipeline.relative_change(6.0, 5.1) == "-15.0%, lower"
 
 
 def test_pretrain_text_names_corpus_sources(capsys):

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from conftest import save_tiny_llama
-from llama_np import resize
+from llama_np import resize as resize_tool
+from llama_np.chinese import resize
 from llama_np.llama import adapter as lora
 from llama_np import quant
 from llama_np.checkpoint.safetensors import load_hf
@@ -100,14 +101,14 @@ def test_cli_writes_a_loadable_hf_folder(tmp_path, capsys):
     tiny = tiny_model_folder(tmp_path / "tiny")
     tok_dir, old_vocab = extended_tiny_tokenizer(tiny, tmp_path / "tok")
     out = tmp_path / "resized"
-    code, err = run_cli(resize.main, ["--model", tiny, "--tokenizer", tok_dir, "--out", str(out)], capsys)
+    code, err = run_cli(resize_tool.main, ["--model", tiny, "--tokenizer", tok_dir, "--out", str(out)], capsys)
     assert code == 0, err
     model, tokenizer = load_model(str(out))
     assert model.config.vocab_size == tokenizer.vocab_size == old_vocab + len(NEW_WORDS)
     assert tokenizer.encode("中国", add_bos=False) == [old_vocab]
 
     # the same tokenizer again is no extension of the resized model: a clear error
-    code, err = run_cli(resize.main, ["--model", str(out), "--tokenizer", tok_dir, "--out", str(tmp_path / "x")], capsys)
+    code, err = run_cli(resize_tool.main, ["--model", str(out), "--tokenizer", tok_dir, "--out", str(tmp_path / "x")], capsys)
     assert code == 1 and "nothing to add" in err
 
 
@@ -118,7 +119,7 @@ def test_adapter_for_other_vocabulary_is_a_clear_error(tmp_path, capsys):
     from llama_np.checkpoint.peft import save_adapter
     tiny = tiny_model_folder(tmp_path / "tiny")
     tok_dir, old_vocab = extended_tiny_tokenizer(tiny, tmp_path / "tok")
-    run_cli(resize.main, ["--model", tiny, "--tokenizer", tok_dir, "--out", str(tmp_path / "resized")], capsys)
+    run_cli(resize_tool.main, ["--model", tiny, "--tokenizer", tok_dir, "--out", str(tmp_path / "resized")], capsys)
     config, weights = load_hf(str(tmp_path / "resized"))
     config_lora = lora.LoraConfig(target_modules=["q_proj"], modules_to_save=["embed_tokens"],
                                   ensure_weight_tying=True)

@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from llama_np.tokenizer.tokenizers import Tokenizer, TokenizerError, load_tokenizer
+from llama_np.tokenizer.tokenizers import Tokenizer, TokenizerError
+from llama_np.checkpoint import load_tokenizer
 
 MIXED = "Hello, world! 你好，世界。 🦙🚀 def f(x):\n    return x**2  # 12345\n\n\t end <|im_start|>"
 TEXTS = [

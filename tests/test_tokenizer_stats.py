@@ -6,7 +6,7 @@ import pytest
 
 from llama_np.chinese import corpus
 from llama_np.files import hub
-from llama_np.tokenizer.tokenizers import load_tokenizer
+from llama_np.checkpoint import load_tokenizer
 from llama_np.tokenizer_stats import (PAPER_TABLE_1_SENTENCE, TokenizerStats, format_example, format_table,
                                       measure, token_texts)
 from llama_np.chinese.vocab_sentencepiece import merge_models, read_model, write_model

@@ -12,7 +12,8 @@ import pytest
 from llama_np.chinese import corpus
 from llama_np.files import hub
 from llama_np.checkpoint.gguf_file import GGUFFile
-from llama_np.tokenizer.tokenizers import Tokenizer, load_tokenizer
+from llama_np.tokenizer.tokenizers import Tokenizer
+from llama_np.checkpoint import load_tokenizer
 from llama_np.chinese.vocab_bpe import (BPEExtension, VocabularyError, extended_metadata, learn_extension,
                                 save_hf_tokenizer, token_bytes, write_tokenizer_gguf)
 

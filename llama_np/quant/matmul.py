@@ -59,9 +59,9 @@ def quant_matmul_int8(data, qtype, x):
 
     Faster on CPUs with byte dot products (AVX2 maddubs, VNNI), but each activation now
     carries an error of up to dx/2 (1/254 of its block's largest |x|) on top of the
-    weights' own. Measured: outputs move by about 0.5% of their spread on Gaussian data;
-    SmolLM2-135M Q4_1 on a 19-token prompt: logits move by up to 0.94 (mean 0.16, against
-    a logit spread of 5.5), the same greedy tokens — the "up to ~1 logit" of DESIGN.md §5.
+    weights' own. The logits move by up to about one, which is also how far llama.cpp's
+    are from float32 ones (docs/benchmarks.md#agreement-between-engines); the measurements
+    are in docs/benchmarks.md#int8-activations.
     """
     dx, qx = quantize_activations_int8(x)                                 # [T, nb], [T, nb, 32]
     sx = dx * qx.sum(axis=-1, dtype=np.int32).astype(np.float32)          # [T, nb]

@@ -23,7 +23,7 @@ taken as that one token, which is how a chat template's markers reach the model.
 
 Typical use:
 
-    tok = load_tokenizer("SmolLM2-135M-Instruct.Q4_1.gguf")
+    tok = llama_np.checkpoint.load_tokenizer("SmolLM2-135M-Instruct.Q4_1.gguf")
     ids = tok.encode("Hello")                  # BOS added if the model asks for it
     stream = tok.stream_decoder()
     for i in generated_ids:
@@ -37,17 +37,17 @@ import os
 import re
 
 from llama_np.files.text import read_json
-from llama_np.tokenizer import protowire
+from llama_np.tokenizer import sentencepiece_model as spm
 
 # Token types, as GGUF stores them in `tokenizer.ggml.token_type`. llama.cpp took them from
-# SentencePiece's ModelProto.SentencePiece.Type, so the same numbers go straight into a
-# SentencePiece model.
-TOKEN_NORMAL = 1
-TOKEN_UNKNOWN = 2
-TOKEN_CONTROL = 3       # <s>, </s>, <|im_end|>: special tokens
-TOKEN_USER_DEFINED = 4  # always matched whole in text, but not special
-TOKEN_UNUSED = 5
-TOKEN_BYTE = 6          # <0x00> … <0xFF>, SentencePiece byte fallback
+# SentencePiece's ModelProto.SentencePiece.Type (1 … 6), so they are those numbers and go
+# straight into a SentencePiece model.
+TOKEN_NORMAL = spm.NORMAL
+TOKEN_UNKNOWN = spm.UNKNOWN
+TOKEN_CONTROL = spm.CONTROL            # <s>, </s>, <|im_end|>: special tokens
+TOKEN_USER_DEFINED = spm.USER_DEFINED  # always matched whole in text, but not special
+TOKEN_UNUSED = spm.UNUSED
+TOKEN_BYTE = spm.BYTE                  # <0x00> … <0xFF>, SentencePiece byte fallback
 
 REPLACEMENT_CHAR = "\ufffd"  # what a decoder writes for bytes that are not (yet) valid UTF-8
 SPACE_PIECE = "\u2581"       # "▁", SentencePiece's visible space
@@ -80,7 +80,7 @@ class TokenizerError(ValueError):
 
 
 class Tokenizer:
-    """Text ↔ ids for one model. Build it with `load_tokenizer(path)` or one of the
+    """Text ↔ ids for one model. Build it with `llama_np.checkpoint.load_tokenizer(path)` or one of the
     `from_*` constructors; the two kinds (`SentencePieceTokenizer`, `HFTokenizer`) differ only
     in how a stretch of text becomes ids and back.
 
@@ -378,23 +378,6 @@ class StreamDecoder:
         return self._tokenizer.decode(ids, skip_special=self._skip_special)
 
 
-def load_tokenizer(path):
-    """The tokenizer at `path`: a GGUF model file, a SentencePiece `.model` file, or a
-    Hugging Face model folder. Raises TokenizerError (a ValueError) naming the path if
-    there is none."""
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        return Tokenizer.from_hf_dir(path)
-    if not os.path.isfile(path):
-        raise TokenizerError(f"{path}: no such file or folder")
-    with open(path, "rb") as f:
-        magic = f.read(4)
-    if magic == b"GGUF":
-        from llama_np.checkpoint.gguf_file import GGUFFile
-        return Tokenizer.from_gguf_metadata(GGUFFile(path).metadata, source=path)
-    return Tokenizer.from_sentencepiece(path)
-
-
 # ----- SentencePiece helpers ---------------------------------------------------------------
 
 def load_sentencepiece_processor(model_proto, source, error=None):
@@ -416,41 +399,21 @@ def _id_or_none(token_id):
 
 def _sentencepiece_model_proto(tokens, scores, token_types, *, unk_id, add_dummy_prefix,
                                remove_extra_whitespaces):
-    """Serialize a SentencePiece ModelProto for a GGUF "llama" vocabulary.
-
-    A `tokenizer.model` file is a protocol buffer (sentencepiece_model.proto). We write only
-    the fields that tokenizing reads:
-
-        ModelProto      1: pieces (repeated SentencePiece)  2: trainer_spec  3: normalizer_spec
-        SentencePiece   1: piece (string)  2: score (float)  3: type (enum, = GGUF token type)
-        TrainerSpec     3: model_type (2 = BPE: merge by score, as llama.cpp does)
-                        4: vocab_size  35: byte_fallback  40: unk_id
-        NormalizerSpec  1: name ("identity": no Unicode normalization)  3: add_dummy_prefix
-                        4: remove_extra_whitespaces  5: escape_whitespaces (" " → "▁")
-
-    The protobuf wire format is a sequence of (field number << 3 | wire type, value):
-    wire type 0 is a varint, 2 a length-prefixed byte string, 5 a 4-byte float.
-    """
-    pieces = bytearray()
-    for piece, score, token_type in zip(tokens, scores, token_types):
-        entry = (_proto_bytes(1, piece.encode("utf-8")) + protowire.encode_float(2, score)
-                 + _proto_varint(3, token_type))
-        pieces += _proto_bytes(1, entry)
+    """Serialize a SentencePiece ModelProto (`sentencepiece_model`) for a GGUF "llama"
+    vocabulary: the pieces with their scores and types, and only the settings tokenizing
+    reads: a BPE model (merge by score, as llama.cpp does) with byte fallback when the
+    vocabulary has byte tokens, and the "identity" normalizer (no Unicode normalization)
+    with GGUF's two whitespace settings."""
+    pieces = b"".join(spm.encode_piece(piece, score, token_type)
+                      for piece, score, token_type in zip(tokens, scores, token_types))
     if unk_id is None:
         unk_id = token_types.index(TOKEN_UNKNOWN) if TOKEN_UNKNOWN in token_types else 0
-    trainer_spec = (_proto_varint(3, 2) + _proto_varint(4, len(tokens))
-                    + _proto_varint(35, int(TOKEN_BYTE in token_types)) + _proto_varint(40, unk_id))
-    normalizer_spec = (_proto_bytes(1, b"identity") + _proto_varint(3, int(add_dummy_prefix))
-                       + _proto_varint(4, int(remove_extra_whitespaces)) + _proto_varint(5, 1))
-    return bytes(pieces) + _proto_bytes(2, trainer_spec) + _proto_bytes(3, normalizer_spec)
-
-
-def _proto_varint(field, value):
-    return protowire.encode_field(field, protowire.VARINT, value)
-
-
-def _proto_bytes(field, data):
-    return protowire.encode_field(field, protowire.LENGTH_DELIMITED, data)
+    trainer_spec = spm.trainer_spec_field(model_type=spm.MODEL_TYPE_BPE, vocab_size=len(tokens),
+                                          byte_fallback=TOKEN_BYTE in token_types, unk_id=unk_id)
+    normalizer_spec = spm.normalizer_spec_field(name="identity", add_dummy_prefix=add_dummy_prefix,
+                                                remove_extra_whitespaces=remove_extra_whitespaces,
+                                                escape_whitespaces=True)
+    return pieces + trainer_spec + normalizer_spec
 
 
 # ----- byte-level BPE helpers --------------------------------------------------------------

@@ -1,0 +1,18 @@
+"""Training a LoRA adapter (plus embedding / lm_head copies) on a frozen, possibly quantized,
+LLaMA.
+
+    trainable.py       TrainableLlama: the model's training forward, keeping a tape, and its
+                       backward
+    training_layer.py  the block's training use (`llama.model.block_forward` /
+                       `block_backward`): stacked products with LoRA, attention within each
+                       sequence, a tape
+    shards.py          running a batch's shards at once in threads
+    trainer.py         AdamW, the learning-rate schedule, clipping, the loop and its
+                       checkpoints (exact resume)
+    data.py            Alpaca instructions and plain text → (ids, labels) examples and padded
+                       micro-batches
+
+Imports: only the subpackages below it: `llama_np.checkpoint` (adapter files),
+`llama_np.llama` (the block, the adapter), `llama_np.kernels`, `llama_np.tokenizer`,
+`llama_np.files`, `llama_np.ops`, `llama_np.quant`.
+"""

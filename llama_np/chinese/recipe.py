@@ -1,0 +1,266 @@
+"""The Chinese-LLaMA/Alpaca recipe (Cui, Yang & Yao 2023) as a Python pipeline.
+
+Five steps, each a typed function; each writes what the next starts from:
+
+    1. extend the vocabulary   extend(base, text, DIR/tokenizer/, new_tokens)       chinese.vocab_bpe
+    2. resize the embeddings   resize(base, DIR/tokenizer/, DIR/resized.gguf)       chinese.resize
+    3. pre-training stage 1    finetune(stage_configs(…)["stage1"]): the embedding alone learns
+    4. pre-training stage 2    … ["stage2"]: LoRA on attention (or all seven) + embedding/head
+    5. instruction tuning      … ["sft"]: LoRA on attention and MLP, alpaca_zh instructions
+    after each: held_out_bits_per_char(model, adapter)                              chinese.bits_per_char
+
+`run_recipe(RecipeConfig(out=DIR))` runs them in order; a step whose output exists is
+skipped and an interrupted training stage resumes from its latest checkpoint, so running
+it again finishes what is missing. Results go to DIR/results.json, DIR/results.md and
+DIR/bits_per_char.png (docs/recipe.md).
+"""
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from llama_np.checkpoint import load_model
+from llama_np.checkpoint.gguf_file import GGUFFile
+from llama_np.checkpoint.peft import load_adapter
+from llama_np.chinese import corpus
+from llama_np.chinese.bits_per_char import held_out_bits_per_char
+from llama_np.chinese.defaults import (DEFAULT_EMBEDDING_LR, DEFAULT_INIT, DEFAULT_LR, DEFAULT_STEPS, STAGE_SEEDS,
+                                       STAGES)
+from llama_np.chinese.resize import resize_checkpoint
+from llama_np.chinese.vocab_bpe import extend_tokenizer, extension_summary
+from llama_np.files import hub
+from llama_np.files.atomic import atomic_write_text
+from llama_np.files.text import read_json
+from llama_np.llama.adapter import EMBED, LM_HEAD, merge
+from llama_np.training.config import FinetuneConfig
+from llama_np.training.run import finetune
+from llama_np.training.trainer import LATEST, LOG_FILE, checkpoints, read_log, save_figure
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+PLOT_FILE = "bits_per_char.png"
+
+
+@dataclass
+class RecipeConfig:
+    """Everything the recipe's run depends on (the recipe tool's flags)."""
+    out: str
+    model: str = "default"
+    new_tokens: int = 4000
+    pretrain_text: tuple = corpus.SOURCES
+    documents: int | None = None            # only the first N training documents
+    stage1_rows: str = "new"                # "new": stage 1 trains the new tokens' rows only
+    steps: dict = field(default_factory=lambda: dict(DEFAULT_STEPS))
+    lr: dict = field(default_factory=lambda: dict(DEFAULT_LR))
+    embedding_lr: dict = field(default_factory=lambda: dict(DEFAULT_EMBEDDING_LR))
+    stage2_target_modules: str = "attention"
+    max_seq_len: int = 256
+    batch_size: int = 2
+    save_every: int = 100
+    keep_checkpoints: int = 2
+    eval_ctx: int = 256
+    eval_windows: int = 16
+    threads: int = os.cpu_count() or 1
+
+
+def extend(base, text_path, tokenizer_dir, new_tokens):
+    """Step 1: the extended tokenizer, learnt from the pre-training text."""
+    documents = corpus.read_text_file(text_path)
+    extension, metadata = extend_tokenizer(base, documents, tokenizer_dir, new_tokens)
+    print(extension_summary(extension, metadata, documents, tokenizer_dir))
+
+
+def resize(base, tokenizer_dir, resized, init=DEFAULT_INIT):
+    """Step 2: the base model grown to the extended vocabulary."""
+    old_vocab, new_vocab = resize_checkpoint(base, tokenizer_dir, resized, init)
+    print(f"resized {old_vocab} → {new_vocab} tokens (new rows: {init}); wrote {resized}", file=sys.stderr)
+
+
+def stage_configs(config, resized, pretrain_text, old_vocab):
+    """Steps 3-5: the FinetuneConfig of each training stage."""
+    def stage(name, **what_trains):
+        return FinetuneConfig(
+            model=resized, out=os.path.join(config.out, name), steps=config.steps[name], lr=config.lr[name],
+            embedding_lr=config.embedding_lr.get(name), seed=STAGE_SEEDS[name], max_seq_len=config.max_seq_len,
+            batch_size=config.batch_size, save_every=config.save_every, keep_checkpoints=config.keep_checkpoints,
+            threads=config.threads, progress=False, base_dtype="float32", **what_trains)
+
+    return {
+        "stage1": stage("stage1", data=pretrain_text, trainable="embeddings",
+                        embedding_rows_from=old_vocab if config.stage1_rows == "new" else None),
+        "stage2": stage("stage2", data=pretrain_text, trainable="lora,embeddings,lm_head",
+                        target_modules=config.stage2_target_modules,
+                        init_adapter=os.path.join(config.out, "stage1")),
+        "sft": stage("sft", data=hub.data_path(corpus.ALPACA_ZH_FILE), trainable="lora,embeddings,lm_head",
+                     target_modules="all", init_adapter=os.path.join(config.out, "stage2")),
+    }
+
+
+def run_recipe(config: RecipeConfig):
+    """Run (or finish) the recipe into config.out; see the module docstring."""
+    out = config.out
+    os.makedirs(out, exist_ok=True)
+    base = hub.resolve_model(config.model)
+    tokenizer_dir = os.path.join(out, "tokenizer")
+    resized = os.path.join(out, "resized.gguf")
+    pretrain_text = os.path.join(out, "zh_train.txt")
+    results_path = os.path.join(out, "results.json")
+    results = read_json(results_path, missing=None) or {"steps": {}}
+
+    def record(name, **values):
+        results["steps"].setdefault(name, {}).update(values)
+        atomic_write_text(results_path, json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+        atomic_write_text(os.path.join(out, "results.md"), results_markdown(results))
+
+    def evaluate(name, model_path, adapter=None):
+        if "bits_per_char" not in results["steps"].get(name, {}):
+            result = held_out_bits_per_char(model_path, adapter, config.eval_ctx, config.eval_windows)
+            record(name, bits_per_char=result.bits_per_char, eval_tokens=result.tokens,
+                   eval_chars=result.chars)
+        print(f"{name}: {results['steps'][name]['bits_per_char']:.3f} bits per character", file=sys.stderr)
+
+    def learning_curve(stage, folder):
+        """Held-out bits per character at each checkpoint the stage kept (its last step is
+        the stage's own evaluation)."""
+        result = results["steps"][stage]
+        curve = dict(result.get("curve", {}))
+        for step, path in checkpoints(folder):
+            if str(step) not in curve and step < result["steps"]:
+                curve[str(step)] = held_out_bits_per_char(resized, path, config.eval_ctx,
+                                                          config.eval_windows).bits_per_char
+        curve[str(result["steps"])] = result["bits_per_char"]
+        record(stage, curve=dict(sorted(curve.items(), key=lambda item: int(item[0]))))
+
+    evaluate("base", base)
+    if not os.path.exists(pretrain_text):
+        corpus.write_text_file(corpus.chinese_documents("train", config.pretrain_text)[:config.documents], pretrain_text)
+    if not os.path.exists(os.path.join(tokenizer_dir, "tokenizer.gguf")):
+        _timed(record, "tokenizer", lambda: extend(base, pretrain_text, tokenizer_dir, config.new_tokens))
+    if not os.path.exists(resized):
+        _timed(record, "resized", lambda: resize(base, tokenizer_dir, resized))
+    evaluate("resized", resized)
+
+    old_vocab = len(GGUFFile(base).metadata["tokenizer.ggml.tokens"])
+    stages = stage_configs(config, resized, pretrain_text, old_vocab)
+    for stage in STAGES:
+        folder = os.path.join(out, stage)
+        if not os.path.exists(os.path.join(folder, "adapter_model.safetensors")):
+            settings = stages[stage]
+            resume = os.path.exists(os.path.join(folder, LATEST))
+            if not resume and os.path.isdir(folder):
+                shutil.rmtree(folder)  # stopped before its first checkpoint: the stage starts again
+            _timed(record, stage, lambda: finetune(settings, resume=resume))
+            record(stage, steps=settings.steps, lr=settings.lr, embedding_lr=settings.embedding_lr or settings.lr,
+                   lora_targets=_lora_targets(folder), **_training_summary(folder))
+        if stage == "stage1" and "non_embedding_unchanged" not in results["steps"]["stage1"]:
+            record(stage, non_embedding_unchanged=stage1_left_transformer_alone(resized, folder))
+        evaluate(stage, resized, folder)
+        learning_curve(stage, folder)
+    plot_results(results, os.path.join(out, PLOT_FILE))
+    final = results["steps"]["sft"]["bits_per_char"]
+    before = results["steps"]["base"]["bits_per_char"]
+    print(f"held-out bits per character: base {before:.3f} → after the recipe {final:.3f} "
+          f"({relative_change(before, final)}); {os.path.join(out, 'results.md')}, "
+          f"{os.path.join(out, PLOT_FILE)}", file=sys.stderr)
+
+
+def relative_change(before, after):
+    """`after` against `before` in words: "-15.2%, lower" or "+23.3%, higher"."""
+    change = 100 * (after - before) / before
+    return f"{change:+.1f}%, " + ("lower" if change < 0 else "higher" if change > 0 else "unchanged")
+
+
+def stage1_left_transformer_alone(model_path, adapter_dir):
+    """True when the model with stage 1's adapter merged has every parameter but the
+    embedding (and a head tied to it) bit-identical to the model without: compared by a
+    sha256 of each tensor's bytes."""
+
+    model, _ = load_model(model_path)
+    adapter = load_adapter(adapter_dir, tied_base=model.config.tie_word_embeddings)
+    adapter.check_compatible(model.config, model.weights, source=adapter_dir)
+    _, merged = merge(model.config, model.weights, adapter)
+    return all(tensor_hash(weight) == tensor_hash(merged[name])
+               for name, weight in model.weights.items() if name not in (EMBED, LM_HEAD))
+
+
+def tensor_hash(weight):
+    """sha256 of a tensor's stored bytes (a QuantizedMatrix's blocks, an array's values)."""
+    data = weight.data if hasattr(weight, "qtype") else weight
+    return hashlib.sha256(np.ascontiguousarray(data).tobytes()).hexdigest()
+
+
+def _training_summary(folder):
+    """Tokens seen, final loss and time of a finetune run, from its train_log.jsonl. The time
+    is the sum of the steps' own: a stage resumed after an interruption counts each step
+    once, where the clock of the last run would count only the steps since the resume."""
+    log = [r for r in read_log(os.path.join(folder, LOG_FILE)) if "loss" in r]
+    tokens = sum(r.get("tokens", 0) for r in log)
+    return {"final_loss": log[-1]["loss"] if log else None, "tokens": tokens or None,
+            "seconds": round(sum(r.get("seconds", 0) for r in log), 1)}
+
+
+def _lora_targets(folder):
+    """The projections a finetune run put LoRA on, from its adapter_config.json."""
+    return read_json(os.path.join(folder, "adapter_config.json")).get("target_modules") or []
+
+
+def _timed(record, name, step):
+    started = time.perf_counter()
+    code = step()
+    if code:
+        raise RuntimeError(f"{name} stopped (exit code {code}); rerun the recipe to continue")
+    record(name, seconds=round(time.perf_counter() - started, 1))
+
+
+def plot_results(results, png_path):
+    """Held-out bits per character through the recipe, as a PNG: the resized model at step
+    0, then each training stage along its kept checkpoints, on one axis of optimizer steps;
+    the base model's level and 15% below it (the goal llama_np set for its README run) as
+    lines."""
+    steps = results["steps"]
+    fig = Figure(figsize=(7, 4))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    base = steps["base"]["bits_per_char"]
+    ax.axhline(base, color="grey", linestyle=":", label=f"base model ({base:.2f})")
+    ax.axhline(0.85 * base, color="tab:green", linestyle="--", label=f"15% below the base ({0.85 * base:.2f})")
+    x, y = 0, steps["resized"]["bits_per_char"]
+    ax.plot([x], [y], "ko", label=f"resized ({y:.2f})")
+    for stage in STAGES:
+        curve = steps.get(stage, {}).get("curve")
+        if not curve:
+            break
+        xs = [x] + [x + int(step) for step in curve]
+        ys = [y] + list(curve.values())
+        ax.plot(xs, ys, "o-", markersize=3, label=f"{stage} ({ys[-1]:.2f})")
+        x, y = xs[-1], ys[-1]
+    ax.set_xlabel("optimizer steps (stage 1, stage 2, SFT in turn)")
+    ax.set_ylabel("held-out bits per character")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    save_figure(fig, png_path)
+
+
+def results_markdown(results):
+    """The results as a markdown table: one row per step, bits per character and time."""
+    lines = ["| step | held-out bits/char | steps | lr (embedding lr) | tokens trained | final loss | time (s) |",
+             "|---|---|---|---|---|---|---|"]
+    for name, r in results["steps"].items():
+        bpc = f"{r['bits_per_char']:.3f}" if "bits_per_char" in r else ""
+        loss = f"{r['final_loss']:.3f}" if r.get("final_loss") is not None else ""
+        lr = f"{r['lr']:g}" if "lr" in r else ""
+        if r.get("embedding_lr") not in (None, r.get("lr")):
+            lr += f" ({r['embedding_lr']:g})"
+        lines.append(f"| {name} | {bpc} | {r.get('steps', '')} | {lr} | "
+                     f"{r.get('tokens') or ''} | {loss} | {r.get('seconds', '')} |")
+    for name, r in results["steps"].items():
+        if len(r.get("curve", {})) > 1:
+            points = ", ".join(f"step {step} {bpc:.3f}" for step, bpc in r["curve"].items())
+            lines.append(f"\n{name}, held-out bits/char during training: {points}")
+    return "\n".join(lines) + "\n"

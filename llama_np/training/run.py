@@ -1,0 +1,135 @@
+"""Running a fine-tuning: `finetune(config)` loads the model and the data a `FinetuneConfig`
+names, builds the adapter (LoRA on the targeted projections, copies of the embedding and
+the head when they train), and trains it with the `Trainer`, writing into `config.out`:
+
+    adapter_config.json + adapter_model.safetensors   the final adapter (PEFT format)
+    checkpoint-N/                                     resumable checkpoints
+    train_log.jsonl, loss.png                         one line per step; the loss curve
+
+The `finetune` tool and every training stage of the recipe run through this function.
+"""
+import math
+import os
+import sys
+import time
+
+import numpy as np
+
+from llama_np.checkpoint import load_model
+from llama_np.checkpoint.peft import load_adapter, save_adapter
+from llama_np.files import hub
+from llama_np.llama import adapter as lora
+from llama_np.quant import dense
+from llama_np.training.config import DEFAULT_MAX_SEQ_LEN, RUN_FLAGS, TRAINABLE
+from llama_np.training.data import BatchSchedule, load_examples
+from llama_np.training.trainable import TrainableLlama
+from llama_np.training.trainer import LATEST, LOG_FILE, TrainConfig, Trainer
+
+
+def finetune(settings, resume=False):
+    """Train the run `settings` (a FinetuneConfig) describes; with `resume`, continue it
+    from the latest checkpoint in settings.out. Returns 0, or 130 when interrupted (Ctrl-C: a
+    checkpoint is saved first)."""
+    parts = trainable_parts(settings.trainable)
+    targets = lora.parse_target_modules(settings.target_modules) if "lora" in parts else []
+    out = settings.out
+    if not resume and os.path.exists(os.path.join(out, LATEST)) or (
+            not resume and os.path.exists(os.path.join(out, LOG_FILE))):
+        raise ValueError(f"{out} already holds a training run: add --resume to continue it, "
+                         f"or choose another --out")
+
+    started = time.perf_counter()
+    model, tokenizer = load_model(hub.resolve_model(settings.model))
+    config, weights = model.config, model.weights
+    if settings.max_seq_len is None:
+        settings.max_seq_len = min(DEFAULT_MAX_SEQ_LEN, config.max_position_embeddings)
+    if settings.max_seq_len > config.max_position_embeddings:
+        raise ValueError(f"--max-seq-len {settings.max_seq_len} exceeds the model's context of "
+                         f"{config.max_position_embeddings} positions")
+    if settings.base_dtype == "float32":
+        weights = {name: dense(w) for name, w in weights.items()}
+    if settings.embedding_rows_from is not None and settings.embedding_rows_from >= config.vocab_size:
+        raise ValueError(f"--embedding-rows-from {settings.embedding_rows_from} is beyond the "
+                         f"vocabulary of {config.vocab_size}")
+
+    examples, notes = load_examples(settings.data, tokenizer, settings.max_seq_len)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else (tokenizer.eos_id or 0)
+    batches = BatchSchedule(examples, settings.batch_size, pad_id, seed=settings.seed)
+    eval_batches = None
+    if settings.eval_data:
+        eval_examples, notes = load_examples(settings.eval_data, tokenizer, settings.max_seq_len)
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
+        eval_batches = BatchSchedule(eval_examples, settings.batch_size, pad_id, shuffle=False)
+    steps_per_epoch = math.ceil(len(batches) / settings.grad_accum)
+    steps = settings.steps or max(1, round((settings.epochs or 1.0) * steps_per_epoch))
+
+    modules_to_save = [m for m, part in (("embed_tokens", "embeddings"), ("lm_head", "lm_head")) if part in parts]
+    lora_config = lora.LoraConfig(
+        r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout,
+        target_modules=targets, modules_to_save=modules_to_save, use_rslora=settings.use_rslora,
+        ensure_weight_tying=config.tie_word_embeddings and bool(modules_to_save),
+        base_model_name_or_path=str(settings.model))
+    adapter = lora.Adapter.init(config, weights, lora_config, np.random.default_rng(settings.seed))
+    if settings.init_adapter and not resume:
+        previous = load_adapter(settings.init_adapter, tied_base=config.tie_word_embeddings)
+        previous.check_compatible(config, weights, source=f"--init-adapter {settings.init_adapter}")
+        _start_from(adapter, previous, settings.init_adapter)
+    rows = None if settings.embedding_rows_from is None else np.arange(settings.embedding_rows_from, config.vocab_size)
+    trainable = TrainableLlama(config, weights, adapter, trainable_rows=rows)
+
+    train_config = TrainConfig(
+        lr=settings.lr, embedding_lr=settings.embedding_lr, steps=steps, grad_accum=settings.grad_accum,
+        warmup_steps=int(round(settings.warmup_ratio * steps)), schedule=settings.lr_schedule,
+        weight_decay=settings.weight_decay, max_grad_norm=settings.max_grad_norm, seed=settings.seed,
+        save_every=settings.save_every, eval_every=settings.eval_every, keep_checkpoints=settings.keep_checkpoints)
+    run_args = {k: getattr(settings, k) for k in RUN_FLAGS}
+    trainer = Trainer(trainable, batches, train_config, out, eval_batches=eval_batches,
+                      run_info={"args": run_args}, progress=settings.progress, threads=settings.threads)
+    if resume:
+        trainer.resume()
+        print(f"resuming at step {trainer.step} of {steps}", file=sys.stderr)
+    print(f"{len(examples)} examples ({batches.n_tokens():,} tokens), {steps} steps of "
+          f"{settings.grad_accum} x {settings.batch_size} examples; {adapter.n_trainable():,} trainable "
+          f"parameters; loaded in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+
+    try:
+        history = trainer.train()
+    except KeyboardInterrupt:
+        print(f"stopped at step {trainer.step}; checkpoint saved in {out}. Continue with "
+              f"the same command and --resume.", file=sys.stderr)
+        return 130
+    save_adapter(out, adapter)
+    trainer.plot()
+    if history:
+        last = history[-1]
+        extra = f", eval loss {last['eval_loss']:.4f}" if "eval_loss" in last else ""
+        print(f"done: step {trainer.step}, loss {last['loss']:.4f}{extra}; adapter in {out} "
+              f"(python -m llama_np.chat --adapter {out})", file=sys.stderr)
+    return 0
+
+
+def trainable_parts(spec):
+    parts = [s.strip() for s in spec.split(",") if s.strip()]
+    for part in parts:
+        if part not in TRAINABLE:
+            raise ValueError(f"--trainable: unknown part {part!r}; choose from {', '.join(TRAINABLE)}")
+    if not parts:
+        raise ValueError("--trainable: nothing to train")
+    return parts
+
+
+def _start_from(adapter, previous, source):
+    """Copy the tensors of `previous` into `adapter` where names and shapes match."""
+    copied = 0
+    for name, value in previous.params.items():
+        if name in adapter.params:
+            if adapter.params[name].shape != value.shape:
+                raise ValueError(f"--init-adapter {source}: {name} has shape {value.shape}, "
+                                 f"this run's is {adapter.params[name].shape}")
+            adapter.params[name][...] = value
+            copied += 1
+    if not copied:
+        raise ValueError(f"--init-adapter {source}: none of its tensors is trained in this run")

@@ -3,6 +3,8 @@
     tokenizers.py  `Tokenizer` over SentencePiece and byte-level BPE, built from tokenizer
                    files or from GGUF metadata handed over as a dict
     templates.py   chat templates: a conversation → the one prompt string a model continues
+    sentencepiece_model.py  a SentencePiece `.model` file's ModelProto: its field numbers,
+                   the piece list and the trainer / normalizer settings, parsed and written
     protowire.py   the protobuf wire format, enough to read and write a SentencePiece
                    `.model` file
 

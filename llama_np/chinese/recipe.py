@@ -35,13 +35,12 @@ from llama_np.chinese.resize import resize_checkpoint
 from llama_np.chinese.vocab_bpe import extend_tokenizer, extension_summary
 from llama_np.files import hub
 from llama_np.files.atomic import atomic_write_text
+from llama_np.files.figure import new_figure, save_figure
 from llama_np.files.text import read_json
 from llama_np.llama.adapter import EMBED, LM_HEAD, merge
 from llama_np.training.config import FinetuneConfig
 from llama_np.training.run import finetune
-from llama_np.training.trainer import LATEST, LOG_FILE, checkpoints, read_log, save_figure
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+from llama_np.training.trainer import LATEST, LOG_FILE, checkpoints, read_log
 
 PLOT_FILE = "bits_per_char.png"
 
@@ -223,8 +222,7 @@ def plot_results(results, png_path):
     the base model's level and 15% below it (the goal llama_np set for its README run) as
     lines."""
     steps = results["steps"]
-    fig = Figure(figsize=(7, 4))
-    FigureCanvasAgg(fig)
+    fig = new_figure((7, 4))
     ax = fig.subplots()
     base = steps["base"]["bits_per_char"]
     ax.axhline(base, color="grey", linestyle=":", label=f"base model ({base:.2f})")
@@ -243,7 +241,6 @@ def plot_results(results, png_path):
     ax.set_ylabel("held-out bits per character")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
     save_figure(fig, png_path)
 
 

@@ -30,6 +30,7 @@ import numpy as np
 
 from llama_np.checkpoint.peft import load_adapter, save_adapter
 from llama_np.files.atomic import atomic_write_text
+from llama_np.files.figure import new_figure, save_figure
 from llama_np.llama.adapter import EMBED, LM_HEAD
 
 LATEST = "latest"                 # the file naming the newest checkpoint folder of a run
@@ -350,16 +351,10 @@ def read_log(path):
 
 
 def plot_log(log_path, png_path):
-    """Training (and evaluation) loss against step, written atomically as a PNG.
-
-    Drawn on a Figure of its own with the Agg canvas, not through pyplot: the process's
-    matplotlib backend (a notebook's inline one, say) is left as it was."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
+    """Training (and evaluation) loss against step, written atomically as a PNG
+    (`llama_np.files.figure`: the process's matplotlib backend is left as it was)."""
     records = read_log(log_path)
-    fig = Figure(figsize=(7, 4))
-    FigureCanvasAgg(fig)
+    fig = new_figure((7, 4))
     ax = fig.subplots()
     ax.plot([r["step"] for r in records], [r["loss"] for r in records], label="train loss", lw=1)
     evals = [r for r in records if "eval_loss" in r]
@@ -369,16 +364,8 @@ def plot_log(log_path, png_path):
     ax.set_ylabel("cross-entropy (nats/token)")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
     save_figure(fig, png_path)
     return png_path
-
-
-def save_figure(fig, png_path):
-    """A matplotlib Figure written atomically as a PNG."""
-    from llama_np.files.atomic import atomic_path
-    with atomic_path(png_path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
 
 
 # ---------------------------------------------------------------------- helpers

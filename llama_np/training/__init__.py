@@ -11,6 +11,10 @@ LLaMA.
                        checkpoints (exact resume)
     data.py            Alpaca instructions and plain text → (ids, labels) examples and padded
                        micro-batches
+    config.py          FinetuneConfig: everything that defines a fine-tuning run, one typed
+                       object (no heavy imports: the tools' --help reads it)
+    run.py             finetune(config): load the model and data, build the adapter, train,
+                       write the PEFT folder and checkpoints
 
 Imports: only the subpackages below it: `llama_np.checkpoint` (adapter files),
 `llama_np.llama` (the block, the adapter), `llama_np.kernels`, `llama_np.tokenizer`,

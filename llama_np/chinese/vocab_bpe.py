@@ -35,7 +35,6 @@ import os
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 
-from llama_np.checkpoint.gguf_file import GGUFFile
 from llama_np.files.atomic import atomic_path, atomic_write_text
 from llama_np.tokenizer.tokenizers import TOKEN_NORMAL, Tokenizer, TokenizerError
 
@@ -318,6 +317,9 @@ def extend_tokenizer(model_path, documents, out_dir, n_new_tokens=DEFAULT_NEW_TO
     on top of the byte-level BPE tokenizer of the GGUF model `model_path`, and write the
     extended tokenizer into `out_dir` (tokenizer.json, tokenizer_config.json and the
     vocabulary-only tokenizer.gguf). Returns (the BPEExtension, the extended metadata)."""
+    # imported here: it brings in NumPy, and `extend_bpe --help` reads this module's defaults
+    from llama_np.checkpoint.gguf_file import GGUFFile
+
     if os.path.isdir(model_path):
         raise ValueError(f"{model_path}: give a .gguf file (its tokenizer metadata is what gets extended)")
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):

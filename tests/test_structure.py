@@ -171,10 +171,6 @@ def test_no_import_cycle_between_modules():
     assert cycle is None, "import cycle between modules:\n" + describe_module_cycle(cycle)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "package cycle checkpoint -> chinese -> training -> checkpoint (checkpoint/gguf_writer.py imports "
-    "chinese.vocab_sentencepiece; chinese/corpus.py imports training.data; training/ imports "
-    "checkpoint); the lead is restructuring these modules: remove this mark when it passes"))
 def test_no_import_cycle_between_subpackages():
     edges = package_edges()
     cycle = find_cycle({source: set(dests) for source, dests in edges.items()})

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from llama_np.files.text import read_json
-from llama_np.tokenizer.sentencepiece_model import adds_dummy_prefix
+from llama_np.files.text import read_bytes, read_json
+from llama_np.tokenizer.sentencepiece_model import adds_dummy_prefix, parse_model_proto
 from llama_np.checkpoint.gguf import gguf_name, permute_qk
 from llama_np.llama.weights import expected_shapes
 from llama_np.quant import BLOCK_BYTES, QK, QuantizedMatrix, dequantize, quantize, tensor_nbytes
@@ -153,9 +153,7 @@ def _sentencepiece_vocabulary(path, tokenizer):
     """A SentencePiece model's pieces as a "llama" vocabulary; tokens the folder adds beyond
     the pieces (e.g. Chinese-Alpaca's "[PAD]" = 49953) follow as control tokens, as llama_np's
     SentencePiece tokenizer treats them. Returns (metadata, unknown token id)."""
-    from llama_np.chinese.vocab_sentencepiece import read_model
-
-    model = read_model(path)
+    model = parse_model_proto(read_bytes(path, GGUFWriteError, "the SentencePiece model"))
     tokens = [p.text for p in model.pieces]
     scores = [p.score for p in model.pieces]
     types = [p.type for p in model.pieces]

@@ -38,7 +38,6 @@
 #include "internal/quant_rows.h"
 #include "internal/rotary.h"
 
-enum { FORMAT_F32 = 3 };   /* after Q4_0 = 0, Q4_1 = 1, Q8_0 = 2 of quant_type */
 #define ROW_CHUNK 16       /* output rows a thread takes at a time (Wo, gate/up, Wdown) */
 
 /* An activation row as each weight format wants it: the floats, the Σ x of each block
@@ -57,7 +56,7 @@ static void rows_dot(const weight_matrix *m, int64_t r0, int64_t n, const activa
                      int int8_activations, float *out)
 {
     const int64_t cols = m->cols, n_blocks = cols / QK;
-    if (m->format == FORMAT_F32) {
+    if (m->format == F32) {
         for (int64_t i = 0; i < n; i++) out[i] = dot_f32((const float *)m->data + (r0 + i) * cols, a->x, cols);
         return;
     }

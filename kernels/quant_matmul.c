@@ -1,9 +1,6 @@
 /* Quantized weights times fp32 activations: out [T, out_features] = x [T, in_features] @ W.T,
- * W stored row by row as llama.cpp blocks of QK = 32 weights (layouts in llama_np/quant.py):
- *
- *   Q4_0  18 bytes  d:f16, qs[16]        w = (q - 8) * d
- *   Q4_1  20 bytes  d:f16, m:f16, qs[16] w = q * d + m
- *   Q8_0  34 bytes  d:f16, qs:int8[32]   w = q * d
+ * W stored row by row as llama.cpp blocks of QK = 32 weights: Q4_0, Q4_1 or Q8_0 (layouts
+ * in internal/formats.h).
  *
  * NumPy reference: llama_np.quant.quant_matmul. The row dot products come from
  * internal/quant_rows.h. Two regimes:
@@ -299,7 +296,7 @@ static int quant_matmul_int8(quant_type type, float *out, const uint8_t *w, cons
     return 0;
 }
 
-/* The one entry point: `format` is quant_type (0 Q4_0, 1 Q4_1, 2 Q8_0), checked by the caller
+/* The one entry point: `format` is a block format of internal/formats.h, checked by the caller
  * (llama_np.kernels.quant_matmul); int8_activations picks llama.cpp's arithmetic. */
 int quant_matmul_f32(int format, float *out, const uint8_t *w, const float *x, int64_t n_rows_x,
                      int64_t out_features, int64_t in_features, int int8_activations, int n_threads)

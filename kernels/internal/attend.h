@@ -15,9 +15,9 @@
 #include <math.h>
 #include <stdint.h>
 
-#if defined(__AVX2__) && defined(__FMA__)
-#include <immintrin.h>
+#include "simd.h"
 
+#ifdef USE_AVX2
 /* e^x for x <= 0, 8 lanes (Cephes' expf): e^x = 2^n · e^r with n = round(x / ln 2) and
  * |r| <= ln 2 / 2, e^r by a degree-6 polynomial; relative error ~2e-7, like expf. Below
  * -87 (where e^x < 2^-126) it returns 0. */
@@ -41,21 +41,13 @@ static inline __m256 exp_negative_avx2(__m256 x)
     const __m256i two_n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
     return _mm256_andnot_ps(tiny, _mm256_mul_ps(poly, _mm256_castsi256_ps(two_n)));
 }
-
-static inline float hsum8(__m256 v)
-{
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
 #endif
 
 static inline void attend_one_query(float *out, const float *q, const float *k, const float *v,
                                     int64_t kv_stride, int64_t n_seen, int64_t head_dim, float *p)
 {
     const float scale = 1.0f / sqrtf((float)head_dim);
-#if defined(__AVX2__) && defined(__FMA__)
+#ifdef USE_AVX2
     if (head_dim % 8 == 0) {
         /* scores, four keys at a time: four independent chains of FMAs */
         float max_score = -INFINITY;
@@ -70,15 +62,15 @@ static inline void attend_one_query(float *out, const float *q, const float *k, 
                 d2 = _mm256_fmadd_ps(qi, _mm256_loadu_ps(k0 + 2 * kv_stride + i), d2);
                 d3 = _mm256_fmadd_ps(qi, _mm256_loadu_ps(k0 + 3 * kv_stride + i), d3);
             }
-            p[s] = hsum8(d0) * scale, p[s + 1] = hsum8(d1) * scale;
-            p[s + 2] = hsum8(d2) * scale, p[s + 3] = hsum8(d3) * scale;
+            p[s] = hsum_avx2(d0) * scale, p[s + 1] = hsum_avx2(d1) * scale;
+            p[s + 2] = hsum_avx2(d2) * scale, p[s + 3] = hsum_avx2(d3) * scale;
         }
         for (; s < n_seen; s++) {
             const float *ks = k + s * kv_stride;
             __m256 dot = _mm256_setzero_ps();
             for (int64_t i = 0; i < head_dim; i += 8)
                 dot = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), _mm256_loadu_ps(ks + i), dot);
-            p[s] = hsum8(dot) * scale;
+            p[s] = hsum_avx2(dot) * scale;
         }
         for (s = 0; s < n_seen; s++) max_score = fmaxf(max_score, p[s]);
         const __m256 max8 = _mm256_set1_ps(max_score);
@@ -88,7 +80,7 @@ static inline void attend_one_query(float *out, const float *q, const float *k, 
             _mm256_storeu_ps(p + s, e);
             total8 = _mm256_add_ps(total8, e);
         }
-        float total = hsum8(total8);
+        float total = hsum_avx2(total8);
         for (; s < n_seen; s++) {
             p[s] = expf(p[s] - max_score);
             total += p[s];

@@ -2,12 +2,8 @@
  * every kernel multiplying by llama.cpp blocks is built from (quant_matmul.c for whole
  * matrices, decode_layer.c for one token through a transformer block).
  *
- *   Q4_0  18 bytes  d:f16, qs[16]        w = (q - 8) * d
- *   Q4_1  20 bytes  d:f16, m:f16, qs[16] w = q * d + m
- *   Q8_0  34 bytes  d:f16, qs:int8[32]   w = q * d
- *
- * Nibbles: byte j of qs holds weight j in its low 4 bits and weight j + 16 in its high 4.
- * Layouts and NumPy references: llama_np/quant/. A header of static inline functions
+ * The block layouts, the formats' numbers and their block sizes: formats.h. NumPy
+ * references: llama_np/quant/. A header of static inline functions
  * (not a cffi declaration file: those are the .h files directly in kernels/), so that each kernel gets
  * its own copy, inlined into its loops.
  */
@@ -18,14 +14,12 @@
 #include <stdint.h>
 #include <string.h>
 
-#if defined(__AVX2__) && defined(__FMA__)
-#include <immintrin.h>
-#define USE_AVX2 1
-#elif defined(__F16C__)
-#include <immintrin.h>
+#include "formats.h"
+#include "simd.h"
+#if !defined(USE_AVX2) && defined(__F16C__)
+#include <immintrin.h>     /* _cvtsh_ss, for the scales */
 #endif
 
-#define QK 32              /* weights per block (llama.cpp QK4_0 = QK4_1 = QK8_0) */
 /* How far ahead of the block being multiplied to ask for memory, where a loop reads one row
  * at a time (the two-row loop asks for the next pair's block instead, see dot_rows). A
  * decode step streams ~100 MB of weights, far more than any cache: without the hint a core
@@ -33,18 +27,7 @@
  * the wait, and longer ones gained nothing (docs/benchmarks.md#decode-kernels). */
 #define PREFETCH_BYTES 512
 
-typedef struct { uint16_t d; uint8_t qs[QK / 2]; } block_q4_0;
-typedef struct { uint16_t d, m; uint8_t qs[QK / 2]; } block_q4_1;
-typedef struct { uint16_t d; int8_t qs[QK]; } block_q8_0;
-_Static_assert(sizeof(block_q4_0) == 18, "block_q4_0 must be 18 bytes");
-_Static_assert(sizeof(block_q4_1) == 20, "block_q4_1 must be 20 bytes");
-_Static_assert(sizeof(block_q8_0) == 34, "block_q8_0 must be 34 bytes");
-
-typedef enum { Q4_0, Q4_1, Q8_0 } quant_type;
-
-static const int64_t BLOCK_BYTES[] = {
-    [Q4_0] = sizeof(block_q4_0), [Q4_1] = sizeof(block_q4_1), [Q8_0] = sizeof(block_q8_0),
-};
+typedef weight_format quant_type;  /* one of the block formats Q4_0, Q4_1, Q8_0 (not F32) */
 
 /* IEEE half → float. F16C does it in one instruction; the portable version rebuilds the
  * bits: sign, exponent rebiased from 15 to 127, mantissa widened from 10 to 23 bits. */
@@ -86,14 +69,6 @@ static inline const uint8_t *nibbles_of(quant_type type, const uint8_t *block)
 }
 
 #ifdef USE_AVX2
-static inline float hsum_avx2(__m256 v)   /* sum of the 8 lanes */
-{
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-
 /* The 16 nibble bytes as 32 int32 lanes. Zero-extending 8 bytes to 8 int32 lanes puts
  * byte j's low nibble (weight j) in bits 0-3 and its high nibble (weight j + 16) in bits
  * 4-7 of lane j, so a mask and a shift separate them: q[0] weights 0-7, q[1] 8-15,

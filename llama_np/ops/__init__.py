@@ -11,7 +11,7 @@ H query heads, H_kv key/value heads, hd head dim, F SwiGLU width, V vocabulary, 
 Imports: NumPy only. Everything else in llama_np builds on this package.
 """
 from llama_np.ops.attention import attention_backward, attention_forward, softmax
-from llama_np.ops.cross_entropy import (IGNORE_INDEX, causal_lm_targets, cross_entropy_backward,
+from llama_np.ops.cross_entropy import (IGNORE_INDEX, causal_lm_targets, count_targets, cross_entropy_backward,
                                         cross_entropy_forward)
 from llama_np.ops.embedding import embedding_backward, embedding_forward
 from llama_np.ops.linear import linear_backward, linear_forward

@@ -15,6 +15,13 @@ def causal_lm_targets(labels):
     return targets
 
 
+def count_targets(labels):
+    """How many positions of `labels` [..., T] have a target (`causal_lm_targets`): what a
+    batch's mean loss divides by, and what the gradients of the micro-batches and shards of
+    one optimizer step are scaled by, so that they add up to the gradient of that mean."""
+    return int(np.count_nonzero(causal_lm_targets(labels) != IGNORE_INDEX))
+
+
 def cross_entropy_forward(logits, targets):
     """Mean negative log-likelihood of `targets` under softmax(logits), over the positions
     whose target is not IGNORE_INDEX. Returns (loss, cache)."""

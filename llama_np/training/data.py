@@ -7,7 +7,7 @@ Instruction tuning (Chinese-Alpaca, `scripts/training/build_dataset.py`): each r
     source = TRAIN_TEMPLATE.format(instruction=instruction [+ "\\n" + input])
     target = output + EOS
     ids    = encode(source) + encode(target)            (truncated to max_seq_len)
-    labels = [-100] * len(encode(source)) + encode(target)
+    labels = [IGNORE_INDEX] * len(encode(source)) + encode(target)
 
 so the loss covers only the response and the EOS that teaches the model to stop: the
 prompt is context, not something to learn.
@@ -17,8 +17,9 @@ line by line, the ids are concatenated and cut into blocks of max_seq_len tokens
 token is a target (labels = ids).
 
 Micro-batches are padded on the right to their longest example with `pad_id`, and the
-padding's labels are -100; the order of examples is a fixed function of (seed, epoch), so
-step n always sees the same batch — which is what makes resuming exact.
+padding's labels are IGNORE_INDEX (llama_np.ops, -100); the order of examples is a fixed
+function of (seed, epoch), so step n always sees the same batch — which is what makes
+resuming exact.
 """
 import json
 import os

@@ -199,7 +199,7 @@ class TrainableLlama:
         n_shards = min(threads, len(ids))
         if n_shards <= 1:
             return run(slice(None), rng)
-        n_targets_total = n_targets_total or int(np.sum(ops.causal_lm_targets(labels) != ops.IGNORE_INDEX))
+        n_targets_total = n_targets_total or ops.count_targets(labels)
         seeds = rng.integers(0, 2 ** 63, n_shards) if rng is not None else [None] * n_shards
 
         def run_shard(shard):

@@ -28,10 +28,12 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from llama_np import ops
 from llama_np.checkpoint.peft import load_adapter, save_adapter
 from llama_np.files.atomic import atomic_write_text
 from llama_np.files.figure import new_figure, save_figure
 from llama_np.llama.adapter import EMBED, LM_HEAD
+from llama_np.training.training_layer import accumulate
 
 LATEST = "latest"                 # the file naming the newest checkpoint folder of a run
 OPTIMIZER_FILE = "optimizer.safetensors"
@@ -183,16 +185,13 @@ class Trainer:
         cfg = self.config
         started = time.perf_counter()
         micro = [self.batches.micro_batch(self.step * cfg.grad_accum + k) for k in range(cfg.grad_accum)]
-        n_targets = sum(int(np.sum(labels[:, 1:] != -100)) for _, labels in micro)
+        n_targets = sum(ops.count_targets(labels) for _, labels in micro)
         grads, total_nll, n_tokens = {}, 0.0, 0
         for ids, labels in micro:
             loss, n, micro_grads = self.model.loss_and_grads(ids, labels, self.rng, n_targets_total=n_targets,
                                                              threads=self.threads)
             for name, g in micro_grads.items():
-                if name in grads:
-                    grads[name] += g
-                else:
-                    grads[name] = g
+                accumulate(grads, name, g)
             total_nll += loss * n
             n_tokens += _real_tokens(labels)
         grad_norm = clip_grad_norm(grads, cfg.max_grad_norm)
@@ -371,7 +370,7 @@ def plot_log(log_path, png_path):
 # ---------------------------------------------------------------------- helpers
 def _real_tokens(labels):
     """Tokens of a right-padded batch that are not padding: each row up to its last label."""
-    labelled = labels != -100                                                     # [B, T]
+    labelled = labels != ops.IGNORE_INDEX                                         # [B, T]
     last = labels.shape[1] - 1 - np.argmax(labelled[:, ::-1], axis=1)             # [B]
     return int(np.sum(np.where(labelled.any(axis=1), last + 1, 0)))
 

@@ -32,6 +32,7 @@ from llama_np import ops
 from llama_np.checkpoint.peft import load_adapter, save_adapter
 from llama_np.files.atomic import atomic_write_text
 from llama_np.files.figure import new_figure, save_figure
+from llama_np.files.text import read_json
 from llama_np.llama.adapter import EMBED, LM_HEAD
 from llama_np.training.training_layer import accumulate
 
@@ -294,8 +295,7 @@ class Trainer:
         from llama_np.checkpoint.safetensors import read_safetensors
 
         folder = latest_checkpoint(self.out_dir)
-        with open(os.path.join(folder, STATE_FILE), encoding="utf-8") as f:
-            state = json.load(f)
+        state = read_json(os.path.join(folder, STATE_FILE), what="the checkpoint's state")
         adapter = load_adapter(folder, tied_base=self.model.adapter.tied_base)
         params = self.model.params
         if set(adapter.params) != set(params):

@@ -21,18 +21,12 @@ not in it yet (a last line cut off by a kill is dropped and asked again). DIR/re
 written at the end of every run, atomically, from all the answers so far.
 """
 import argparse
-import json
 import os
 import sys
-import time
 
 from llama_np.cli import common as cli
 
-PROMPTS_FILE = "derived/chinese_alpaca_eval_160.json"
-ANSWERS_FILE = "answers.jsonl"
-REPORT_FILE = "report.md"
 DEFAULT_SEED = 0
-
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
@@ -55,105 +49,14 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def read_prompts(path):
-    """The evaluation prompts: a list of {"category", "id", "prompt"} with unique ids."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            prompts = json.load(f)
-    except OSError as e:
-        raise OSError(f"{path}: cannot read the prompts ({e.strerror})") from None
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not UTF-8 JSON ({e})") from None
-    if not isinstance(prompts, list) or not prompts:
-        raise ValueError(f"{path}: expected a non-empty JSON list of {{category, id, prompt}}")
-    seen = set()
-    for i, item in enumerate(prompts):
-        missing = [k for k in ("category", "id", "prompt") if not isinstance(item, dict) or k not in item]
-        if missing:
-            raise ValueError(f"{path}: prompt {i} has no {missing[0]!r}")
-        key = prompt_key(item)
-        if key in seen:
-            raise ValueError(f"{path}: prompt {i} repeats id {item['id']!r} of category {item['category']!r}")
-        seen.add(key)
-    return prompts
-
-
-def prompt_key(item):
-    """What identifies a prompt: ids count from 1 within each category."""
-    return f"{item['category']}/{item['id']}"
-
-
-def read_answers(path):
-    """The answers already in `path` (JSONL), by prompt key. A final line without its line
-    break — a write cut short — is removed from the file, so the next append starts clean."""
-    if not os.path.exists(path):
-        return {}
-    with open(path, "rb") as f:
-        data = f.read()
-    complete = data[:data.rfind(b"\n") + 1]
-    if len(complete) < len(data):
-        with open(path, "r+b") as f:
-            f.truncate(len(complete))
-    answers = {}
-    for number, line in enumerate(complete.decode("utf-8").splitlines(), 1):
-        try:
-            record = json.loads(line)
-            answers[prompt_key(record)] = record
-        except (ValueError, KeyError, TypeError) as e:
-            raise ValueError(f"{path}: line {number} is not an answer record ({e}); "
-                             f"remove the line or choose another --out") from None
-    return answers
-
-
-def append_answer(path, record):
-    """Append one answer as a JSON line and make sure it reached the disk."""
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def answer(conversation, prompt, settings):
-    """The model's reply to one prompt, alone (no earlier turns). Returns (text, stats)."""
-    from llama_np.llama.generation import GenerationStats
-    from llama_np.llama.sampling import Sampler
-
-    conversation.reset()
-    stats = GenerationStats()
-    text = "".join(conversation.reply(prompt, Sampler(settings), stats)).strip()
-    return text, stats
-
-
-def report_markdown(prompts, answers, header):
-    """The report: a header, then per category (in the prompts' order) a table of the
-    answered prompts and their answers."""
-    lines = ["# Answers to the Chinese-Alpaca evaluation prompts", "", header, "",
-             f"{len(answers)} of {len(prompts)} prompts answered.", ""]
-    categories = list(dict.fromkeys(item["category"] for item in prompts))
-    for category in categories:
-        done = [(item, answers[prompt_key(item)]) for item in prompts
-                if item["category"] == category and prompt_key(item) in answers]
-        if not done:
-            continue
-        lines += [f"## {category}", "", "| # | prompt | answer |", "|---|---|---|"]
-        lines += [f"| {item['id']} | {_cell(item['prompt'])} | {_cell(record['answer'])} |"
-                  for item, record in done]
-        lines.append("")
-    return "\n".join(lines)
-
-
-def _cell(text):
-    """Text that stays inside one markdown table cell."""
-    return text.replace("|", "\\|").replace("\r", "").replace("\n", "<br>") or " "
-
-
 def main(argv=None):
     args = parse_args(argv)
     cli.set_threads(args.threads)
-    import dataclasses
+    from llama_np.chinese import evaluation
+    from llama_np.chinese.evaluation import (ANSWERS_FILE, PROMPTS_FILE, REPORT_FILE, prompt_key, read_answers,
+                                             read_prompts, report_markdown)
     from llama_np.files import hub
     from llama_np.files.atomic import atomic_write_text
-    from llama_np.chat import Conversation
 
     prompts = read_prompts(args.prompts or hub.data_path(PROMPTS_FILE))
     os.makedirs(args.out, exist_ok=True)
@@ -169,19 +72,9 @@ def main(argv=None):
               f"at most {args.max_new_tokens} new tokens, seed {args.seed} + prompt index.")
     if todo:
         model, tokenizer = cli.load_for_inference(args)
-        conversation = Conversation(model, tokenizer, args.template, None, args.ctx, args.max_new_tokens)
-        for index, item in todo:
-            started = time.perf_counter()
-            seed = settings.seed + index
-            text, stats = answer(conversation, item["prompt"], dataclasses.replace(settings, seed=seed))
-            record = dict(category=item["category"], id=item["id"], prompt=item["prompt"], answer=text,
-                          new_tokens=stats.new_tokens, stop_reason=stats.stop_reason, seed=seed,
-                          seconds=round(time.perf_counter() - started, 2))
-            append_answer(answers_path, record)
-            answers[prompt_key(item)] = record
-            if not args.quiet:
-                print(f"[{len(answers)}/{len(prompts)}] {prompt_key(item)}: {stats.new_tokens} tokens "
-                      f"in {record['seconds']} s", file=sys.stderr)
+        evaluation.answer_prompts(model, tokenizer, prompts, todo, answers, answers_path, settings,
+                                  template=args.template, ctx=args.ctx, max_new_tokens=args.max_new_tokens,
+                                  quiet=args.quiet)
     atomic_write_text(os.path.join(args.out, REPORT_FILE), report_markdown(prompts, answers, header))
     print(f"{len(answers)} of {len(prompts)} prompts answered; report in "
           f"{os.path.join(args.out, REPORT_FILE)}", file=sys.stderr)

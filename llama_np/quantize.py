@@ -6,20 +6,9 @@ that llama_np and llama.cpp both run.
     python -m llama_np.quantize default --type F32 --out smollm2.F32.gguf     # dequantize
 
 The source (the first argument, or `--model` as in the other tools) is a Hugging Face folder
-(config.json + safetensors + tokenizer) or a GGUF file. Which tensor becomes what:
-
-    norms (1-D)                       F32 always: 0.02% of the weights, and every
-                                      activation is multiplied by them
-    token_embd / output (vocabulary)  --embed-type; by default Q8_0 when --type is 4-bit,
-                                      else --type. With tied embeddings the one matrix is
-                                      also the output head, whose errors go straight into
-                                      the logits; SmolLM2's own Q4_1 file keeps it Q8_0 too.
-                                      Measured on SmolLM2 Q4_0: a Q4_0 embedding instead
-                                      raises perplexity by 8% (English and Chinese) and
-                                      saves 14 MB of 92
-    every other matrix                --type (F32, F16, Q8_0, Q4_1, Q4_0)
-
-A matrix whose rows are not whole 32-weight blocks stays F32. Q/K rows are permuted to
+(config.json + safetensors + tokenizer) or a GGUF file. Which tensor becomes what — norms
+F32, the vocabulary matrices --embed-type, every other matrix --type — and why is written
+in llama_np.checkpoint.quantize. A matrix whose rows are not whole 32-weight blocks stays F32. Q/K rows are permuted to
 llama.cpp's order, and the tokenizer (from the GGUF's metadata, or built from the folder's
 tokenizer.model / tokenizer.json) and chat template travel with the weights.
 
@@ -39,12 +28,6 @@ from llama_np.cli import common as cli
 WEIGHT_TYPES = ("F32", "F16", "Q8_0", "Q4_1", "Q4_0")
 FOUR_BIT_TYPES = ("Q4_0", "Q4_1")
 DEFAULT_4BIT_EMBED_TYPE = "Q8_0"
-VOCABULARY_MATRICES = ("model.embed_tokens.weight", "lm_head.weight")
-# recomputed for the new file rather than copied from a GGUF source
-RECOMPUTED_KEYS = ("general.architecture", "general.file_type", "general.quantization_version",
-                   "general.alignment")
-
-
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
         prog="python -m llama_np.quantize",
@@ -76,75 +59,11 @@ def parse_args(argv=None):
     return args
 
 
-def tensor_types(config, weight_type, embed_type):
-    """Hugging Face tensor name → the type it is written as (see the module docstring)."""
-    from llama_np.llama.weights import expected_shapes
-    from llama_np.quant import QK
-
-    types = {}
-    for name, shape in expected_shapes(config).items():
-        if len(shape) == 1:
-            types[name] = "F32"
-            continue
-        wanted = embed_type if name in VOCABULARY_MATRICES else weight_type
-        blocks_fit = shape[-1] % QK == 0
-        types[name] = wanted if blocks_fit or wanted in ("F32", "F16") else "F32"
-    return types
-
-
-def check_requantization(weights, types, source, allowed):
-    """Refuse to change the type of an already quantized tensor, except to F32 (exact) or
-    when `allowed`."""
-    from llama_np.quant import QuantizedMatrix
-
-    for name, weight in weights.items():
-        if not isinstance(weight, QuantizedMatrix):
-            continue
-        target = types[name]
-        if target in (weight.qtype, "F32") or allowed:
-            continue
-        raise ValueError(f"{source}: tensor {name} is already quantized ({weight.qtype}); "
-                         f"re-quantizing it to {target} adds a second rounding error to the first. "
-                         f"Quantize from the F32/F16 original, or pass --allow-requantize")
-
-
-def load_source(path):
-    """(config, weights by HF name, metadata to carry over) of a HF folder or a GGUF file."""
-    from llama_np.checkpoint import gguf_writer
-    from llama_np.quant import FORMATS
-
-    if os.path.isdir(path):
-        from llama_np.checkpoint.safetensors import load_hf
-        config, weights = load_hf(path)
-        metadata = {"general.name": gguf_writer.string(os.path.basename(os.path.abspath(path)))}
-        metadata.update(gguf_writer.tokenizer_metadata_from_hf_dir(path, config.vocab_size))
-        return config, weights, metadata
-    from llama_np.checkpoint.gguf import load_gguf
-    config, weights, gguf_file = load_gguf(path)
-    if "tokenizer.ggml.tokens" not in gguf_file.metadata:
-        raise ValueError(f"{path}: the GGUF has no tokenizer (tokenizer.ggml.*), which llama.cpp needs")
-    return config, weights, gguf_writer.metadata_from_gguf(path, skip=RECOMPUTED_KEYS)
-
-
-def summary(types, weights, out_path, seconds):
-    """One line: what was written, by type, and how large it is."""
-    import math
-    from collections import Counter
-
-    counts = Counter(types.values())
-    by_type = ", ".join(f"{n} {t}" for t, n in counts.most_common())
-    size = os.path.getsize(out_path)
-    n_weights = sum(math.prod(w.shape) for w in weights.values())
-    return (f"wrote {out_path}: {len(types)} tensors ({by_type}), {size / 1e6:.1f} MB, "
-            f"{size * 8 / n_weights:.2f} bits per weight, in {seconds:.1f} s")
-
-
 def main(argv=None):
     args = parse_args(argv)
     cli.set_threads(args.threads)
+    from llama_np.checkpoint.quantize import quantize_checkpoint, summary
     from llama_np.files import hub
-    from llama_np.checkpoint import gguf_writer
-    from llama_np.quant import FORMATS
 
     source = hub.resolve_model(args.source)
     if os.path.isdir(args.out):
@@ -158,12 +77,8 @@ def main(argv=None):
                                      else args.weight_type)
 
     start = time.perf_counter()
-    config, weights, metadata = load_source(source)
-    types = tensor_types(config, args.weight_type, embed_type)
-    check_requantization(weights, types, source, args.allow_requantize)
-    metadata["general.file_type"] = gguf_writer.u32(FORMATS[args.weight_type].file_type)
-    metadata["general.quantization_version"] = gguf_writer.u32(gguf_writer.QUANTIZATION_VERSION)
-    gguf_writer.write_llama_gguf(args.out, config, weights, types, metadata, progress=not args.quiet)
+    types, weights = quantize_checkpoint(source, args.out, args.weight_type, embed_type,
+                                         args.allow_requantize, progress=not args.quiet)
     print(summary(types, weights, args.out, time.perf_counter() - start), file=sys.stderr)
     return 0
 

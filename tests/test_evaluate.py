@@ -11,6 +11,7 @@ import pytest
 
 from conftest import REPO
 from llama_np import evaluate
+from llama_np.chinese import evaluation
 from test_train_cli import run_cli, tiny_model_folder
 
 PROMPTS = [{"category": c, "id": i, "prompt": p} for c, i, p in [
@@ -32,7 +33,7 @@ def prompts(tmp_path):
 
 
 def answers_in(out):
-    return [json.loads(line) for line in open(os.path.join(out, evaluate.ANSWERS_FILE), encoding="utf-8")]
+    return [json.loads(line) for line in open(os.path.join(out, evaluation.ANSWERS_FILE), encoding="utf-8")]
 
 
 def test_limit_then_rerun_finishes_the_rest_without_redoing(tiny, prompts, tmp_path, capsys):
@@ -42,14 +43,14 @@ def test_limit_then_rerun_finishes_the_rest_without_redoing(tiny, prompts, tmp_p
     assert code == 0, err
     first = answers_in(out)
     assert [(r["category"], r["id"]) for r in first] == [("QA", 1), ("QA", 2)]
-    report = open(os.path.join(out, evaluate.REPORT_FILE), encoding="utf-8").read()
+    report = open(os.path.join(out, evaluation.REPORT_FILE), encoding="utf-8").read()
     assert "2 of 5 prompts answered" in report and "## QA" in report and "## CODE" not in report
 
     code, err = run_cli(evaluate.main, argv, capsys)
     assert code == 0, err
     every = answers_in(out)
     assert every[:2] == first and len(every) == 5        # the first two kept, not asked again
-    report = open(os.path.join(out, evaluate.REPORT_FILE), encoding="utf-8").read()
+    report = open(os.path.join(out, evaluation.REPORT_FILE), encoding="utf-8").read()
     assert "5 of 5" in report and report.index("## QA") < report.index("## CODE") < report.index("## ETHICS")
     assert "fox \\| jumps" in report                     # a | in a prompt stays inside its cell
     assert all(r["seed"] == i for i, r in enumerate(every))
@@ -60,7 +61,7 @@ def test_an_answer_cut_off_by_a_kill_is_asked_again(tiny, prompts, tmp_path, cap
     out = tmp_path / "eval"
     argv = ["--model", tiny, "--prompts", prompts, "--out", str(out), "--max-new-tokens", "3", "--quiet"]
     assert run_cli(evaluate.main, argv + ["--limit", "1"], capsys)[0] == 0
-    with open(out / evaluate.ANSWERS_FILE, "a", encoding="utf-8") as f:
+    with open(out / evaluation.ANSWERS_FILE, "a", encoding="utf-8") as f:
         f.write('{"category": "QA", "id": 2, "answ')          # the process died mid-line
     code, err = run_cli(evaluate.main, argv, capsys)
     assert code == 0, err
@@ -72,12 +73,13 @@ def test_an_answer_cut_off_by_a_kill_is_asked_again(tiny, prompts, tmp_path, cap
 PAUSE_AFTER_FIRST_ANSWER = """
 import sys, threading
 from llama_np import evaluate
-write = evaluate.append_answer
+from llama_np.chinese import evaluation
+write = evaluation.append_answer
 def append_then_wait(path, record):
     write(path, record)
     print("answered", flush=True)
     threading.Event().wait()
-evaluate.append_answer = append_then_wait
+evaluation.append_answer = append_then_wait
 sys.exit(evaluate.main(sys.argv[1:]))
 """
 
@@ -99,7 +101,7 @@ def test_killed_process_resumes(tiny, prompts, tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert done_before == 1 and len(answers_in(out)) == 5
-    assert "5 of 5 prompts answered" in (out / evaluate.REPORT_FILE).read_text(encoding="utf-8")
+    assert "5 of 5 prompts answered" in (out / evaluation.REPORT_FILE).read_text(encoding="utf-8")
 
 
 @pytest.mark.parametrize("content, message", [
@@ -117,5 +119,5 @@ def test_bad_prompt_file_is_one_line(tiny, tmp_path, capsys, content, message):
 
 def test_the_paper_prompts_are_160_in_10_categories():
     from llama_np.files import hub
-    prompts = evaluate.read_prompts(hub.data_path(evaluate.PROMPTS_FILE))
+    prompts = evaluation.read_prompts(hub.data_path(evaluation.PROMPTS_FILE))
     assert len(prompts) == 160 and len({p["category"] for p in prompts}) == 10

@@ -7,8 +7,8 @@ import pytest
 from llama_np.chinese import corpus
 from llama_np.files import hub
 from llama_np.checkpoint import load_tokenizer
-from llama_np.tokenizer_stats import (PAPER_TABLE_1_SENTENCE, TokenizerStats, format_example, format_table,
-                                      measure, token_texts)
+from llama_np.chinese.tokenizer_stats import (PAPER_TABLE_1_SENTENCE, TokenizerStats, format_example, format_table,
+                                              measure, token_texts)
 from llama_np.chinese.vocab_sentencepiece import merge_models, read_model, write_model
 
 LLAMA = "karpathy/llama2.c/tokenizer.model"

@@ -14,8 +14,8 @@ from llama_np.files import hub
 from llama_np.checkpoint.gguf_file import GGUFFile
 from llama_np.tokenizer.tokenizers import Tokenizer
 from llama_np.checkpoint import load_tokenizer
-from llama_np.chinese.vocab_bpe import (BPEExtension, VocabularyError, extended_metadata, learn_extension,
-                                save_hf_tokenizer, token_bytes, write_tokenizer_gguf)
+from llama_np.checkpoint.tokenizer_files import save_hf_tokenizer, write_tokenizer_gguf
+from llama_np.chinese.vocab_bpe import BPEExtension, VocabularyError, extended_metadata, learn_extension, token_bytes
 
 N_NEW = 2_000  # enough for the 0.6x bound (0.53x measured), small enough to learn in seconds
 

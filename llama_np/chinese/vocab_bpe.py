@@ -30,13 +30,11 @@ a newline "Ċ", and 中 (E4 B8 AD) is "ä¸Ń". Vocabulary entries and merges ar
 these characters, both in `tokenizer.json` and in GGUF.
 """
 import heapq
-import json
 import os
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 
-from llama_np.files.atomic import atomic_path, atomic_write_text
-from llama_np.tokenizer.tokenizers import TOKEN_NORMAL, Tokenizer, TokenizerError
+from llama_np.tokenizer.tokenizers import TOKEN_NORMAL, Tokenizer, hf_backend
 
 # About halves the tokens Chinese text needs, and smaller extensions scored worse in the
 # recipe (docs/benchmarks.md#recipe; notebook 04 measures other sizes).
@@ -109,7 +107,7 @@ def learn_extension(base_metadata, texts, n_new_tokens=DEFAULT_NEW_TOKENS,
     if base_metadata.get("tokenizer.ggml.model") != "gpt2":
         raise VocabularyError("BPE extension needs a byte-level BPE tokenizer (tokenizer.ggml.model = 'gpt2'); "
                               "for SentencePiece use llama_np.merge_tokenizer")
-    backend = _hf_backend(Tokenizer.from_gguf_metadata(base_metadata))
+    backend = hf_backend(Tokenizer.from_gguf_metadata(base_metadata))
     word_counts = Counter(word for text in texts for word, _ in backend.pre_tokenizer.pre_tokenize_str(text))
     if not word_counts:
         raise VocabularyError("the training corpus is empty (no text to learn from)")
@@ -230,95 +228,15 @@ def extended_metadata(base_metadata, extension):
     return meta
 
 
-def save_hf_tokenizer(metadata, folder):
-    """Write the tokenizer of GGUF `metadata` as a Hugging Face tokenizer folder:
-    `tokenizer.json` (vocabulary, merges, pre-tokenizer, decoder, special tokens, as HF
-    `tokenizers` serializes them) and `tokenizer_config.json` (BOS/EOS/pad/unk, whether to
-    add BOS, the chat template). llama_np's `load_tokenizer(folder)`, `tokenizers` and
-    transformers' `AutoTokenizer` all read it. Each file is written atomically."""
-    tokenizer = Tokenizer.from_gguf_metadata(metadata)
-    os.makedirs(folder, exist_ok=True)
-    with atomic_path(os.path.join(folder, "tokenizer.json")) as tmp:
-        _hf_backend(tokenizer).save(tmp)
-    tokens = metadata["tokenizer.ggml.tokens"]
-
-    def token_text(key):
-        token_id = metadata.get(key)
-        return None if token_id is None else tokens[token_id]
-
-    config = {
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "bos_token": token_text("tokenizer.ggml.bos_token_id"),
-        "eos_token": token_text("tokenizer.ggml.eos_token_id"),
-        "pad_token": token_text("tokenizer.ggml.padding_token_id"),
-        "unk_token": token_text("tokenizer.ggml.unknown_token_id"),
-        "add_bos_token": tokenizer.add_bos,
-        "add_eos_token": False,
-        "clean_up_tokenization_spaces": False,  # decode must give back the exact text
-    }
-    if tokenizer.chat_template:
-        config["chat_template"] = tokenizer.chat_template
-    atomic_write_text(os.path.join(folder, "tokenizer_config.json"),
-                      json.dumps(config, ensure_ascii=False, indent=2) + "\n")
-
-
-def write_tokenizer_gguf(metadata, path):
-    """Write the `general.architecture` and `tokenizer.*` entries of GGUF `metadata` as a
-    GGUF file with no tensors — a vocabulary-only GGUF, like llama.cpp's
-    models/ggml-vocab-*.gguf — atomically. `llama_np.checkpoint.load_tokenizer(path)` reads it."""
-    import gguf
-
-    keys = [key for key in metadata if key.startswith("tokenizer.")]
-    with atomic_path(path) as tmp:
-        writer = gguf.GGUFWriter(tmp, arch=metadata.get("general.architecture", "llama"))
-        for key in keys:
-            value_type, element_type = _gguf_value_type(key, metadata[key])
-            writer.add_key_value(key, metadata[key], value_type, sub_type=element_type)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-
-
-def _gguf_value_type(key, value):
-    """(value type, element type or None) for a tokenizer entry, as llama.cpp writes them:
-    token ids and counts u32, token types i32, scores f32."""
-    from gguf import GGUFValueType
-
-    def scalar_type(x):
-        if isinstance(x, bool):
-            return GGUFValueType.BOOL
-        if isinstance(x, int):
-            return GGUFValueType.INT32 if key.endswith("token_type") else GGUFValueType.UINT32
-        if isinstance(x, float):
-            return GGUFValueType.FLOAT32
-        if isinstance(x, str):
-            return GGUFValueType.STRING
-        raise VocabularyError(f"GGUF metadata {key!r}: cannot write a value of type {type(x).__name__}")
-
-    if isinstance(value, (list, tuple)):
-        return GGUFValueType.ARRAY, scalar_type(value[0]) if value else GGUFValueType.STRING
-    return scalar_type(value), None
-
-
-def _hf_backend(tokenizer):
-    """The HF `tokenizers` object behind a byte-level BPE `Tokenizer`. llama_np.tokenizer.tokenizers
-    builds it (pre-tokenizer by name, decoder, special tokens); reusing it here keeps one
-    definition of what a GGUF BPE vocabulary means."""
-    backend = getattr(tokenizer, "_backend", None)
-    if backend is None:
-        raise TokenizerError(f"{tokenizer.source}: not a byte-level BPE tokenizer")
-    return backend
-
-
 def extend_tokenizer(model_path, documents, out_dir, n_new_tokens=DEFAULT_NEW_TOKENS,
                      min_frequency=DEFAULT_MIN_FREQUENCY):
     """The vocabulary extension step: learn up to `n_new_tokens` BPE merges from `documents`
     on top of the byte-level BPE tokenizer of the GGUF model `model_path`, and write the
     extended tokenizer into `out_dir` (tokenizer.json, tokenizer_config.json and the
     vocabulary-only tokenizer.gguf). Returns (the BPEExtension, the extended metadata)."""
-    # imported here: it brings in NumPy, and `extend_bpe --help` reads this module's defaults
+    # imported here: they bring in NumPy, and `extend_bpe --help` reads this module's defaults
     from llama_np.checkpoint.gguf_file import GGUFFile
+    from llama_np.checkpoint.tokenizer_files import save_hf_tokenizer, write_tokenizer_gguf
 
     if os.path.isdir(model_path):
         raise ValueError(f"{model_path}: give a .gguf file (its tokenizer metadata is what gets extended)")

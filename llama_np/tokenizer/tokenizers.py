@@ -491,3 +491,13 @@ def _read_hf_tokenizer_config(folder):
     return dict(bos_token=token_text("bos_token"), eos_token=token_text("eos_token"),
                 pad_token=token_text("pad_token"), add_bos_token=config.get("add_bos_token"),
                 chat_template=chat_template, added_tokens=added)
+
+
+def hf_backend(tokenizer):
+    """The HF `tokenizers` object behind a byte-level BPE `Tokenizer`. HFTokenizer
+    is built on it (pre-tokenizer by name, decoder, special tokens); reusing it here keeps one
+    definition of what a GGUF BPE vocabulary means."""
+    backend = getattr(tokenizer, "_backend", None)
+    if backend is None:
+        raise TokenizerError(f"{tokenizer.source}: not a byte-level BPE tokenizer")
+    return backend

@@ -1,0 +1,102 @@
+"""Quantizing a checkpoint: which type each tensor gets, and the GGUF it is written to.
+
+Which tensor becomes what:
+
+    norms (1-D)                       F32 always: 0.02% of the weights, and every
+                                      activation is multiplied by them
+    token_embd / output (vocabulary)  --embed-type; by default Q8_0 when --type is 4-bit,
+                                      else --type. With tied embeddings the one matrix is
+                                      also the output head, whose errors go straight into
+                                      the logits; SmolLM2's own Q4_1 file keeps it Q8_0 too.
+                                      Measured on SmolLM2 Q4_0: a Q4_0 embedding instead
+                                      raises perplexity by 8% (English and Chinese) and
+                                      saves 14 MB of 92
+    every other matrix                --type (F32, F16, Q8_0, Q4_1, Q4_0)
+
+A matrix whose rows are not whole 32-weight blocks stays F32. Q/K rows are permuted to
+llama.cpp's order, and the tokenizer (from the GGUF's metadata, or built from the folder's
+tokenizer.model / tokenizer.json) and chat template travel with the weights.
+
+Quantizing what is already quantized: a tensor already of its target type is copied block
+for block; turning blocks into F32 is exact (that is how to get an fp32 copy of a 4-bit
+model). Any other change of a quantized tensor — Q4_1 → Q4_0, say — rounds a second time
+on top of the first, so it is refused unless you pass --allow-requantize (llama.cpp's
+llama-quantize has the same flag).
+"""
+import math
+import os
+from collections import Counter
+
+from llama_np.checkpoint import gguf_writer
+from llama_np.checkpoint.gguf import load_gguf
+from llama_np.checkpoint.safetensors import load_hf
+from llama_np.llama.weights import expected_shapes
+from llama_np.quant import FORMATS, QK, QuantizedMatrix
+
+VOCABULARY_MATRICES = ("model.embed_tokens.weight", "lm_head.weight")
+# recomputed for the new file rather than copied from a GGUF source
+RECOMPUTED_KEYS = ("general.architecture", "general.file_type", "general.quantization_version",
+                   "general.alignment")
+
+
+def tensor_types(config, weight_type, embed_type):
+    """Hugging Face tensor name → the type it is written as (see the module docstring)."""
+    types = {}
+    for name, shape in expected_shapes(config).items():
+        if len(shape) == 1:
+            types[name] = "F32"
+            continue
+        wanted = embed_type if name in VOCABULARY_MATRICES else weight_type
+        blocks_fit = shape[-1] % QK == 0
+        types[name] = wanted if blocks_fit or wanted in ("F32", "F16") else "F32"
+    return types
+
+
+def check_requantization(weights, types, source, allowed):
+    """Refuse to change the type of an already quantized tensor, except to F32 (exact) or
+    when `allowed`."""
+    for name, weight in weights.items():
+        if not isinstance(weight, QuantizedMatrix):
+            continue
+        target = types[name]
+        if target in (weight.qtype, "F32") or allowed:
+            continue
+        raise ValueError(f"{source}: tensor {name} is already quantized ({weight.qtype}); "
+                         f"re-quantizing it to {target} adds a second rounding error to the first. "
+                         f"Quantize from the F32/F16 original, or pass --allow-requantize")
+
+
+def load_source(path):
+    """(config, weights by HF name, metadata to carry over) of a HF folder or a GGUF file."""
+    if os.path.isdir(path):
+        config, weights = load_hf(path)
+        metadata = {"general.name": gguf_writer.string(os.path.basename(os.path.abspath(path)))}
+        metadata.update(gguf_writer.tokenizer_metadata_from_hf_dir(path, config.vocab_size))
+        return config, weights, metadata
+    config, weights, gguf_file = load_gguf(path)
+    if "tokenizer.ggml.tokens" not in gguf_file.metadata:
+        raise ValueError(f"{path}: the GGUF has no tokenizer (tokenizer.ggml.*), which llama.cpp needs")
+    return config, weights, gguf_writer.metadata_from_gguf(path, skip=RECOMPUTED_KEYS)
+
+
+def summary(types, weights, out_path, seconds):
+    """One line: what was written, by type, and how large it is."""
+    counts = Counter(types.values())
+    by_type = ", ".join(f"{n} {t}" for t, n in counts.most_common())
+    size = os.path.getsize(out_path)
+    n_weights = sum(math.prod(w.shape) for w in weights.values())
+    return (f"wrote {out_path}: {len(types)} tensors ({by_type}), {size / 1e6:.1f} MB, "
+            f"{size * 8 / n_weights:.2f} bits per weight, in {seconds:.1f} s")
+
+
+def quantize_checkpoint(source, out, weight_type, embed_type, allow_requantize=False, progress=True):
+    """Write the model at `source` (a HF folder or a GGUF file) to the GGUF `out`, its
+    matrices as `weight_type` and the vocabulary matrices as `embed_type`. Returns the
+    tensor types and the weights written."""
+    config, weights, metadata = load_source(source)
+    types = tensor_types(config, weight_type, embed_type)
+    check_requantization(weights, types, source, allow_requantize)
+    metadata["general.file_type"] = gguf_writer.u32(FORMATS[weight_type].file_type)
+    metadata["general.quantization_version"] = gguf_writer.u32(gguf_writer.QUANTIZATION_VERSION)
+    gguf_writer.write_llama_gguf(out, config, weights, types, metadata, progress=progress)
+    return types, weights

@@ -6,17 +6,11 @@ that llama_np and llama.cpp both run.
     python -m llama_np.quantize default --type F32 --out smollm2.F32.gguf     # dequantize
 
 The source (the first argument, or `--model` as in the other tools) is a Hugging Face folder
-(config.json + safetensors + tokenizer) or a GGUF file. Which tensor becomes what — norms
-F32, the vocabulary matrices --embed-type, every other matrix --type — and why is written
-in llama_np.checkpoint.quantize. A matrix whose rows are not whole 32-weight blocks stays F32. Q/K rows are permuted to
-llama.cpp's order, and the tokenizer (from the GGUF's metadata, or built from the folder's
-tokenizer.model / tokenizer.json) and chat template travel with the weights.
-
-Quantizing what is already quantized: a tensor already of its target type is copied block
-for block; turning blocks into F32 is exact (that is how to get an fp32 copy of a 4-bit
-model). Any other change of a quantized tensor — Q4_1 → Q4_0, say — rounds a second time
-on top of the first, so it is refused unless you pass --allow-requantize (llama.cpp's
-llama-quantize has the same flag).
+(config.json + safetensors + tokenizer) or a GGUF file. Norms stay F32, the vocabulary
+matrices become --embed-type (Q8_0 when --type is 4-bit), every other matrix --type; a
+tensor already quantized is copied as it is or turned into F32 exactly, and re-quantizing
+it to another format needs --allow-requantize. The rules and their reasons:
+llama_np.checkpoint.quantize.
 """
 import argparse
 import os

@@ -7,10 +7,8 @@ Which tensor becomes what:
     token_embd / output (vocabulary)  --embed-type; by default Q8_0 when --type is 4-bit,
                                       else --type. With tied embeddings the one matrix is
                                       also the output head, whose errors go straight into
-                                      the logits; SmolLM2's own Q4_1 file keeps it Q8_0 too.
-                                      Measured on SmolLM2 Q4_0: a Q4_0 embedding instead
-                                      raises perplexity by 8% (English and Chinese) and
-                                      saves 14 MB of 92
+                                      the logits; SmolLM2's own Q4_1 file keeps it Q8_0 too
+                                      (what a 4-bit one costs: docs/benchmarks.md#quantize)
     every other matrix                --type (F32, F16, Q8_0, Q4_1, Q4_0)
 
 A matrix whose rows are not whole 32-weight blocks stays F32. Q/K rows are permuted to

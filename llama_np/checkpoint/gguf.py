@@ -82,6 +82,7 @@ def load_gguf(path):
     gguf.read_into_memory()  # the weights in large pages (see there), writable
     config = LlamaConfig.from_gguf_metadata(gguf.metadata, source=str(path))
     config.tie_word_embeddings = "output.weight" not in gguf.tensors
+    config.check_fits(gguf.n_bytes - gguf.data_start, source=str(path))
     weights = {}
     for name, info in gguf.tensors.items():
         target = hf_name(name)

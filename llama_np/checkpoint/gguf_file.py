@@ -27,6 +27,7 @@ from llama_np.quant.formats import FORMATS, FORMATS_BY_GGML_TYPE, ggml_type_name
 
 GGUF_MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32  # gguf.h GGUF_DEFAULT_ALIGNMENT
+MAX_ARRAY_NESTING = 4   # arrays of arrays of …: llama.cpp reads none; deeper is a corrupt file
 
 # metadata value types (gguf.h gguf_type): struct format of the scalars
 _SCALAR_FORMATS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
@@ -83,6 +84,8 @@ class _Cursor:
         """`count` consecutive strings: the tokenizer's vocabulary and merges, ~100k of
         them, so this loop is kept tight (it dominates the time to open a model)."""
         buf, pos, end = self.buf, self.pos, len(self.buf)
+        if pos + 8 * count > end:  # each string has at least its 8-byte length
+            self.take(8 * count)   # raises the truncation error
         out = []
         for _ in range(count):
             n = int.from_bytes(buf[pos:pos + 8], "little")
@@ -95,7 +98,7 @@ class _Cursor:
         self.pos = pos
         return out
 
-    def value(self, vtype):
+    def value(self, vtype, depth=0):
         if vtype in _SCALAR_FORMATS:
             return self.scalar(_SCALAR_FORMATS[vtype])
         if vtype == _STRING:
@@ -107,7 +110,10 @@ class _Cursor:
                 return np.frombuffer(self.take(count * dtype.itemsize), dtype=dtype).tolist()
             if elem_type == _STRING:
                 return self.strings(count)
-            return [self.value(elem_type) for _ in range(count)]
+            if depth >= MAX_ARRAY_NESTING:
+                raise GGUFError(f"{self.path}: metadata arrays nested more than {MAX_ARRAY_NESTING} "
+                                f"deep at offset {self.pos} (corrupt header?)")
+            return [self.value(elem_type, depth + 1) for _ in range(count)]
         raise GGUFError(f"{self.path}: unknown metadata value type {vtype} at offset {self.pos}")
 
 
@@ -140,20 +146,39 @@ class GGUFFile:
         self.metadata = {}
         for _ in range(n_kv):
             key = cur.string()
+            if key in self.metadata:
+                raise GGUFError(f"{self.path}: metadata key {key!r} appears twice")
             self.metadata[key] = cur.value(cur.scalar("<I"))
+        alignment = self.metadata.get("general.alignment", DEFAULT_ALIGNMENT)
+        if not (type(alignment) is int and 0 < alignment <= 2**20 and alignment & (alignment - 1) == 0):
+            raise GGUFError(f"{self.path}: general.alignment {alignment!r} is not a power of 2 "
+                            f"(32 by default)")
 
         self.tensors = {}
         for _ in range(n_tensors):
             name = cur.string()
+            if name in self.tensors:
+                raise GGUFError(f"{self.path}: tensor {name!r} appears twice in the tensor table")
             n_dims = cur.scalar("<I")
-            if n_dims > 4:
+            if not 1 <= n_dims <= 4:
                 raise GGUFError(f"{self.path}: tensor {name!r} has {n_dims} dimensions (corrupt header?)")
             dims = [cur.scalar("<Q") for _ in range(n_dims)]
             ggml_type, offset = cur.scalar("<I"), cur.scalar("<Q")
+            # at least half a byte per weight (4 bits), so a file holds at most 2 weights per byte
+            if min(dims) < 1 or int(np.prod(dims, dtype=object)) > 2 * len(buf):
+                raise GGUFError(f"{self.path}: tensor {name!r} has shape {dims}, more than "
+                                f"the file's {len(buf)} bytes can hold (corrupt header?)")
+            if offset % alignment:
+                raise GGUFError(f"{self.path}: tensor {name!r} starts at offset {offset}, "
+                                f"not a multiple of the alignment {alignment}")
             self.tensors[name] = TensorInfo(name, tuple(reversed(dims)), ggml_type, offset)
 
-        alignment = int(self.metadata.get("general.alignment", DEFAULT_ALIGNMENT))
         self.data_start = (cur.pos + alignment - 1) // alignment * alignment
+
+    @property
+    def n_bytes(self):
+        """The size of the file."""
+        return len(self._map)
 
     def read_into_memory(self):
         """Read the whole file into one writable array in ordinary memory and serve tensors

@@ -97,6 +97,9 @@ def read_adapter_config(folder):
     targets = raw.get("target_modules") or []
     if isinstance(targets, str):
         targets = []  # a regex or "all-linear": the tensors in the file decide
+    if not (isinstance(targets, list) and all(isinstance(t, str) for t in targets)):
+        raise AdapterError(f"{path}: target_modules must be a list of module names or a pattern, "
+                           f"got {targets!r}")
     for name in (t.split(".")[-1] for t in targets):
         if name not in PROJECTIONS:
             raise AdapterError(f"{path}: target module {name!r} does not exist in a LLaMA "
@@ -105,7 +108,7 @@ def read_adapter_config(folder):
         return LoraConfig(
             r=raw.get("r", 8),
             lora_alpha=raw.get("lora_alpha", 8),
-            lora_dropout=float(raw.get("lora_dropout") or 0.0),
+            lora_dropout=raw.get("lora_dropout") or 0.0,
             target_modules=targets,
             modules_to_save=raw.get("modules_to_save") or [],
             use_rslora=bool(raw.get("use_rslora", False)),
@@ -151,6 +154,7 @@ def load_adapter(folder, tied_base=False):
     for name in [n for n in params if n.endswith(".lora_B.weight")]:
         if name.replace(".lora_B.", ".lora_A.") not in params:
             raise AdapterError(f"{path}: {name} has no matching lora_A")
+    _check_tensors(path, config, params, targets, copies)
     config.target_modules = sorted(targets | set(config.target_modules), key=list(PROJECTIONS).index)
     saved_modules = [m for m, n in SAVABLE_MODULES.items() if n in copies]
     config.modules_to_save = [m for m in SAVABLE_MODULES
@@ -160,6 +164,27 @@ def load_adapter(folder, tied_base=False):
         head = params.pop(LM_HEAD)  # one shared copy: the embedding's (PEFT writes both)
         params.setdefault(EMBED, head)
     return adapter
+
+
+def _check_tensors(path, config, params, targets, copies):
+    """The file's tensors agree with its config: finite, each pair of the rank the config
+    gives its module, every listed target adapted somewhere, and something adapted at all."""
+    for name, tensor in params.items():
+        if not np.isfinite(tensor).all():
+            raise AdapterError(f"{path}: tensor {name!r} holds non-finite values (NaN or infinity)")
+    for name in sorted(n for n in params if n.endswith(".lora_A.weight")):
+        module = name.removesuffix(".lora_A.weight")
+        lora_a, lora_b = params[name], params[module + ".lora_B.weight"]
+        rank = config.rank_for(module)
+        if lora_a.ndim != 2 or lora_b.ndim != 2 or lora_a.shape[0] != rank or lora_b.shape[1] != rank:
+            raise AdapterError(f"{path}: {module} has lora_A {lora_a.shape} and lora_B {lora_b.shape}, "
+                               f"but the config gives it rank r={rank}")
+    missing = [m for m in config.target_modules if m not in targets]
+    if missing:
+        raise AdapterError(f"{path}: target_modules lists {', '.join(missing)}, but the file has "
+                           f"no LoRA tensors for {'it' if len(missing) == 1 else 'them'}")
+    if not targets and not copies:
+        raise AdapterError(f"{path}: the adapter holds no LoRA tensors and no modules_to_save copies")
 
 
 def apply_adapters(model, adapter_dirs):

@@ -23,6 +23,11 @@ class CheckpointError(ValueError):
     """A Hugging Face checkpoint folder llama_np cannot read."""
 
 
+# The dtypes a LLaMA's weights come in, with their bytes per element; integer, boolean and
+# 8-bit float tensors are refused rather than turned into float32 numbers.
+FLOAT_DTYPES = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8}
+
+
 def _bf16_to_f32(raw_u16):
     return (raw_u16.astype(np.uint32) << 16).view(np.float32)
 
@@ -37,6 +42,7 @@ def read_safetensors(path):
             if header_len > os.path.getsize(path) - 8:
                 raise ValueError(f"header length {header_len} exceeds the file size")
             header = json.loads(fh.read(header_len))
+        _check_header(header)
         tensors = {}
         with safe_open(path, framework="numpy") as f:
             for name in f.keys():
@@ -47,9 +53,33 @@ def read_safetensors(path):
                     tensors[name] = _bf16_to_f32(raw).reshape(header[name]["shape"])
                 else:
                     tensors[name] = np.asarray(f.get_tensor(name), dtype=np.float32)
-    except (SafetensorError, OSError, ValueError, KeyError) as e:
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
     return tensors
+
+
+def _check_header(header):
+    """Every tensor a float dtype whose bytes are its shape's: [begin, end) holds exactly
+    prod(shape) elements (the safetensors library checks this too; BF16 is read here)."""
+    if not isinstance(header, dict):
+        raise ValueError("the header is not a JSON object")
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        if not isinstance(entry, dict):
+            raise ValueError(f"tensor {name!r}: its header entry is not an object")
+        dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+        if dtype not in FLOAT_DTYPES:
+            raise ValueError(f"tensor {name!r} has dtype {dtype!r}; weights must be "
+                             f"{', '.join(FLOAT_DTYPES)}")
+        if not (isinstance(shape, list) and all(type(n) is int and n >= 0 for n in shape)
+                and isinstance(offsets, list) and len(offsets) == 2
+                and all(type(n) is int for n in offsets)):
+            raise ValueError(f"tensor {name!r}: malformed shape {shape!r} or data_offsets {offsets!r}")
+        n_bytes = int(np.prod(shape, dtype=object)) * FLOAT_DTYPES[dtype]
+        if offsets[1] - offsets[0] != n_bytes:
+            raise ValueError(f"tensor {name!r} is {dtype} {shape}, {n_bytes} bytes, but its "
+                             f"data_offsets {offsets} span {offsets[1] - offsets[0]}")
 
 
 def checkpoint_files(folder):
@@ -74,9 +104,11 @@ def load_hf(folder):
     if not os.path.exists(config_path):
         raise CheckpointError(f"{folder}: no config.json")
     config = LlamaConfig.from_json(config_path)
+    paths = checkpoint_files(folder)
     weights = {}
-    for path in checkpoint_files(folder):
+    for path in paths:
         weights.update(read_safetensors(path))
+    config.check_fits(sum(os.path.getsize(p) for p in paths), source=config_path)
     if config.tie_word_embeddings:
         weights.pop("lm_head.weight", None)
     check_weights(config, weights, source=folder)

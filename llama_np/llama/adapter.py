@@ -94,12 +94,28 @@ class LoraConfig:
     base_model_name_or_path: str | None = None
 
     def __post_init__(self):
-        if not isinstance(self.r, int) or isinstance(self.r, bool) or self.r < 1:
+        if not _is_rank(self.r):
             raise AdapterError(f"LoRA rank r must be a positive integer, got {self.r!r}")
-        if not self.lora_alpha > 0:
-            raise AdapterError(f"lora_alpha must be positive, got {self.lora_alpha!r}")
-        if not 0 <= self.lora_dropout < 1:
+        if not _is_positive(self.lora_alpha):
+            raise AdapterError(f"lora_alpha must be a finite number > 0, got {self.lora_alpha!r}")
+        if not (_is_number(self.lora_dropout) and 0 <= self.lora_dropout < 1):
             raise AdapterError(f"lora_dropout must lie in [0, 1), got {self.lora_dropout!r}")
+        for field_name in ("target_modules", "modules_to_save"):
+            names = getattr(self, field_name) or []
+            if not (isinstance(names, (list, tuple)) and all(isinstance(n, str) for n in names)):
+                raise AdapterError(f"{field_name} must be a list of module names, got {names!r}")
+        for field_name, valid, what in (("rank_pattern", _is_rank, "a positive integer"),
+                                        ("alpha_pattern", _is_positive, "a finite number > 0")):
+            patterns = getattr(self, field_name)
+            if not isinstance(patterns, dict):
+                raise AdapterError(f"{field_name} must be an object, got {patterns!r}")
+            for key, value in patterns.items():
+                try:
+                    re.compile(key)
+                except re.error as e:
+                    raise AdapterError(f"{field_name} key {key!r} is not a valid pattern ({e})") from None
+                if not valid(value):
+                    raise AdapterError(f"{field_name}[{key!r}] must be {what}, got {value!r}")
         # PEFT matches names by their last dotted parts ("model.embed_tokens" = "embed_tokens")
         self.target_modules = _unique(n.split(".")[-1] for n in self.target_modules or [])
         for name in self.target_modules:
@@ -128,6 +144,18 @@ class LoraConfig:
 
 def _unique(names):
     return list(dict.fromkeys(names))
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_positive(value):
+    return _is_number(value) and value > 0
+
+
+def _is_rank(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def _pattern_value(patterns, module_name, default):
@@ -179,6 +207,10 @@ class Adapter:
         for name in targeted_weights(model_config, lora_config):
             out_features, in_features = weights[name].shape
             rank = lora_config.rank_for(module_name(name))
+            if rank > min(out_features, in_features):
+                raise AdapterError(f"LoRA rank {rank} exceeds the size of {module_name(name)} "
+                                   f"[{out_features}, {in_features}]: a rank above "
+                                   f"{min(out_features, in_features)} adds nothing")
             a_name, b_name = lora_names(name)
             # kaiming_uniform_(a=√5) as nn.Linear / PEFT: bound = gain·√(3/fan_in) with
             # gain = √(2/(1+a²)) = √(1/3), i.e. bound = 1/√in.

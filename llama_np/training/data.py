@@ -199,9 +199,13 @@ class BatchSchedule:
 
     def micro_batch(self, m):
         """(ids, labels) of micro-batch number m (0-based, counting across epochs)."""
+        return collate(self.micro_batch_examples(m), self.pad_id)
+
+    def micro_batch_examples(self, m):
+        """The Examples of micro-batch m, unpadded, in their order in the batch."""
         epoch, index = divmod(m, self.batches_per_epoch)
         picked = self.order(epoch)[index * self.batch_size:(index + 1) * self.batch_size]
-        return collate([self.examples[i] for i in picked], self.pad_id)
+        return [self.examples[i] for i in picked]
 
     def __len__(self):
         return self.batches_per_epoch

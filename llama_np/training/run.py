@@ -30,8 +30,8 @@ def finetune(settings, resume=False):
     """Train the run `settings` (a FinetuneConfig) describes; with `resume`, continue it
     from the latest checkpoint in settings.out. Returns 0, or 130 when interrupted (Ctrl-C: a
     checkpoint is saved first)."""
-    parts = trainable_parts(settings.trainable)
-    targets = lora.parse_target_modules(settings.target_modules) if "lora" in parts else []
+    if "lora" in trainable_parts(settings.trainable):  # a mistake in these ends the run before loading
+        lora.parse_target_modules(settings.target_modules)
     out = settings.out
     if not resume and os.path.exists(os.path.join(out, LATEST)) or (
             not resume and os.path.exists(os.path.join(out, LOG_FILE))):
@@ -39,52 +39,19 @@ def finetune(settings, resume=False):
                          f"or choose another --out")
 
     started = time.perf_counter()
-    model, tokenizer = load_model(hub.resolve_model(settings.model))
-    config, weights = model.config, model.weights
-    if settings.max_seq_len is None:
-        settings.max_seq_len = min(DEFAULT_MAX_SEQ_LEN, config.max_position_embeddings)
-    if settings.max_seq_len > config.max_position_embeddings:
-        raise ValueError(f"--max-seq-len {settings.max_seq_len} exceeds the model's context of "
-                         f"{config.max_position_embeddings} positions")
-    if settings.base_dtype == "float32":
-        weights = {name: dense(w) for name, w in weights.items()}
-    if settings.embedding_rows_from is not None and settings.embedding_rows_from >= config.vocab_size:
-        raise ValueError(f"--embedding-rows-from {settings.embedding_rows_from} is beyond the "
-                         f"vocabulary of {config.vocab_size}")
-
-    examples, notes = load_examples(settings.data, tokenizer, settings.max_seq_len)
-    for note in notes:
-        print(f"note: {note}", file=sys.stderr)
-    pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else (tokenizer.eos_id or 0)
-    batches = BatchSchedule(examples, settings.batch_size, pad_id, seed=settings.seed)
+    config, weights, tokenizer = load_base(settings)
+    examples, batches = training_batches(settings, tokenizer)
     eval_batches = None
     if settings.eval_data:
         eval_examples, notes = load_examples(settings.eval_data, tokenizer, settings.max_seq_len)
         for note in notes:
             print(f"note: {note}", file=sys.stderr)
-        eval_batches = BatchSchedule(eval_examples, settings.batch_size, pad_id, shuffle=False)
-    steps_per_epoch = math.ceil(len(batches) / settings.grad_accum)
-    steps = settings.steps or max(1, round((settings.epochs or 1.0) * steps_per_epoch))
-
-    modules_to_save = [m for m, part in (("embed_tokens", "embeddings"), ("lm_head", "lm_head")) if part in parts]
-    lora_config = lora.LoraConfig(
-        r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout,
-        target_modules=targets, modules_to_save=modules_to_save, use_rslora=settings.use_rslora,
-        ensure_weight_tying=config.tie_word_embeddings and bool(modules_to_save),
-        base_model_name_or_path=str(settings.model))
-    adapter = lora.Adapter.init(config, weights, lora_config, np.random.default_rng(settings.seed))
-    if settings.init_adapter and not resume:
-        previous = load_adapter(settings.init_adapter, tied_base=config.tie_word_embeddings)
-        previous.check_compatible(config, weights, source=f"--init-adapter {settings.init_adapter}")
-        _start_from(adapter, previous, settings.init_adapter)
+        eval_batches = BatchSchedule(eval_examples, settings.batch_size, batches.pad_id, shuffle=False)
+    steps = total_steps(settings, batches)
+    adapter = initial_adapter(settings, config, weights, start_from_init=not resume)
     rows = None if settings.embedding_rows_from is None else np.arange(settings.embedding_rows_from, config.vocab_size)
     trainable = TrainableLlama(config, weights, adapter, trainable_rows=rows)
-
-    train_config = TrainConfig(
-        lr=settings.lr, embedding_lr=settings.embedding_lr, steps=steps, grad_accum=settings.grad_accum,
-        warmup_steps=int(round(settings.warmup_ratio * steps)), schedule=settings.lr_schedule,
-        weight_decay=settings.weight_decay, max_grad_norm=settings.max_grad_norm, seed=settings.seed,
-        save_every=settings.save_every, eval_every=settings.eval_every, keep_checkpoints=settings.keep_checkpoints)
+    train_config = trainer_config(settings, steps)
     run_args = {k: getattr(settings, k) for k in RUN_FLAGS}
     trainer = Trainer(trainable, batches, train_config, out, eval_batches=eval_batches,
                       run_info={"args": run_args}, progress=settings.progress, threads=settings.threads)
@@ -110,6 +77,69 @@ def finetune(settings, resume=False):
               f"(python -m llama_np.chat --adapter {out})", file=sys.stderr)
     return 0
 
+
+
+# The pieces of a run, shared with training.export (which writes the same run for PyTorch).
+def load_base(settings):
+    """The frozen base model a run trains on: (LlamaConfig, weights, tokenizer). Fills in
+    settings.max_seq_len when it is None and checks the settings against the model."""
+    model, tokenizer = load_model(hub.resolve_model(settings.model))
+    config, weights = model.config, model.weights
+    if settings.max_seq_len is None:
+        settings.max_seq_len = min(DEFAULT_MAX_SEQ_LEN, config.max_position_embeddings)
+    if settings.max_seq_len > config.max_position_embeddings:
+        raise ValueError(f"--max-seq-len {settings.max_seq_len} exceeds the model's context of "
+                         f"{config.max_position_embeddings} positions")
+    if settings.base_dtype == "float32":
+        weights = {name: dense(w) for name, w in weights.items()}
+    if settings.embedding_rows_from is not None and settings.embedding_rows_from >= config.vocab_size:
+        raise ValueError(f"--embedding-rows-from {settings.embedding_rows_from} is beyond the "
+                         f"vocabulary of {config.vocab_size}")
+    return config, weights, tokenizer
+
+
+def training_batches(settings, tokenizer):
+    """(examples, BatchSchedule) of settings.data: micro-batch m is batches.micro_batch(m)."""
+    examples, notes = load_examples(settings.data, tokenizer, settings.max_seq_len)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else (tokenizer.eos_id or 0)
+    return examples, BatchSchedule(examples, settings.batch_size, pad_id, seed=settings.seed)
+
+
+def total_steps(settings, batches):
+    """Optimizer steps of the run: settings.steps, or settings.epochs (one) of the data."""
+    steps_per_epoch = math.ceil(len(batches) / settings.grad_accum)
+    return settings.steps or max(1, round((settings.epochs or 1.0) * steps_per_epoch))
+
+
+def initial_adapter(settings, config, weights, start_from_init=True):
+    """The adapter as training starts: LoRA on the targeted projections (A drawn from
+    settings.seed, B zero), copies of the embedding and head that train; with
+    `start_from_init`, settings.init_adapter's tensors copied in where they match."""
+    parts = trainable_parts(settings.trainable)
+    targets = lora.parse_target_modules(settings.target_modules) if "lora" in parts else []
+    modules_to_save = [m for m, part in (("embed_tokens", "embeddings"), ("lm_head", "lm_head")) if part in parts]
+    lora_config = lora.LoraConfig(
+        r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout,
+        target_modules=targets, modules_to_save=modules_to_save, use_rslora=settings.use_rslora,
+        ensure_weight_tying=config.tie_word_embeddings and bool(modules_to_save),
+        base_model_name_or_path=str(settings.model))
+    adapter = lora.Adapter.init(config, weights, lora_config, np.random.default_rng(settings.seed))
+    if settings.init_adapter and start_from_init:
+        previous = load_adapter(settings.init_adapter, tied_base=config.tie_word_embeddings)
+        previous.check_compatible(config, weights, source=f"--init-adapter {settings.init_adapter}")
+        _start_from(adapter, previous, settings.init_adapter)
+    return adapter
+
+
+def trainer_config(settings, steps):
+    """The Trainer's settings of a run of `steps` optimizer steps."""
+    return TrainConfig(
+        lr=settings.lr, embedding_lr=settings.embedding_lr, steps=steps, grad_accum=settings.grad_accum,
+        warmup_steps=int(round(settings.warmup_ratio * steps)), schedule=settings.lr_schedule,
+        weight_decay=settings.weight_decay, max_grad_norm=settings.max_grad_norm, seed=settings.seed,
+        save_every=settings.save_every, eval_every=settings.eval_every, keep_checkpoints=settings.keep_checkpoints)
 
 def trainable_parts(spec):
     parts = [s.strip() for s in spec.split(",") if s.strip()]

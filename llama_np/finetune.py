@@ -72,11 +72,11 @@ def build_parser():
     g.add_argument("--max-seq-len", type=cli.positive_int, help="truncate / pack to this many tokens (default: 512, or the model's context if shorter)")
     g.add_argument("--steps", type=cli.positive_int, help="optimizer steps (default: one epoch)")
     g.add_argument("--epochs", type=cli.positive_float, help="passes over the data (instead of --steps)")
-    g.add_argument("--warmup-ratio", type=cli.non_negative_float, help="warm-up share of the steps (default: 0.03)")
+    g.add_argument("--warmup-ratio", type=cli.ratio, help="warm-up share of the steps (default: 0.03)")
     g.add_argument("--lr-schedule", choices=["cosine", "linear", "constant"], help="decay after warm-up (default: cosine)")
     g.add_argument("--weight-decay", type=cli.non_negative_float, help="AdamW decoupled weight decay (default: 0)")
     g.add_argument("--max-grad-norm", type=cli.non_negative_float, help="clip the gradient norm; 0 = off (default: 1)")
-    g.add_argument("--seed", type=int, help="seed of data order, initialisation and dropout (default: 42)")
+    g.add_argument("--seed", type=cli.non_negative_int, help="seed of data order, initialisation and dropout (default: 42)")
     g = p.add_argument_group("running")
     g.add_argument("--save-every", type=cli.non_negative_int, help="checkpoint every N steps; 0 = only at the end (default: 100)")
     g.add_argument("--eval-every", type=cli.non_negative_int, help="evaluate every N steps; 0 = only at the end (default: 0)")
@@ -86,7 +86,7 @@ def build_parser():
                         "one float32 copy of it up front: faster, 4-8x the memory (default: quantized)")
     g.add_argument("--quiet", "--no-progress", dest="progress", action="store_false",
                    help="no progress bar (--no-progress is its older name)")
-    g.add_argument("--threads", type=cli.positive_int,
+    g.add_argument("--threads", type=cli.thread_count,
                    help="CPU threads: each micro-batch is split into this many shards run at once "
                         f"(default: all cores, {os.cpu_count() or 1})")
     return p

@@ -16,7 +16,10 @@ def parse_args(argv=None):
     cli.add_model_args(parser)
     cli.required_group(parser).add_argument("--prompt", required=True, help="the text to continue")
     cli.add_sampling_args(parser)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not args.prompt:
+        parser.error("--prompt is empty; give the text to continue")
+    return args
 
 
 def main(argv=None):

@@ -46,7 +46,7 @@ def test_chat_repl_multi_turn_and_commands(real_model_path):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--temperature", "-1"], "must be >= 0"),
+    (["--temperature", "-1"], "must be a finite number >= 0"),
     (["--top-p", "2"], "must be in (0, 1]"),
     (["--model", "/nonexistent/model.gguf"], "no such model"),
 ])

@@ -6,6 +6,7 @@ Heavy imports (NumPy and what needs it) happen after the flags are parsed, so th
 `--threads` can still set the BLAS thread count, and `--help` is instant.
 """
 import argparse
+import math
 import os
 import sys
 
@@ -38,7 +39,7 @@ def required_group(parser):
 
 
 def add_threads_arg(parser):
-    parser.add_argument("--threads", type=positive_int, default=os.cpu_count() or 1,
+    parser.add_argument("--threads", type=thread_count, default=os.cpu_count() or 1,
                         help="CPU threads for the C kernels and BLAS (default: all cores, %(default)s)")
 
 
@@ -54,7 +55,7 @@ def add_sampling_args(parser):
     g.add_argument("--repetition-penalty", type=positive_float, default=paper.PAPER_REPETITION_PENALTY,
                    help="divide (multiply) the positive (negative) logits of seen tokens; 1 = off "
                         "(default: %(default)s)")
-    g.add_argument("--seed", type=int, default=None, help="random seed for reproducible sampling")
+    g.add_argument("--seed", type=non_negative_int, default=None, help="random seed for reproducible sampling")
     g.add_argument("--max-new-tokens", type=positive_int, default=paper.PAPER_MAX_NEW_TOKENS,
                    help="stop after this many new tokens (default: %(default)s)")
     g.add_argument("--ctx", type=positive_int, default=paper.PAPER_CONTEXT,
@@ -73,11 +74,20 @@ def _number(kind, check, what):
     return parse
 
 
+def max_threads():
+    """The most threads a tool accepts: kernels.MAX_THREADS_PER_CORE per core. Written again
+    here (not imported) because --threads is parsed before NumPy may be imported."""
+    return 8 * (os.cpu_count() or 1)
+
+
 positive_int = _number(int, lambda v: v > 0, "a positive integer")
 non_negative_int = _number(int, lambda v: v >= 0, "an integer >= 0")
-positive_float = _number(float, lambda v: v > 0, "> 0")
-non_negative_float = _number(float, lambda v: v >= 0, ">= 0")
+positive_float = _number(float, lambda v: 0 < v < math.inf, "a finite number > 0")
+non_negative_float = _number(float, lambda v: 0 <= v < math.inf, "a finite number >= 0")
 unit_float = _number(float, lambda v: 0 < v <= 1, "in (0, 1]")
+ratio = _number(float, lambda v: 0 <= v <= 1, "in [0, 1]")
+thread_count = _number(int, lambda v: 0 < v <= max_threads(),
+                       f"between 1 and {max_threads()} (8 per core of this machine)")
 
 
 def set_threads(n):

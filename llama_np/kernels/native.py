@@ -32,13 +32,21 @@ except ImportError:  # the C extension was not built: NumPy references are used
     AVAILABLE = False
 
 _num_threads = os.cpu_count() or 1
+# More threads than this only take turns on the cores; far more (10⁵) and OpenMP cannot start
+# its team, and the kernels crash. The tools' --threads has the same bound (cli.max_threads).
+MAX_THREADS_PER_CORE = 8
+
+
+def max_threads():
+    return MAX_THREADS_PER_CORE * (os.cpu_count() or 1)
 
 
 def set_num_threads(n):
-    """Threads the C kernels use (OpenMP); default: all cores."""
+    """Threads the C kernels use (OpenMP); default: all cores; at most max_threads()."""
     global _num_threads
-    if int(n) < 1:
-        raise ValueError(f"threads must be >= 1, got {n}")
+    if isinstance(n, bool) or int(n) != n or not 1 <= n <= max_threads():
+        raise ValueError(f"threads must be an integer from 1 to {max_threads()} "
+                         f"({MAX_THREADS_PER_CORE} per core), got {n!r}")
     _num_threads = int(n)
 
 

@@ -43,6 +43,8 @@ def generate(model, prompt_ids, sampler: Sampler, *, max_new_tokens, cache=None,
     it); `history_ids` are the ids the repetition penalty counts as seen (default: the
     prompt). The caller checks stop strings on the decoded text and simply stops iterating.
     """
+    if len(prompt_ids) == 0:
+        raise ValueError("the prompt is empty (no tokens): there is nothing to continue")
     stats = stats if stats is not None else GenerationStats()
     cache = cache if cache is not None else model.new_cache()
     seen = list(history_ids if history_ids is not None else prompt_ids)

@@ -108,8 +108,9 @@ int decode_layer_f32(float *h, const block_weights *w, const block_shape *shape,
     float *q = scratch, *attn = q + n_q, *act = attn + n_q, *cos_t = act + hidden, *sin_t = cos_t + head_dim / 2;
     block_q8_act *all_xq = (block_q8_act *)(scratch + shared + n_threads * own);
     float inv_freq[head_dim / 2];
-    rope_inverse_frequencies(inv_freq, head_dim, shape->rope_theta);
+    rope_frequencies(inv_freq, shape->rope_inv_freq, head_dim, shape->rope_theta);
     rope_angles(cos_t, sin_t, inv_freq, position, head_dim);
+    if (shape->rope_inv_freq != NULL) rope_scale_angles(cos_t, sin_t, shape->rope_attention_factor, head_dim);
     float *k_row = k_cache + position * n_kv, *v_row = v_cache + position * n_kv;  /* [n_kv] each */
 
     #pragma omp parallel num_threads(n_threads)

@@ -24,8 +24,8 @@ class NumpyBackend:
     def rmsnorm(self, x, weight, eps):
         return ops.rmsnorm_forward(x, weight, eps)[0]                     # [T, D]
 
-    def rope(self, x, positions, theta):
-        return ops.rope_forward(x, positions, theta)[0]                   # [T, H, hd]
+    def rope(self, x, positions, theta, inv_freq=None, attention_factor=1.0):
+        return ops.rope_forward(x, positions, theta, inv_freq, attention_factor)[0]  # [T, H, hd]
 
     def attention(self, q, k, v):
         return ops.attention_forward(q, k, v)[0]                          # [T, H·hd]
@@ -50,8 +50,8 @@ class CBackend(NumpyBackend):
     def rmsnorm(self, x, weight, eps):
         return native.rmsnorm(x, weight, eps)
 
-    def rope(self, x, positions, theta):
-        return native.rope_(x, positions, theta)                          # in place
+    def rope(self, x, positions, theta, inv_freq=None, attention_factor=1.0):
+        return native.rope_(x, positions, theta, inv_freq, attention_factor)  # in place
 
     def attention(self, q, k, v):
         return native.attention_forward(q, k, v)

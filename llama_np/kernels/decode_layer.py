@@ -63,9 +63,11 @@ class DecodeLayer:
             "int8_activations": int(bool(int8_activations))})
         self.cache_row = (n_kv, hd)
 
-    def __call__(self, h, k_cache, v_cache, position):
+    def __call__(self, h, k_cache, v_cache, position, inv_freq=None, attention_factor=1.0):
         """h [1, D] float32, updated in place; k_cache and v_cache [max_len, H_kv, hd] float32,
-        this layer's cache, whose row `position` is written and rows 0 … position read."""
+        this layer's cache, whose row `position` is written and rows 0 … position read.
+        A scaled RoPE (`llama.rope_scaling`) passes its frequencies inv_freq [hd/2] float32
+        and attention factor; None is θ^(-2i/hd), computed in C from rope_theta."""
         require_array(h, "h", np.float32, 2)
         require_array(k_cache, "k_cache", np.float32, 3)
         require_array(v_cache, "v_cache", np.float32, 3)
@@ -76,6 +78,13 @@ class DecodeLayer:
                              f"[max_len, {self.cache_row[0]}, {self.cache_row[1]}] each")
         if not 0 <= position < k_cache.shape[0]:
             raise ValueError(f"position {position} outside the cache of {k_cache.shape[0]} rows")
+        self.shape.rope_inv_freq, self.shape.rope_attention_factor = native.ffi.NULL, 1.0
+        if inv_freq is not None:
+            require_array(inv_freq, "inv_freq", np.float32, 1)
+            if inv_freq.shape != (self.cache_row[1] // 2,):
+                raise ValueError(f"inv_freq: shape {inv_freq.shape}, expected ({self.cache_row[1] // 2},)")
+            table = native.ffi.from_buffer("float[]", inv_freq)   # alive until the call returns
+            self.shape.rope_inv_freq, self.shape.rope_attention_factor = table, float(attention_factor)
         status = native.lib.decode_layer_f32(native.ffi.from_buffer("float[]", h, require_writable=True), self.weights,
                                       self.shape, native.ffi.from_buffer("float[]", k_cache, require_writable=True),
                                       native.ffi.from_buffer("float[]", v_cache, require_writable=True),

@@ -89,8 +89,9 @@ def rmsnorm(x, weight, eps):
     return out
 
 
-def rope_(x, positions, theta):
-    """C rotate-half RoPE, in place: x [T, H, head_dim] float32, positions [T] int64."""
+def rope_(x, positions, theta, inv_freq=None, attention_factor=1.0):
+    """C rotate-half RoPE, in place: x [T, H, head_dim] float32, positions [T] int64; a scaled
+    RoPE's frequencies inv_freq [head_dim / 2] float32 (None: θ^(-2i/hd)) and attention factor."""
     require_array(x, "x", np.float32, 3)
     require_array(positions, "positions", np.int64, 1)
     n_tokens, n_heads, head_dim = x.shape
@@ -98,8 +99,14 @@ def rope_(x, positions, theta):
         raise ValueError(f"{positions.shape[0]} positions for {n_tokens} tokens")
     if head_dim % 2:
         raise ValueError(f"head_dim must be even, got {head_dim}")
+    table = ffi.NULL
+    if inv_freq is not None:
+        require_array(inv_freq, "inv_freq", np.float32, 1)
+        if inv_freq.shape[0] != head_dim // 2:
+            raise ValueError(f"inv_freq has {inv_freq.shape[0]} entries, expected head_dim / 2 = {head_dim // 2}")
+        table = _ptr(inv_freq, "float *")
     lib.rope_f32(_out_ptr(x, "float *"), _ptr(positions, "int64_t *"),
-                 n_tokens, n_heads, head_dim, float(theta))
+                 n_tokens, n_heads, head_dim, float(theta), table, float(attention_factor))
     return x
 
 

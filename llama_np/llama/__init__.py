@@ -2,6 +2,7 @@
 with a KV cache, LoRA adapters beside its weights, and generating text with it.
 
     config.py           LlamaConfig, from a Hugging Face config.json or GGUF metadata
+    rope_scaling.py     RoPE scaling (linear, dynamic NTK, llama3, YaRN): frequencies, attention factor
     weights.py          the tensors' Hugging Face names and shapes, and their check
     model.py            block_forward / block_backward, and `Llama` (start reading here)
     inference_layer.py  the block's inference use: backend products, KV-cache attention

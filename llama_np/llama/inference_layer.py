@@ -1,6 +1,6 @@
 """The block's inference use: one layer of a `Llama`, computing with its backend and its KV cache.
 
-`block_forward(h, InferenceLayer(model, i, cache, positions))` runs block i on the T new
+`block_forward(h, InferenceLayer(model, i, cache, positions, rope))` runs block i on the T new
 tokens h [T, D]: every product goes through the model's backend (NumPy or C; float32 or
 quantized weights), with the LoRA branch of an applied adapter beside it, and attention
 writes the new keys and values into the cache, then attends over all S = cached + T
@@ -11,13 +11,14 @@ from llama_np.llama.weights import layer_weight_names
 
 
 class InferenceLayer:
-    def __init__(self, model, layer_index, cache, positions):
+    def __init__(self, model, layer_index, cache, positions, rope):
         self.model = model
         self.config = model.config
         self.index = layer_index
         self.weights = model.layers[layer_index]     # key ("q", "attn_norm", …) -> weight
         self.cache = cache
         self.positions = positions                   # [T] int64
+        self.rope_rotation = rope                    # llama.rope_scaling.Rotation of this pass
 
     def norm(self, x, key):
         return self.model.backend.rmsnorm(x, self.weights[key], self.config.rms_norm_eps)
@@ -32,8 +33,8 @@ class InferenceLayer:
         n_tokens = q.shape[0]
         q = q.reshape(n_tokens, cfg.num_attention_heads, cfg.head_dim)                   # [T, H, hd]
         k = k.reshape(n_tokens, cfg.num_key_value_heads, cfg.head_dim)                   # [T, H_kv, hd]
-        return (backend.rope(q, self.positions, cfg.rope_theta),
-                backend.rope(k, self.positions, cfg.rope_theta))
+        return (backend.rope(q, self.positions, *self.rope_rotation),
+                backend.rope(k, self.positions, *self.rope_rotation))
 
     def attend(self, q, k, v):
         """Causal attention of the T new queries over the cache, after appending k and v."""

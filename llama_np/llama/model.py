@@ -24,7 +24,13 @@ from llama_np.llama.adapter import with_copies
 from llama_np.llama.config import LlamaConfig
 from llama_np.llama.inference_layer import InferenceLayer
 from llama_np.llama.kv_cache import KVCache
+from llama_np.llama.rope_scaling import rotation
 from llama_np.llama.weights import layer_weight_names
+
+# A long prompt is filled this many positions at a time, so that what one step holds — the
+# activations [512, F] and the attention scores [H, 512, S] — stays bounded however long the
+# prompt is. Prompts up to this length are one step, exactly as before.
+PREFILL_CHUNK = 512
 
 
 def block_forward(h, layer):
@@ -83,35 +89,53 @@ class Llama:
         return self.weights["lm_head.weight"]
 
     def new_cache(self, max_len=None):
-        return KVCache(self.config, max_len or self.config.max_position_embeddings)
+        return KVCache(self.config, max_len or self.config.max_context)
 
     def forward(self, ids, cache=None, last_only=False):
         """Logits for the tokens `ids` [T], which follow the `cache.length` tokens already in
         the cache (a fresh cache is used when none is given). Prefill passes the whole
-        prompt; decode passes one token. `last_only` computes the logits of the last
-        position only (all generation needs). Returns [T, V] (or [1, V])."""
+        prompt (filled PREFILL_CHUNK positions at a time); decode passes one token.
+        `last_only` computes the logits of the last position only (all generation needs).
+        Returns [T, V] (or [1, V])."""
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         if cache is None:
             cache = self.new_cache(len(ids))
         self._check_ids(ids, cache)
-        positions = np.arange(cache.length, cache.length + len(ids), dtype=np.int64)  # [T]
-        h = ops.embedding_forward(ids, self.weights["model.embed_tokens.weight"])[0]   # [T, D]
+        # RoPE's frequencies, one set for the whole call (dynamic NTK's depend on its length)
+        rope = rotation(self.config, cache.length + len(ids))
+        logits = []                                                                     # [t, V] per chunk
+        for start in range(0, max(len(ids), 1), PREFILL_CHUNK):
+            h = self._fill(ids[start:start + PREFILL_CHUNK], cache, rope)               # [t, D]
+            if start + PREFILL_CHUNK >= len(ids) or not last_only:
+                logits.append(self._head(h[-1:] if last_only else h))
+        return logits[0] if len(logits) == 1 else np.concatenate(logits)                # [T, V]
+
+    def _fill(self, ids, cache, rope):
+        """Run the blocks on the tokens `ids` [t] after the cache's positions, adding their
+        keys and values to it. Returns the residual stream h [t, D] after the last block."""
+        positions = np.arange(cache.length, cache.length + len(ids), dtype=np.int64)  # [t]
+        h = ops.embedding_forward(ids, self.weights["model.embed_tokens.weight"])[0]   # [t, D]
         h = np.ascontiguousarray(h, dtype=np.float32)
         fused = self._fused_decoders() if len(ids) == 1 else None
         for i in range(self.config.num_hidden_layers):
             if fused:      # one new token: the same block as one C call
-                fused[i](h, cache.k[i], cache.v[i], cache.length)
+                fused[i](h, cache.k[i], cache.v[i], cache.length, rope.inv_freq, rope.attention_factor)
             else:
-                h = block_forward(h, InferenceLayer(self, i, cache, positions))
+                h = block_forward(h, InferenceLayer(self, i, cache, positions, rope))
         cache.length += len(ids)
-        h = np.ascontiguousarray(h[-1:] if last_only else h)
-        h = self.backend.rmsnorm(h, self.weights["model.norm.weight"], self.config.rms_norm_eps)  # [T, D]
-        return self.project(h, self.lm_head)                                                    # [T, V]
+        return h
+
+    def _head(self, h):
+        """The final norm and lm_head: h [t, D] → logits [t, V]."""
+        h = self.backend.rmsnorm(np.ascontiguousarray(h), self.weights["model.norm.weight"],
+                                 self.config.rms_norm_eps)                               # [t, D]
+        return self.project(h, self.lm_head)                                            # [t, V]
 
     def block(self, h, layer_index, positions, cache):
         """Block `layer_index` alone on h [T, D] at `positions` (its keys and values go to
         `cache` from `cache.length` on): what `forward` runs for each layer."""
-        return block_forward(h, InferenceLayer(self, layer_index, cache, positions))
+        rope = rotation(self.config, int(positions[-1]) + 1)
+        return block_forward(h, InferenceLayer(self, layer_index, cache, positions, rope))
 
     def project(self, x, weight, lora=()):
         """x [..., in] @ Wᵀ through the backend, plus scaling · (x Aᵀ) Bᵀ for each LoRA pair."""

@@ -17,5 +17,5 @@ from llama_np.ops.embedding import embedding_backward, embedding_forward
 from llama_np.ops.linear import linear_backward, linear_forward
 from llama_np.ops.lora import DROPOUT_LEVELS, lora_backward, lora_forward
 from llama_np.ops.rmsnorm import rmsnorm_backward, rmsnorm_forward
-from llama_np.ops.rope import rope_backward, rope_cos_sin, rope_forward
+from llama_np.ops.rope import rope_backward, rope_cos_sin, rope_forward, rope_inverse_frequencies
 from llama_np.ops.swiglu import silu, swiglu_backward, swiglu_forward

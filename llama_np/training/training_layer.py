@@ -17,6 +17,7 @@ needs; `block_backward(dh, layer)` then takes those entries off again, in revers
 import numpy as np
 
 from llama_np import ops
+from llama_np.llama.rope_scaling import rotation
 from llama_np.llama.weights import layer_weight_names
 from llama_np.quant import QuantizedMatrix, dense, dequantize
 
@@ -106,10 +107,11 @@ class TrainingLayer:
     def rope(self, q, k):
         cfg = self.config
         n_tokens, hd = q.shape[0], cfg.head_dim
+        rope = rotation(cfg, int(self.positions.max()) + 1)                         # scaled or not
         q, self.tape["rope"] = ops.rope_forward(q.reshape(n_tokens, cfg.num_attention_heads, hd),
-                                                self.positions, cfg.rope_theta)     # [N, H, hd]
+                                                self.positions, *rope)              # [N, H, hd]
         k, _ = ops.rope_forward(k.reshape(n_tokens, cfg.num_key_value_heads, hd),
-                                self.positions, cfg.rope_theta)                     # same angles
+                                self.positions, *rope)                              # same angles
         return q, k
 
     def rope_backward(self, dq, dk):

@@ -1,0 +1,192 @@
+/* One decoding step of one transformer block for B sequences at once, each bringing one
+ * new token: decode_layer.c's block (the block_forward of llama_np/llama/model.py for
+ * T = 1) on B rows, where row b belongs to its own sequence, with its own KV cache
+ * (k_caches[b], v_caches[b], [max_len, n_kv_heads, head_dim]) and its own position.
+ *
+ * Why: decoding one token reads and unpacks every weight of the block for ~3.5 M
+ * multiply-adds; B tokens of B sequences can share that reading (continuous batching, the
+ * server of llama_np.serve). Each weight block is unpacked once and meets the B rows
+ * (dot_rows_batch, internal/quant_rows_batch.h). Attention stays per sequence, over its
+ * own cache.
+ *
+ * Exactly decode_layer.c's arithmetic for every row — the same norms, products, RoPE
+ * angles, attention and SwiGLU, in the same order — so that a sequence's tokens never
+ * depend on what else is decoded beside it, and equal those of the one-token kernel bit
+ * for bit (tests/test_serve_batch.py). The same 4 barriers as decode_layer.c per step,
+ * now shared by the B rows.
+ *
+ * A scaled RoPE (llama_np/llama/rope_scaling.py) passes each row's frequencies
+ * rope_inv_freqs[t] [head_dim / 2] and attention factor rope_attention_factors[t]; a NULL
+ * table (or a NULL rope_inv_freqs) is θ^(-2i/hd), unscaled, as in decode_layer.c; the
+ * block_shape's own RoPE table is not read.
+ *
+ * h [B, dim] is updated in place. Returns 0, or -1 when there is no memory for the
+ * scratch buffers.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "decode_layer.h"
+#include "norm.h"
+#include "internal/attend.h"
+#include "internal/quant_rows_batch.h"
+#include "internal/rotary.h"
+
+#define ROW_CHUNK 16       /* output rows a thread takes at a time (as decode_layer.c) */
+
+/* B activation rows of width n as each weight format wants them: the floats, the Σ x of
+ * each block, the 8-bit blocks (int8 path). */
+typedef struct { const float *x; float *sums; block_q8_act *xq; int64_t n, n_rows; } activations;
+
+static void prepare(activations *a, const float *x, int64_t n, int64_t n_rows, int int8_activations)
+{
+    a->x = x, a->n = n, a->n_rows = n_rows;
+    for (int64_t t = 0; t < n_rows; t++) {
+        block_sums(a->sums + t * (n / QK), x + t * n, n / QK);
+        if (int8_activations) quantize_activations(a->xq + t * (n / QK), x + t * n, n / QK);
+    }
+}
+
+/* out[t · out_stride + i] = row r0 + i of m times activation row t, for i < n, t < B. */
+static void rows_dot(const weight_matrix *m, int64_t r0, int64_t n, const activations *a,
+                     int int8_activations, float *out, int64_t out_stride)
+{
+    const int64_t cols = m->cols, n_blocks = cols / QK;
+    if (m->format == F32) {
+        for (int64_t t = 0; t < a->n_rows; t++)
+            for (int64_t i = 0; i < n; i++)
+                out[t * out_stride + i] = dot_f32((const float *)m->data + (r0 + i) * cols, a->x + t * a->n, cols);
+        return;
+    }
+    const quant_type type = (quant_type)m->format;
+    const int64_t row_bytes = n_blocks * BLOCK_BYTES[type];
+    const uint8_t *rows = m->data + r0 * row_bytes;                         /* row r0 */
+    if (int8_activations) {
+        for (int64_t t = 0; t < a->n_rows; t++)
+            for (int64_t i = 0; i < n; i++)
+                out[t * out_stride + i] = dot_row_int8(type, rows + i * row_bytes, a->xq + t * n_blocks, n_blocks);
+        return;
+    }
+    dot_rows_batch(type, rows, n, a->x, a->n, a->sums, n_blocks, a->n_rows, n_blocks, out, out_stride);
+}
+
+static inline int64_t chunk_rows(const weight_matrix *m, int64_t r0)
+{
+    return m->rows - r0 < ROW_CHUNK ? m->rows - r0 : ROW_CHUNK;
+}
+
+/* h[t, r] += row r of m times activation row t, for the chunk of rows from r0 (residual adds);
+ * part: scratch [B, ROW_CHUNK]. */
+static void add_rows_dot(float *h, int64_t dim, const weight_matrix *m, int64_t r0, const activations *a,
+                         int int8_activations, float *part)
+{
+    const int64_t n = chunk_rows(m, r0);
+    rows_dot(m, r0, n, a, int8_activations, part, ROW_CHUNK);
+    for (int64_t t = 0; t < a->n_rows; t++)
+        for (int64_t i = 0; i < n; i++) h[t * dim + r0 + i] += part[t * ROW_CHUNK + i];
+}
+
+static inline float silu(float g) { return g / (1.0f + expf(-g)); }
+
+static inline int64_t max3(int64_t a, int64_t b, int64_t c) { return a > b ? (a > c ? a : c) : (b > c ? b : c); }
+
+int decode_layer_batch_f32(float *h, const block_weights *w, const block_shape *shape, float **k_caches,
+                           float **v_caches, const int64_t *positions, const float **rope_inv_freqs,
+                           const float *rope_attention_factors, int64_t n_rows, int n_threads)
+{
+    const int64_t dim = shape->dim, head_dim = shape->head_dim, hidden = shape->hidden_dim;
+    const int64_t n_heads = shape->n_heads, n_kv_heads = shape->n_kv_heads;
+    const int64_t n_q = n_heads * head_dim, n_kv = n_kv_heads * head_dim;   /* row widths */
+    const int64_t rep = n_heads / n_kv_heads, B = n_rows, half = head_dim / 2;
+    const int int8 = shape->int8_activations;
+    const int64_t widest = max3(dim, n_q, hidden), blocks = widest / QK;
+    int64_t most_seen = 1;
+    for (int64_t t = 0; t < B; t++) most_seen = positions[t] + 1 > most_seen ? positions[t] + 1 : most_seen;
+
+    /* shared: q, attn [B, n_q], act [B, hidden], rope cos and sin [B, head_dim / 2] each;
+     * per thread: x [B, dim], block sums [B, blocks], scores [most_seen], a row of k or v
+     * [B, head_dim], products [B, ROW_CHUNK] ×2; 8-bit blocks [B, blocks] */
+    const size_t shared = B * (2 * n_q + hidden + head_dim);
+    const size_t own = B * (dim + blocks + 2 * ROW_CHUNK + head_dim) + most_seen;
+    float *scratch = malloc((shared + n_threads * own) * sizeof(float)
+                            + n_threads * B * blocks * sizeof(block_q8_act));
+    if (scratch == NULL) return -1;
+    float *q = scratch, *attn = q + B * n_q, *act = attn + B * n_q, *cos_t = act + B * hidden;
+    float *sin_t = cos_t + B * half;
+    block_q8_act *all_xq = (block_q8_act *)(scratch + shared + n_threads * own);
+    for (int64_t t = 0; t < B; t++) {       /* each row's RoPE, as decode_layer.c makes it */
+        const float *table = rope_inv_freqs != NULL ? rope_inv_freqs[t] : NULL;
+        float inv_freq[half];
+        rope_frequencies(inv_freq, table, head_dim, shape->rope_theta);
+        rope_angles(cos_t + t * half, sin_t + t * half, inv_freq, positions[t], head_dim);
+        if (table != NULL) rope_scale_angles(cos_t + t * half, sin_t + t * half, rope_attention_factors[t], head_dim);
+    }
+
+    #pragma omp parallel num_threads(n_threads)
+    {
+#ifdef _OPENMP
+        const int thread = omp_get_thread_num();
+#else
+        const int thread = 0;
+#endif
+        float *x = scratch + shared + thread * own, *sums = x + B * dim, *part = sums + B * blocks;
+        float *part2 = part + B * ROW_CHUNK, *scores = part2 + B * ROW_CHUNK, *head_out = scores + most_seen;
+        activations a = {x, sums, all_xq + thread * B * blocks, 0, 0};
+
+        /* attention branch: h += attention(rope(x Wq), rope(x Wk), x Wv) Wo */
+        for (int64_t t = 0; t < B; t++) rmsnorm_f32(x + t * dim, h + t * dim, w->attn_norm, 1, dim, shape->norm_eps);
+        prepare(&a, x, dim, B, int8);
+        #pragma omp for schedule(static)
+        for (int64_t head = 0; head < n_heads + 2 * n_kv_heads; head++) {  /* the q, k, v heads */
+            const int is_q = head < n_heads, is_k = !is_q && head < n_heads + n_kv_heads;
+            const weight_matrix *m = is_q ? &w->q : is_k ? &w->k : &w->v;
+            const int64_t first = (is_q ? head : is_k ? head - n_heads : head - n_heads - n_kv_heads) * head_dim;
+            if (is_q) {
+                rows_dot(m, first, head_dim, &a, int8, q + first, n_q);
+                for (int64_t t = 0; t < B; t++)
+                    rope_rotate(q + t * n_q + first, cos_t + t * half, sin_t + t * half, head_dim);
+                continue;
+            }
+            rows_dot(m, first, head_dim, &a, int8, head_out, head_dim);      /* [B, head_dim] */
+            for (int64_t t = 0; t < B; t++) {    /* row t of k or v goes to its own cache */
+                float *row = head_out + t * head_dim;
+                if (is_k) rope_rotate(row, cos_t + t * half, sin_t + t * half, head_dim);
+                float *cache = is_k ? k_caches[t] : v_caches[t];
+                memcpy(cache + positions[t] * n_kv + first, row, head_dim * sizeof(float));
+            }
+        }
+        #pragma omp for schedule(static)
+        for (int64_t pair = 0; pair < B * n_heads; pair++) {
+            const int64_t t = pair / n_heads, head = pair % n_heads, g = head / rep;
+            attend_one_query(attn + t * n_q + head * head_dim, q + t * n_q + head * head_dim,
+                             k_caches[t] + g * head_dim, v_caches[t] + g * head_dim, n_kv,
+                             positions[t] + 1, head_dim, scores);
+        }
+        prepare(&a, attn, n_q, B, int8);
+        #pragma omp for schedule(static)
+        for (int64_t r0 = 0; r0 < dim; r0 += ROW_CHUNK) add_rows_dot(h, dim, &w->o, r0, &a, int8, part);
+
+        /* MLP branch: h += (silu(x Wgate) ⊙ x Wup) Wdown */
+        for (int64_t t = 0; t < B; t++) rmsnorm_f32(x + t * dim, h + t * dim, w->mlp_norm, 1, dim, shape->norm_eps);
+        prepare(&a, x, dim, B, int8);
+        #pragma omp for schedule(static)
+        for (int64_t i0 = 0; i0 < hidden; i0 += ROW_CHUNK) {
+            const int64_t n = chunk_rows(&w->gate, i0);
+            rows_dot(&w->gate, i0, n, &a, int8, part, ROW_CHUNK);
+            rows_dot(&w->up, i0, n, &a, int8, part2, ROW_CHUNK);
+            for (int64_t t = 0; t < B; t++)
+                for (int64_t i = 0; i < n; i++)
+                    act[t * hidden + i0 + i] = silu(part[t * ROW_CHUNK + i]) * part2[t * ROW_CHUNK + i];
+        }
+        prepare(&a, act, hidden, B, int8);
+        #pragma omp for schedule(static) nowait
+        for (int64_t r0 = 0; r0 < dim; r0 += ROW_CHUNK) add_rows_dot(h, dim, &w->down, r0, &a, int8, part);
+    }
+    free(scratch);
+    return 0;
+}

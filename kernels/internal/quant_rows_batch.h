@@ -1,0 +1,153 @@
+/* Quantized weight rows against several activation rows at once: the dot products of a
+ * batched decode step (decode_layer_batch.c, quant_matvec_batch.c), where B sequences each
+ * bring one token.
+ *
+ * Decoding is bound by reading and unpacking weights; the multiply-adds are the small part
+ * (internal/quant_rows.h, dot_rows). So each block is unpacked once — its integers turned
+ * into floats, its scales read — and then meets the B activation rows in turn. For each
+ * (weight row, activation row) the arithmetic is *exactly* dot_rows': the same products in
+ * the same order into the same accumulators, so a sequence's numbers do not depend on what
+ * else is in the batch, and equal those of the one-token kernels bit for bit
+ * (tests/test_serve_batch.py).
+ *
+ *   dot_rows_batch(type, rows, n_rows, x, x_stride, x_sums, sums_stride, n_x, n_blocks, out, out_stride)
+ *     out[t · out_stride + i] = dot_rows(type, rows, n_rows, x + t · x_stride, ...)[i],  t < n_x
+ *
+ * Activation rows go BATCH_GROUP at a time, so that their accumulators stay in L1.
+ */
+#ifndef LLAMA_NP_QUANT_ROWS_BATCH_H
+#define LLAMA_NP_QUANT_ROWS_BATCH_H
+
+#include "quant_rows.h"
+
+#define BATCH_GROUP 8   /* activation rows one pass over a weight row serves */
+
+#ifdef USE_AVX2
+/* Two Q4_0 / Q4_1 rows against n_x <= BATCH_GROUP activation rows: dot_two_rows for each. */
+static inline __attribute__((always_inline)) void
+dot_two_rows_batch(quant_type type, const uint8_t *row0, const uint8_t *row1, const float *x,
+                   int64_t x_stride, const float *x_sums, int64_t sums_stride, int64_t n_x,
+                   int64_t n_blocks, int64_t ahead, float *out0, float *out1, int64_t out_stride)
+{
+    const int64_t block_bytes = BLOCK_BYTES[type];
+    __m256 acc0[BATCH_GROUP], acc1[BATCH_GROUP];         /* Σ d · Σ q x, per activation row */
+    __m128 offset0[BATCH_GROUP], offset1[BATCH_GROUP];   /* Σ (d, m, ·, ·) · Σ x */
+    for (int64_t t = 0; t < n_x; t++) {
+        acc0[t] = acc1[t] = _mm256_setzero_ps();
+        offset0[t] = offset1[t] = _mm_setzero_ps();
+    }
+    for (int64_t b = 0; b < n_blocks; b++) {
+        const uint8_t *block0 = row0 + b * block_bytes, *block1 = row1 + b * block_bytes;
+        PREFETCH(block0 + ahead);
+        PREFETCH(block1 + ahead);
+        __m256i q0[4], q1[4];
+        block_ints_avx2(type, block0, q0);
+        block_ints_avx2(type, block1, q1);
+        __m256 w0[4], w1[4];                                /* the block's integers as floats, once */
+        for (int k = 0; k < 4; k++) {
+            w0[k] = _mm256_cvtepi32_ps(q0[k]);
+            w1[k] = _mm256_cvtepi32_ps(q1[k]);
+        }
+        const __m128 scales0 = block_scales_avx2(block0), scales1 = block_scales_avx2(block1);
+        const __m256 d0 = _mm256_broadcastss_ps(scales0), d1 = _mm256_broadcastss_ps(scales1);
+        for (int64_t t = 0; t < n_x; t++) {
+            const float *xb = x + t * x_stride + b * QK;
+            __m256 sum0 = _mm256_setzero_ps(), sum1 = _mm256_setzero_ps();
+            for (int k = 0; k < 4; k++) {
+                const __m256 xk = _mm256_loadu_ps(xb + 8 * k);
+                sum0 = _mm256_fmadd_ps(w0[k], xk, sum0);
+                sum1 = _mm256_fmadd_ps(w1[k], xk, sum1);
+            }
+            acc0[t] = _mm256_fmadd_ps(d0, sum0, acc0[t]);
+            acc1[t] = _mm256_fmadd_ps(d1, sum1, acc1[t]);
+            const __m128 x_sum = _mm_broadcast_ss(x_sums + t * sums_stride + b);
+            offset0[t] = _mm_fmadd_ps(scales0, x_sum, offset0[t]);
+            offset1[t] = _mm_fmadd_ps(scales1, x_sum, offset1[t]);
+        }
+    }
+    const int lane = type == Q4_1 ? 1 : 0;
+    const float factor = type == Q4_1 ? 1.0f : -8.0f;
+    for (int64_t t = 0; t < n_x; t++) {
+        float lanes0[4], lanes1[4];
+        _mm_storeu_ps(lanes0, offset0[t]);
+        _mm_storeu_ps(lanes1, offset1[t]);
+        out0[t * out_stride] = hsum_avx2(acc0[t]) + factor * lanes0[lane];
+        out1[t * out_stride] = hsum_avx2(acc1[t]) + factor * lanes1[lane];
+    }
+}
+
+/* One Q8_0 row against n_x <= BATCH_GROUP activation rows: dot_row_q8_0 for each. */
+static inline void dot_row_q8_0_batch(const uint8_t *row, const float *x, int64_t x_stride, int64_t n_x,
+                                      int64_t n_blocks, float *out, int64_t out_stride)
+{
+    __m256 acc[BATCH_GROUP];
+    for (int64_t t = 0; t < n_x; t++) acc[t] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < n_blocks; b++) {
+        const uint8_t *block = row + b * sizeof(block_q8_0);
+        PREFETCH(block + PREFETCH_BYTES);
+        __m256i q[4];
+        block_ints_avx2(Q8_0, block, q);
+        __m256 w[4];
+        for (int k = 0; k < 4; k++) w[k] = _mm256_cvtepi32_ps(q[k]);
+        const __m256 d = _mm256_set1_ps(block_scale(block));
+        for (int64_t t = 0; t < n_x; t++) {
+            const float *xb = x + t * x_stride + b * QK;
+            const __m256 sum = _mm256_add_ps(
+                _mm256_fmadd_ps(w[1], _mm256_loadu_ps(xb + 8), _mm256_mul_ps(w[0], _mm256_loadu_ps(xb))),
+                _mm256_fmadd_ps(w[3], _mm256_loadu_ps(xb + 24), _mm256_mul_ps(w[2], _mm256_loadu_ps(xb + 16))));
+            acc[t] = _mm256_fmadd_ps(d, sum, acc[t]);
+        }
+    }
+    for (int64_t t = 0; t < n_x; t++) out[t * out_stride] = hsum_avx2(acc[t]);
+}
+
+static inline __attribute__((always_inline)) void
+dot_rows_batch_of(quant_type type, const uint8_t *rows, int64_t n_rows, const float *x, int64_t x_stride,
+                  const float *x_sums, int64_t sums_stride, int64_t n_x, int64_t n_blocks, float *out,
+                  int64_t out_stride)
+{
+    const int64_t row_bytes = n_blocks * BLOCK_BYTES[type];
+    if (type == Q8_0) {
+        for (int64_t i = 0; i < n_rows; i++)
+            dot_row_q8_0_batch(rows + i * row_bytes, x, x_stride, n_x, n_blocks, out + i, out_stride);
+        return;
+    }
+    for (int64_t i = 0; i < n_rows; i += 2) {
+        /* an odd last row is paired with itself, as in dot_rows: both write the same sums */
+        const int64_t second = i + 1 < n_rows ? i + 1 : i;
+        dot_two_rows_batch(type, rows + i * row_bytes, rows + second * row_bytes, x, x_stride, x_sums,
+                           sums_stride, n_x, n_blocks, 2 * row_bytes, out + i, out + second, out_stride);
+    }
+}
+#endif
+
+static inline void dot_rows_batch(quant_type type, const uint8_t *rows, int64_t n_rows, const float *x,
+                                  int64_t x_stride, const float *x_sums, int64_t sums_stride, int64_t n_x,
+                                  int64_t n_blocks, float *out, int64_t out_stride)
+{
+    for (int64_t t0 = 0; t0 < n_x; t0 += BATCH_GROUP) {
+        const int64_t n = n_x - t0 < BATCH_GROUP ? n_x - t0 : BATCH_GROUP;
+        const float *xg = x + t0 * x_stride, *sums_g = x_sums + t0 * sums_stride;
+        float *out_g = out + t0 * out_stride;
+#ifdef USE_AVX2
+        switch (type) {
+        case Q4_0: dot_rows_batch_of(Q4_0, rows, n_rows, xg, x_stride, sums_g, sums_stride, n, n_blocks, out_g, out_stride); break;
+        case Q4_1: dot_rows_batch_of(Q4_1, rows, n_rows, xg, x_stride, sums_g, sums_stride, n, n_blocks, out_g, out_stride); break;
+        default:   dot_rows_batch_of(Q8_0, rows, n_rows, xg, x_stride, sums_g, sums_stride, n, n_blocks, out_g, out_stride);
+        }
+#else
+        /* plain C: one activation row at a time, dot_rows itself (scratch for its output row) */
+        for (int64_t t = 0; t < n; t++) {
+            for (int64_t i0 = 0; i0 < n_rows; i0 += 16) {
+                float part[16];
+                const int64_t m = n_rows - i0 < 16 ? n_rows - i0 : 16;
+                dot_rows(type, rows + i0 * (n_blocks * BLOCK_BYTES[type]), m, xg + t * x_stride,
+                         sums_g + t * sums_stride, n_blocks, part);
+                for (int64_t i = 0; i < m; i++) out_g[t * out_stride + i0 + i] = part[i];
+            }
+        }
+#endif
+    }
+}
+
+#endif

@@ -1,0 +1,86 @@
+"""Batched decoding: B sequences, one new token each, through the same weights at once —
+the fused block (kernels/decode_layer_batch.c) and the quantized products of the output
+head (kernels/quant_matvec_batch.c). Each weight block is unpacked once for all B rows,
+and every row is computed exactly as the one-token kernels compute it (`DecodeLayer`,
+`quant_matmul` of one row), so a sequence's numbers never depend on the others in the
+batch (tests/test_serve_batch.py)."""
+import numpy as np
+
+from llama_np.kernels import native
+from llama_np.kernels.decode_layer import DecodeLayer
+from llama_np.kernels.native import FORMATS, get_num_threads, require_array
+from llama_np.quant import BLOCK_BYTES, QK
+
+
+def decode_layer_batch(layer: DecodeLayer, h, k_caches, v_caches, positions, rotations=None):
+    """Block `layer` for B sequences: h [B, D] float32, updated in place, row b the new token
+    of sequence b; k_caches[b], v_caches[b] [max_len, H_kv, hd] float32 its cache for this
+    layer, whose row positions[b] is written and rows 0 … positions[b] read. `rotations`:
+    each row's (inv_freq [hd/2] float32 or None, attention_factor), a scaled RoPE's
+    (`llama.rope_scaling`); None: every row unscaled."""
+    require_array(h, "h", np.float32, 2)
+    n_rows = h.shape[0]
+    if h.shape[1] != layer.shape.dim:
+        raise ValueError(f"h: shape {h.shape}, expected (B, {layer.shape.dim})")
+    positions = np.ascontiguousarray(positions, dtype=np.int64).reshape(-1)
+    if not len(k_caches) == len(v_caches) == len(positions) == n_rows:
+        raise ValueError(f"{n_rows} rows need as many caches and positions, got "
+                         f"{len(k_caches)}, {len(v_caches)}, {len(positions)}")
+    if n_rows == 0:
+        return
+    keep = []                                           # the buffers the pointers point into
+    for name, caches in (("k_cache", k_caches), ("v_cache", v_caches)):
+        for cache, position in zip(caches, positions):
+            require_array(cache, name, np.float32, 3)
+            if cache.shape[1:] != layer.cache_row:
+                raise ValueError(f"{name}: shape {cache.shape}, expected [max_len, "
+                                 f"{layer.cache_row[0]}, {layer.cache_row[1]}]")
+            if not 0 <= position < cache.shape[0]:
+                raise ValueError(f"position {position} outside the cache of {cache.shape[0]} rows")
+            keep.append(native.ffi.from_buffer("float[]", cache, require_writable=True))
+    tables, factors = native.ffi.NULL, native.ffi.NULL
+    if rotations is not None and any(inv_freq is not None for inv_freq, _ in rotations):
+        if len(rotations) != n_rows:
+            raise ValueError(f"{n_rows} rows need as many rotations, got {len(rotations)}")
+        pointers = []
+        for inv_freq, _ in rotations:
+            if inv_freq is None:
+                pointers.append(native.ffi.NULL)
+                continue
+            require_array(inv_freq, "inv_freq", np.float32, 1)
+            if inv_freq.shape != (layer.cache_row[1] // 2,):
+                raise ValueError(f"inv_freq: shape {inv_freq.shape}, expected ({layer.cache_row[1] // 2},)")
+            keep.append(native.ffi.from_buffer("float[]", inv_freq))
+            pointers.append(keep[-1])
+        tables = native.ffi.new("const float *[]", pointers)
+        factors = native.ffi.new("float[]", [float(factor) for _, factor in rotations])
+    k_pointers = native.ffi.new("float *[]", keep[:n_rows])
+    v_pointers = native.ffi.new("float *[]", keep[n_rows:])
+    status = native.lib.decode_layer_batch_f32(
+        native.ffi.from_buffer("float[]", h, require_writable=True), layer.weights, layer.shape,
+        k_pointers, v_pointers, native.ffi.from_buffer("int64_t[]", positions), tables, factors, n_rows,
+        get_num_threads())
+    if status != 0:
+        raise MemoryError(f"no scratch memory for a decode step of {n_rows} sequences")
+
+
+def quant_matvec_batch(data, qtype, x):
+    """x @ W.T for B rows x [B, in] float32, W quantized (data uint8 [out, row_bytes] of
+    `qtype` blocks) → [B, out], each row exactly `native.quant_matmul(data, qtype, x[b:b+1])`."""
+    if qtype not in BLOCK_BYTES:
+        raise ValueError(f"no quantized kernel for {qtype!r}; expected one of {', '.join(BLOCK_BYTES)}")
+    require_array(data, "data", np.uint8, 2)
+    require_array(x, "x", np.float32, 2)
+    out_features, row_bytes = data.shape
+    n_rows, in_features = x.shape
+    if in_features % QK or row_bytes != in_features // QK * BLOCK_BYTES[qtype]:
+        raise ValueError(f"{qtype} rows of {row_bytes} bytes do not hold x's {in_features} weights")
+    w_buffer = native.ffi.from_buffer("uint8_t[]", data)
+    if int(native.ffi.cast("uintptr_t", w_buffer)) % 2:
+        raise ValueError("quantized data must start at an even address (its fp16 scales)")
+    out = np.empty((n_rows, out_features), dtype=np.float32)                  # [B, out]
+    if native.lib.quant_matvec_batch_f32(FORMATS[qtype], native.ffi.from_buffer("float[]", out, require_writable=True),
+                                         w_buffer, native.ffi.from_buffer("float[]", x), n_rows,
+                                         out_features, in_features, get_num_threads()) != 0:
+        raise MemoryError(f"no scratch memory for {n_rows} x {in_features} activations")
+    return out

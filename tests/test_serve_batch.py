@@ -1,0 +1,111 @@
+"""Continuous batching's step (llama.batch.decode_step, kernels/decode_layer_batch.c,
+kernels/quant_matvec_batch.c): B sequences decoded together give, bit for bit, the logits
+each gets alone through Llama.forward, whatever B, the formats, the positions or the
+thread count — so a served response never depends on what else is served."""
+import numpy as np
+import pytest
+
+from llama_np import kernels
+from llama_np.kernels import decode_batch
+from llama_np.llama.batch import decode_step
+from llama_np.llama.model import Llama
+from llama_np.quant import QuantizedMatrix
+
+from test_decode_kernels import decode_config, decode_weights
+
+needs_kernels = pytest.mark.skipif(not kernels.AVAILABLE, reason="C kernels not built")
+
+
+def prefilled(model, prompts, max_len=64):
+    caches = []
+    for ids in prompts:
+        cache = model.new_cache(max_len)
+        model.forward(ids, cache, last_only=True)
+        caches.append(cache)
+    return caches
+
+
+def check_batch_equals_alone(model, n_sequences, steps=3, seed=0):
+    rng = np.random.default_rng(seed)
+    vocab = model.config.vocab_size
+    prompts = [list(rng.integers(0, vocab, size=int(n))) for n in rng.integers(1, 20, size=n_sequences)]
+    alone, together = prefilled(model, prompts), prefilled(model, prompts)
+    tokens = rng.integers(0, vocab, size=n_sequences)
+    for _ in range(steps):
+        expected = np.concatenate([model.forward([t], c, last_only=True) for t, c in zip(tokens, alone)])
+        got = decode_step(model, tokens, together)
+        np.testing.assert_array_equal(got, expected)
+        for a, b in zip(alone, together):
+            assert a.length == b.length
+            np.testing.assert_array_equal(a.k[:, :a.length], b.k[:, :b.length])
+            np.testing.assert_array_equal(a.v[:, :a.length], b.v[:, :b.length])
+        tokens = expected.argmax(-1)
+
+
+@needs_kernels
+@pytest.mark.parametrize("formats", [("Q4_1",), ("Q4_0",), ("Q8_0",), ("F32",), ("Q4_0", "Q8_0", "F32", "Q4_1")])
+@pytest.mark.parametrize("n_sequences", [1, 2, 3, 8, 11])
+def test_batched_step_equals_each_sequence_alone(formats, n_sequences):
+    config = decode_config()
+    model = Llama(config, decode_weights(config, formats))
+    assert model._fused_decoders()
+    check_batch_equals_alone(model, n_sequences)
+
+
+@needs_kernels
+@pytest.mark.parametrize("threads", [1, 3])
+def test_batched_step_is_exact_with_any_thread_count(threads):
+    config = decode_config()
+    model = Llama(config, decode_weights(config, ("Q4_1", "Q8_0")))
+    saved = kernels.get_num_threads()
+    try:
+        kernels.set_num_threads(threads)
+        check_batch_equals_alone(model, 9)
+    finally:
+        kernels.set_num_threads(saved)
+
+
+@needs_kernels
+def test_batched_step_with_int8_activations_equals_alone():
+    config = decode_config()
+    model = Llama(config, decode_weights(config, ("Q4_1", "Q4_0", "Q8_0")))
+    model.set_int8_activations(True)
+    check_batch_equals_alone(model, 5)
+
+
+def test_without_kernels_the_step_runs_each_sequence_through_forward():
+    config = decode_config()
+    model = Llama(config, decode_weights(config, ("Q4_1",)), use_kernels=False)
+    check_batch_equals_alone(model, 3, steps=2)
+
+
+@needs_kernels
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q8_0"])
+def test_batched_matvec_equals_the_one_row_product(qtype):
+    rng = np.random.default_rng(1)
+    w = QuantizedMatrix.from_float(rng.standard_normal((37, 96)).astype(np.float32), qtype)
+    x = rng.standard_normal((13, 96)).astype(np.float32)
+    expected = np.concatenate([kernels.quant_matmul(w.data, qtype, x[b:b + 1]) for b in range(13)])
+    np.testing.assert_array_equal(decode_batch.quant_matvec_batch(w.data, qtype, x), expected)
+
+
+@needs_kernels
+def test_batched_layer_refuses_bad_arguments_before_c():
+    config = decode_config()
+    model = Llama(config, decode_weights(config, ("Q4_1",)))
+    layer = model._fused_decoders()[0]
+    cache = model.new_cache(8)
+    h = np.zeros((2, config.hidden_size), np.float32)
+    with pytest.raises(ValueError, match="as many"):
+        decode_batch.decode_layer_batch(layer, h, [cache.k[0]], [cache.v[0]], [0])
+    with pytest.raises(ValueError, match="outside"):
+        decode_batch.decode_layer_batch(layer, h[:1], [cache.k[0]], [cache.v[0]], [8])
+    with pytest.raises(TypeError, match="dtype"):
+        decode_batch.decode_layer_batch(layer, h[:1], [cache.k[0].astype(np.float64)], [cache.v[0]], [0])
+
+
+@pytest.mark.slow
+@needs_kernels
+def test_batched_step_on_the_real_model(real_model):
+    model, _ = real_model
+    check_batch_equals_alone(model, 6, steps=2)

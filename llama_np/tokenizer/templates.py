@@ -32,11 +32,18 @@ string — and no mutating the messages), `trim_blocks`
 and `lstrip_blocks`, a `raise_exception(message)` function, a `tojson` filter that keeps
 non-ASCII text, and the variables `messages`, `bos_token`, `eos_token`,
 `add_generation_prompt`. Since a template comes with a downloaded model it is untrusted
-code; every failure becomes a ValueError.
+code: its work is bounded (MAX_RENDER_SECONDS to compile and render, at most MAX_OUTPUT_CHARS
+more than its messages hold, no value larger than MAX_VALUE_SIZE made by `*`, `**`, `%`, `+`
+or passed to a call or filter), and every failure becomes one ValueError line naming the
+template (`TemplateSource.name`).
 """
 import functools
 import json
+import math
 import os
+import re
+import sys
+import time
 
 BUILTIN_TEMPLATES = ("alpaca", "chatml")
 
@@ -55,12 +62,36 @@ BUILTIN_STOP_STRINGS = {"alpaca": ["### Instruction:"], "chatml": ["<|im_end|>"]
 KNOWN_TURN_ENDS = ["<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>"]
 
 
+# Bounds on an untrusted template's work. A chat prompt is a few kilobytes rendered in
+# milliseconds; these are a thousand times that, and stop a template that would run for
+# hours or fill the memory (two nested range(100000) loops, 'a' * 10**10).
+MAX_RENDER_SECONDS = 2.0
+MAX_OUTPUT_CHARS = 1 << 22       # beyond what the messages themselves bring
+MAX_VALUE_SIZE = 1 << 22         # the largest string, list or number (in digits) a template makes
+
+
+class TemplateSource(str):
+    """Jinja source that remembers where it came from (`name`, for error messages): the
+    model's own template, a .jinja file or --template text. It is the source string itself
+    wherever a string is expected."""
+
+    def __new__(cls, source, name):
+        self = super().__new__(cls, source)
+        self.name = name
+        return self
+
+
+class _TemplateLimit(Exception):
+    """A template went past one of the bounds above."""
+
+
 def render_chat(messages, template, *, bos_token="", eos_token="", add_generation_prompt=True):
     """The prompt string for `messages` in `template` ("alpaca", "chatml" or Jinja source).
 
     `bos_token` / `eos_token` are the texts of the model's special tokens, given to Jinja
     templates that write them; the built-in formats do not use them (a model that wants BOS
-    gets it from `Tokenizer.encode`).
+    gets it from `Tokenizer.encode`). A Jinja template that fails or goes past its bounds
+    raises ValueError: one line, starting with the template's name.
     """
     _check_messages(messages)
     if template == "alpaca":
@@ -69,14 +100,31 @@ def render_chat(messages, template, *, bos_token="", eos_token="", add_generatio
         return _render_chatml(messages, add_generation_prompt)
     import jinja2
 
-    compiled = _compile_jinja(template)
+    name = getattr(template, "name", "chat template")
+    budget = MAX_OUTPUT_CHARS + 4 * sum(len(m["content"]) for m in messages)
     try:
-        return compiled.render(messages=messages, bos_token=bos_token, eos_token=eos_token,
-                               add_generation_prompt=add_generation_prompt)
+        with _deadline(MAX_RENDER_SECONDS):
+            pieces, size = [], 0
+            for piece in _compile_jinja(str(template)).generate(
+                    messages=messages, bos_token=bos_token, eos_token=eos_token,
+                    add_generation_prompt=add_generation_prompt):
+                size += len(piece)
+                if size > budget:
+                    raise _TemplateLimit(f"its output passed {budget:,} characters")
+                pieces.append(piece)
+        return "".join(pieces)
+    except _TemplateLimit as e:
+        raise ValueError(f"{name}: stopped, {e}") from None
     except jinja2.exceptions.SecurityError as e:
-        raise ValueError(f"chat template tried something its sandbox forbids: {e}") from None
-    except (jinja2.exceptions.TemplateError, TypeError, ValueError, LookupError, AttributeError) as e:
-        raise ValueError(f"chat template failed: {type(e).__name__}: {e}") from None
+        raise ValueError(f"{name}: tried something its sandbox forbids: {_one_line(e)}") from None
+    except jinja2.exceptions.TemplateSyntaxError as e:
+        raise ValueError(f"{name}: syntax error on line {e.lineno}: {_one_line(e.message)}") from None
+    except (Exception, RecursionError) as e:  # whatever a hostile template makes Python raise
+        raise ValueError(f"{name}: failed: {type(e).__name__}: {_one_line(e)}") from None
+
+
+def _one_line(error):
+    return " ".join(str(error).split())[:500]
 
 
 def resolve_template(name, tokenizer=None):
@@ -89,11 +137,13 @@ def resolve_template(name, tokenizer=None):
     Jinja source (containing "{{" or "{%") → itself.
     """
     own = getattr(tokenizer, "chat_template", None)
+    source = getattr(tokenizer, "source", None) or "the model"
+    if own:
+        own = TemplateSource(own, f"the chat template of {source}")
     if name is None:
         return own or "chatml"
     if name == "model":
         if not own:
-            source = getattr(tokenizer, "source", "the model")
             raise ValueError(f"{source} has no chat template of its own; choose 'chatml' or 'alpaca'")
         return own
     if name in BUILTIN_TEMPLATES:
@@ -101,11 +151,11 @@ def resolve_template(name, tokenizer=None):
     if name.endswith(".jinja") or os.path.isfile(name):
         try:
             with open(name, encoding="utf-8") as f:
-                return f.read()
+                return TemplateSource(f.read(), name)
         except (OSError, UnicodeDecodeError) as e:
             raise ValueError(f"{name}: cannot read the chat template ({e})") from None
     if "{{" in name or "{%" in name:
-        return name
+        return TemplateSource(name, "the --template text")
     raise ValueError(f"unknown chat template {name!r}: use 'model', 'chatml', 'alpaca' or a .jinja file")
 
 
@@ -172,13 +222,106 @@ def _compile_jinja(source):
             raise jinja2.exceptions.SecurityError(
                 f"access to attribute {attribute!r} of a {type(obj).__name__} is not allowed")
 
+        # `*`, `**`, `%` and `+` go through call_binop, which checks their result's size first
+        intercepted_binops = frozenset(["*", "**", "%", "+"])
+
+        def call_binop(self, context, operator, left, right):
+            _check_binop(operator, left, right)
+            return super().call_binop(context, operator, left, right)
+
+        def call(self, context, obj, *args, **kwargs):
+            _check_arguments(obj, args, kwargs)
+            return super().call(context, obj, *args, **kwargs)
+
     env = StrictSandbox(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
     env.filters["tojson"] = _tojson
+    env.filters = {name: _bounded_filter(f) for name, f in env.filters.items()}
     env.globals["raise_exception"] = _raise_exception
-    try:
-        return env.from_string(source)
-    except jinja2.exceptions.TemplateSyntaxError as e:
-        raise ValueError(f"chat template has a syntax error on line {e.lineno}: {e.message}") from None
+    return env.from_string(source)
+
+
+def _size(value):
+    """How big a value is for the bounds: a string's or list's length, a number's digits."""
+    if isinstance(value, (str, list, tuple, dict)):
+        return len(value)
+    if isinstance(value, int):
+        return len(str(abs(value))) if abs(value) < 10**100 else value.bit_length() * 0.3
+    return 0
+
+
+def _check_binop(operator, left, right):
+    too_big = False
+    if operator == "*" and isinstance(left, int) != isinstance(right, int):
+        count, sequence = (left, right) if isinstance(left, int) else (right, left)
+        too_big = _size(sequence) * max(count, 0) > MAX_VALUE_SIZE
+    elif operator == "*" and isinstance(left, int) and isinstance(right, int):
+        too_big = _size(left) + _size(right) > MAX_VALUE_SIZE
+    elif operator == "**" and isinstance(left, int) and isinstance(right, int) and abs(left) > 1:
+        too_big = right > 0 and right * math.log10(abs(left)) > MAX_VALUE_SIZE
+    elif operator == "%" and isinstance(left, str):
+        values = right if isinstance(right, (tuple, list)) else [right]
+        too_big = (any(isinstance(v, int) and abs(v) > MAX_VALUE_SIZE for v in values)
+                   or bool(_LARGE_FORMAT_NUMBER.search(left)))
+    elif operator == "+":
+        too_big = _size(left) + _size(right) > MAX_VALUE_SIZE
+    if too_big:
+        raise _TemplateLimit(f"{operator!r} would make a value larger than {MAX_VALUE_SIZE:,}")
+
+
+# a width or precision of 8 digits or more in a format string: "{:>100000000}", "%100000000s"
+_LARGE_FORMAT_NUMBER = re.compile(r"\{[^{}]*:[^{}]*\d{8}|%[^a-zA-Z%]*\d{8}")
+
+
+def _check_arguments(obj, args, kwargs):
+    """A call that asks for more than MAX_VALUE_SIZE: 'a'.ljust(10**10), center, zfill, …"""
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, int) and abs(value) > MAX_VALUE_SIZE:
+            raise _TemplateLimit(f"a call with the argument {value} (more than {MAX_VALUE_SIZE:,})")
+    method = getattr(obj, "__wrapped__", obj)  # the sandbox wraps str.format in a function
+    if isinstance(getattr(method, "__self__", None), str) and _LARGE_FORMAT_NUMBER.search(method.__self__):
+        raise _TemplateLimit("a format string with a width or precision of 8 digits or more")
+
+
+def _bounded_filter(filter_function):
+    @functools.wraps(filter_function)
+    def bounded(*args, **kwargs):
+        _check_arguments(None, args, kwargs)
+        if filter_function.__name__ == "do_format" and any(
+                isinstance(a, str) and _LARGE_FORMAT_NUMBER.search(a) for a in args):
+            raise _TemplateLimit("a format string with a width or precision of 8 digits or more")
+        return filter_function(*args, **kwargs)
+    return bounded
+
+
+class _deadline:
+    """Stop the template code running in this thread after `seconds`: a trace function looks
+    at the clock on every call, and on every line of the compiled template (whose loops
+    may call nothing), and raises _TemplateLimit into it once the time is up."""
+
+    def __init__(self, seconds):
+        self.seconds = seconds
+
+    def __enter__(self):
+        self.end = time.monotonic() + self.seconds
+        self.previous = sys.gettrace()
+        sys.settrace(self._on_call)
+        return self
+
+    def __exit__(self, *exc):
+        sys.settrace(self.previous)
+
+    def _check(self):
+        if time.monotonic() > self.end:
+            raise _TemplateLimit(f"it ran longer than {self.seconds:g} s")
+
+    def _on_call(self, frame, event, arg):
+        self._check()
+        return self._on_line if frame.f_code.co_filename == "<template>" else None
+
+    def _on_line(self, frame, event, arg):
+        if event == "line":
+            self._check()
+        return self._on_line
 
 
 def _raise_exception(message):

@@ -110,7 +110,8 @@ def freq_factors_scaling(freq_factors, head_dim, source=GGUF_FREQ_FACTORS):
 def checked(rope_type, params, field):
     """{"rope_type": rope_type, and the parameters of that type}; raises RopeScalingError
     naming `field` for an unknown type and the parameter for a missing or bad value."""
-    if rope_type not in TYPES[:-1] and not (rope_type == "freq_factors" and field == GGUF_FREQ_FACTORS):
+    known = TYPES if field == GGUF_FREQ_FACTORS else TYPES[:-1]     # freq_factors: a GGUF tensor
+    if rope_type not in known:
         raise RopeScalingError(f"{field} {rope_type!r} is not supported "
                                f"(llama_np computes default, {', '.join(TYPES[:-1])})")
     scaling = {"rope_type": rope_type}
@@ -146,8 +147,11 @@ def max_context(config):
 
 def rotation(config, seq_len):
     """The RoPE frequencies and attention factor of a forward pass over positions
-    0 … seq_len − 1 (only dynamic NTK depends on seq_len: transformers recomputes θ from
-    max(position) + 1 on every call that outgrows max_position_embeddings)."""
+    0 … seq_len − 1. Only dynamic NTK depends on seq_len: transformers recomputes θ' from
+    max(position) + 1 on every call that outgrows max_position_embeddings, so a prompt's keys
+    keep the θ' of the prefill and each decoded token gets that of its own length. (A
+    transformers model also remembers the longest length it has seen until a call shorter
+    than max_position_embeddings; this is what a freshly loaded one computes.)"""
     theta, scaling, hd = config.rope_theta, config.rope_scaling, config.head_dim
     if not scaling:
         return Rotation(theta)
@@ -159,7 +163,9 @@ def rotation(config, seq_len):
         if seq_len <= n_max:
             return Rotation(theta)
         base = theta * ((factor * seq_len / n_max) - (factor - 1)) ** (hd / (hd - 2))
-        return Rotation(theta, ops.rope_inverse_frequencies(hd, base))
+        exponents = np.arange(0, hd, 2, dtype=np.float32) / np.float32(hd)     # as transformers
+        powers = (base ** exponents.astype(np.float64)).astype(np.float32)      # base': no float32 value
+        return Rotation(theta, np.float32(1) / powers)
     if rope_type == "llama3":
         return Rotation(theta, _llama3_inverse_frequencies(hd, theta, scaling))
     if rope_type == "yarn":

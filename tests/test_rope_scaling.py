@@ -1,0 +1,189 @@
+"""RoPE scaling (linear, dynamic NTK, llama3, yarn) against transformers: tiny random LLaMAs
+saved by transformers with each scaling, prompts longer than the pre-training context."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from llama_np.checkpoint.safetensors import load_hf
+from llama_np.llama.config import ConfigError, LlamaConfig
+from llama_np.llama.kv_cache import KVCache
+from llama_np.llama.model import Llama
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+N_ORIGINAL = 32                     # the "pre-training" context of the tiny models
+PROMPT = 64                         # positions: twice N_ORIGINAL
+
+# rope_parameters (transformers 5) and max_position_embeddings of each tiny model
+SCALINGS = {
+    "linear": ({"rope_type": "linear", "factor": 4.0}, N_ORIGINAL),
+    "dynamic": ({"rope_type": "dynamic", "factor": 4.0}, N_ORIGINAL),
+    "llama3": ({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                "original_max_position_embeddings": N_ORIGINAL}, 8 * N_ORIGINAL),
+    "yarn": ({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": N_ORIGINAL},
+             4 * N_ORIGINAL),
+}
+
+
+def save_scaled_llama(folder, rope_parameters, max_positions, seed=0):
+    """A tiny random LLaMA with RoPE scaling, saved by transformers; returns it (eval, float32)."""
+    torch.manual_seed(seed)
+    cfg = transformers.LlamaConfig(
+        vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=max_positions,
+        rms_norm_eps=1e-5, rope_parameters=dict(rope_parameters, rope_theta=10000.0),
+        bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():  # larger-than-default weights so differences are not hidden by tiny values
+        for p in model.parameters():
+            p.normal_(0.0, 0.3 if p.dim() > 1 else 1.0)
+    model.save_pretrained(folder)
+    return model
+
+
+@pytest.fixture(scope="module", params=list(SCALINGS))
+def scaled(request, tmp_path_factory):
+    folder = tmp_path_factory.mktemp(request.param)
+    save_scaled_llama(folder, *SCALINGS[request.param])
+    config, weights = load_hf(str(folder))
+    return request.param, config, weights, folder
+
+
+def f32_cache(config, max_len):
+    """A cache that keeps keys and values exact, so that what is compared is RoPE."""
+    try:
+        return KVCache(config, max_len, kv_cache="f32")
+    except TypeError:                      # a cache without formats is float32
+        return KVCache(config, max_len)
+
+
+def prompt_ids(config, n=PROMPT, seed=1):
+    return [int(t) for t in np.random.default_rng(seed).integers(3, config.vocab_size, n)]
+
+
+def fresh(folder):
+    """transformers' model as a new process loads it: dynamic NTK keeps state between calls
+    (the longest length seen; it is kept until a call shorter than max_position_embeddings),
+    which llama_np, computing from each call's length, matches only on a fresh model."""
+    return transformers.LlamaForCausalLM.from_pretrained(folder).eval()
+
+
+def hf_prefill(hf_model, ids):
+    with torch.no_grad():
+        return hf_model(torch.tensor([ids])).logits[0].numpy()
+
+
+def hf_token_by_token(hf_model, ids):
+    """transformers one token at a time over its KV cache (dynamic NTK then rotates each new
+    key with the frequencies of the length so far, as llama_np's decode does)."""
+    logits, past = [], None
+    with torch.no_grad():
+        for t in ids:
+            out = hf_model(torch.tensor([[t]]), cache=past, use_cache=True)
+            past = out.past_key_values
+            logits.append(out.logits[0].numpy())
+    return np.concatenate(logits)
+
+
+def test_the_scaling_is_read_from_config_json(scaled):
+    name, config, _, _ = scaled
+    assert config.rope_scaling["rope_type"] == name
+    assert config.rope_scaling["factor"] == SCALINGS[name][0]["factor"]
+
+
+@pytest.mark.parametrize("use_kernels", [False, True], ids=["numpy", "kernels"])
+def test_prefill_logits_match_transformers(scaled, use_kernels):
+    _, config, weights, folder = scaled
+    ids = prompt_ids(config)
+    ours = Llama(config, weights, use_kernels=use_kernels).forward(ids, f32_cache(config, PROMPT))
+    np.testing.assert_allclose(ours, hf_prefill(fresh(folder), ids), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("use_kernels", [False, True], ids=["numpy", "kernels"])
+def test_token_by_token_decode_matches_transformers(scaled, use_kernels):
+    _, config, weights, folder = scaled
+    ids = prompt_ids(config, seed=2)
+    model = Llama(config, weights, use_kernels=use_kernels)
+    cache = f32_cache(config, PROMPT)
+    ours = np.concatenate([model.forward([t], cache) for t in ids])
+    np.testing.assert_allclose(ours, hf_token_by_token(fresh(folder), ids), atol=1e-4, rtol=0)
+
+
+def test_greedy_continuation_matches_transformers(scaled):
+    _, config, weights, folder = scaled
+    prompt = prompt_ids(config, n=N_ORIGINAL + 8, seed=3)
+    with torch.no_grad():
+        expected = fresh(folder).generate(torch.tensor([prompt]), max_new_tokens=24, min_new_tokens=24,
+                                     do_sample=False, pad_token_id=0)[0, len(prompt):].tolist()
+    model = Llama(config, weights)
+    cache = f32_cache(config, len(prompt) + 24)
+    ours, logits = [], model.forward(prompt, cache, last_only=True)
+    for _ in range(24):
+        ours.append(int(np.argmax(logits[-1])))
+        logits = model.forward([ours[-1]], cache)
+    assert ours == expected
+
+
+def test_older_rope_scaling_key_reads_the_same(scaled):
+    """transformers 4 wrote the scaling as `rope_scaling` ({"type": …}) beside `rope_theta`."""
+    _, config, _, folder = scaled
+    cfg = json.loads((folder / "config.json").read_text())
+    params = cfg.pop("rope_parameters")
+    cfg["rope_theta"] = params.pop("rope_theta")
+    params["type"] = params.pop("rope_type")
+    cfg["rope_scaling"] = params
+    assert LlamaConfig.from_hf_dict(cfg) == config
+
+
+def test_scaled_context_is_the_models_maximum(scaled):
+    name, config, _, _ = scaled
+    expected = {"linear": 4 * N_ORIGINAL, "dynamic": 4 * N_ORIGINAL, "llama3": 8 * N_ORIGINAL,
+                "yarn": 4 * N_ORIGINAL}[name]
+    assert config.max_context == expected
+
+
+def test_long_prompt_in_chunks_gives_one_shot_logits(scaled, monkeypatch):
+    """Prefill in blocks of PREFILL_CHUNK positions: the logits equal the one-shot prefill's."""
+    from llama_np.llama import model as model_module
+    _, config, weights, _ = scaled
+    ids = prompt_ids(config, seed=4)
+    model = Llama(config, weights)
+    one_shot = model.forward(ids, f32_cache(config, PROMPT))
+    monkeypatch.setattr(model_module, "PREFILL_CHUNK", 24)       # 64 positions: 24 + 24 + 16
+    chunked = model.forward(ids, f32_cache(config, PROMPT))
+    np.testing.assert_allclose(chunked, one_shot, atol=1e-4, rtol=0)   # float32 sums in another order
+    last = model.forward(ids, f32_cache(config, PROMPT), last_only=True)
+    np.testing.assert_allclose(last, one_shot[-1:], atol=1e-4, rtol=0)
+
+
+def tiny_config(**rope):
+    return {"vocab_size": 97, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "max_position_embeddings": 32, **rope}
+
+
+@pytest.mark.parametrize("field", ["rope_parameters", "rope_scaling"])
+def test_unknown_type_is_an_error_naming_the_field(field):
+    with pytest.raises(ConfigError, match=rf"{field}\.rope_type 'longrope' is not supported"):
+        LlamaConfig.from_hf_dict(tiny_config(**{field: {"rope_type": "longrope", "factor": 2.0}}))
+
+
+def test_missing_parameter_is_an_error_naming_it():
+    with pytest.raises(ConfigError, match="'llama3' needs low_freq_factor"):
+        LlamaConfig.from_hf_dict(tiny_config(rope_parameters={"rope_type": "llama3", "factor": 8.0}))
+
+
+def test_unknown_type_is_a_one_line_cli_error(tmp_path):
+    save_scaled_llama(tmp_path, *SCALINGS["linear"])
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg["rope_parameters"]["rope_type"] = "su"
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    result = subprocess.run([sys.executable, "-m", "llama_np.generate", "--model", str(tmp_path),
+                             "--prompt", "hi"], capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+    assert "rope_parameters.rope_type 'su' is not supported" in lines[0]

@@ -7,6 +7,7 @@ setup(
     description="A readable NumPy re-implementation of Chinese-LLaMA/Alpaca: "
                 "inference, LoRA training and 4-bit RTN quantization on a CPU",
     packages=find_packages(include=["llama_np", "llama_np.*"]),
+    package_data={"llama_np.training": ["export_files/*.txt"]},  # what training.export writes
     python_requires=">=3.10",
     setup_requires=["cffi>=1.16"],
     cffi_modules=["kernels/build.py:ffibuilder"],

@@ -5,6 +5,8 @@
     python -m llama_np.recipe --out runs/long --stage2-target-modules all --stage2-steps 1400
         --pretrain-text cmrc2018,song_ci,cmrc2018_questions,alpaca_zh
                                                          # the README's full run (one line): ≈ 2.3 h
+    python -m llama_np.recipe --out runs/recipe --export-torch runs/stage2_torch
+                                                         # stage 2 for Trainer + peft + DeepSpeed (GPUs)
 
 Cui, Yang & Yao (2023) teach an English LLaMA Chinese in five steps; each is a function of
 `llama_np.chinese.recipe` (the pipeline), and the same step as its own tool:
@@ -36,6 +38,7 @@ tokens for stage 1, 100k for stage 2 and 13k for SFT: steps, lengths and learnin
 are flags.
 """
 import argparse
+import sys
 
 from llama_np.chinese.defaults import DEFAULT_EMBEDDING_LR, DEFAULT_LR, DEFAULT_STEPS, STAGES
 from llama_np.cli import common as cli
@@ -88,6 +91,14 @@ def parse_args(argv=None):
                    help="window of the bits-per-character evaluation (default: %(default)s)")
     p.add_argument("--eval-windows", type=cli.positive_int, default=16,
                    help="windows of held-out text scored (default: %(default)s)")
+    export = p.add_argument_group("scaling out: the stage for Hugging Face Trainer + peft + DeepSpeed, on GPUs")
+    export.add_argument("--export-torch", metavar="DIR", default=None,
+                        help="instead of training --export-stage, write it into DIR for PyTorch (the resized "
+                             "model as a Hugging Face folder, its tokenizer, the stage's batches as JSONL, its "
+                             "starting adapter, train.py, a DeepSpeed ZeRO-2 config and the torchrun command; "
+                             "DIR/README.md says how to run it), after the steps before it")
+    export.add_argument("--export-stage", choices=STAGES[1:], default="stage2",
+                        help="the stage --export-torch writes (default: %(default)s)")
     cli.add_threads_arg(p)
     return p.parse_args(argv)
 
@@ -104,9 +115,9 @@ def _sources(text):
 def main(argv=None):
     args = parse_args(argv)
     cli.set_threads(args.threads)
-    from llama_np.chinese.recipe import RecipeConfig, run_recipe   # after the threads are set
+    from llama_np.chinese.recipe import RecipeConfig, export_stage, run_recipe   # after the threads are set
 
-    run_recipe(RecipeConfig(
+    config = RecipeConfig(
         out=args.out, model=args.model, new_tokens=args.new_tokens, pretrain_text=args.pretrain_text,
         documents=args.documents, stage1_rows=args.stage1_rows,
         steps={stage: getattr(args, f"{stage}_steps") for stage in STAGES},
@@ -114,7 +125,14 @@ def main(argv=None):
         embedding_lr={stage: getattr(args, f"{stage}_embedding_lr", None) for stage in STAGES},
         stage2_target_modules=args.stage2_target_modules, max_seq_len=args.max_seq_len,
         batch_size=args.batch_size, save_every=args.save_every, keep_checkpoints=args.keep_checkpoints,
-        eval_ctx=args.eval_ctx, eval_windows=args.eval_windows, threads=args.threads))
+        eval_ctx=args.eval_ctx, eval_windows=args.eval_windows, threads=args.threads)
+    if args.export_torch:
+        run = export_stage(config, args.export_stage, args.export_torch)
+        print(f"{args.export_stage} for Trainer + peft: {run['steps']} steps of {run['global_batch_size']} "
+              f"examples in {args.export_torch}; run it with: cd {args.export_torch} && torchrun --standalone "
+              f"--nproc_per_node N train.py (README.md there)", file=sys.stderr)
+    else:
+        run_recipe(config)
     return 0
 
 

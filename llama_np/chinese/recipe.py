@@ -39,6 +39,7 @@ from llama_np.files.figure import new_figure, save_figure
 from llama_np.files.text import read_json
 from llama_np.llama.adapter import EMBED, LM_HEAD, merge
 from llama_np.training.config import FinetuneConfig
+from llama_np.training.export import export_torch
 from llama_np.training.run import finetune
 from llama_np.training.trainer import LATEST, LOG_FILE, checkpoints, read_log
 
@@ -100,8 +101,10 @@ def stage_configs(config, resized, pretrain_text, old_vocab):
     }
 
 
-def run_recipe(config: RecipeConfig):
-    """Run (or finish) the recipe into config.out; see the module docstring."""
+def run_recipe(config: RecipeConfig, stop_before=None):
+    """Run (or finish) the recipe into config.out; see the module docstring. With
+    `stop_before` (a training stage), stop once what that stage starts from is done. Returns
+    the stages' FinetuneConfigs (stage_configs)."""
     out = config.out
     os.makedirs(out, exist_ok=True)
     base = hub.resolve_model(config.model)
@@ -147,6 +150,8 @@ def run_recipe(config: RecipeConfig):
     old_vocab = len(GGUFFile(base).metadata["tokenizer.ggml.tokens"])
     stages = stage_configs(config, resized, pretrain_text, old_vocab)
     for stage in STAGES:
+        if stage == stop_before:
+            return stages
         folder = os.path.join(out, stage)
         if not os.path.exists(os.path.join(folder, "adapter_model.safetensors")):
             settings = stages[stage]
@@ -166,6 +171,19 @@ def run_recipe(config: RecipeConfig):
     print(f"held-out bits per character: base {before:.3f} → after the recipe {final:.3f} "
           f"({relative_change(before, final)}); {os.path.join(out, 'results.md')}, "
           f"{os.path.join(out, PLOT_FILE)}", file=sys.stderr)
+    return stages
+
+
+def export_stage(config: RecipeConfig, stage, export_dir):
+    """Write training stage `stage` (stage2 or sft) for Hugging Face Trainer + peft on GPUs
+    into export_dir (training.export: the resized model, its tokenizer, the stage's batches,
+    its starting adapter, the script, a DeepSpeed ZeRO-2 config), after running the recipe's
+    steps before it where they are missing. Returns the train_config.json written."""
+    if stage not in STAGES[1:]:
+        raise ValueError(f"--export-stage {stage}: choose {' or '.join(STAGES[1:])} (stage 1 trains the "
+                         f"embedding alone, without LoRA: minutes on a CPU)")
+    settings = run_recipe(config, stop_before=stage)[stage]
+    return export_torch(settings, export_dir)
 
 
 def relative_change(before, after):

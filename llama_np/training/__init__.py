@@ -15,6 +15,9 @@ LLaMA.
                        object (no heavy imports: the tools' --help reads it)
     run.py             finetune(config): load the model and data, build the adapter, train,
                        write the PEFT folder and checkpoints
+    export.py          export_torch(config): the same run written for Hugging Face Trainer +
+                       peft + DeepSpeed (model, data, starting adapter, script, ZeRO-2 config);
+                       export_files/ holds the script and README it writes (never imported)
 
 Imports: only the subpackages below it: `llama_np.checkpoint` (adapter files),
 `llama_np.llama` (the block, the adapter), `llama_np.kernels`, `llama_np.tokenizer`,

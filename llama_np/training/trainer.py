@@ -41,6 +41,9 @@ OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "trainer_state.json"
 LOG_FILE = "train_log.jsonl"
 PLOT_FILE = "loss.png"
+# AdamW's constants, torch.optim.AdamW's defaults (training.export writes them for PyTorch)
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-8
 
 
 # -------------------------------------------------------------------------- AdamW
@@ -52,7 +55,7 @@ class AdamW:
         θ ← θ - lr · m̂ / (√v̂ + ε),   m̂ = m / (1 - β1^t),  v̂ = v / (1 - β2^t)
     """
 
-    def __init__(self, params, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, row_masks=None,
+    def __init__(self, params, betas=ADAM_BETAS, eps=ADAM_EPS, weight_decay=0.0, row_masks=None,
                  lr_scales=None):
         self.beta1, self.beta2 = betas
         self.eps = eps

@@ -7,7 +7,8 @@ setup(
     description="A readable NumPy re-implementation of Chinese-LLaMA/Alpaca: "
                 "inference, LoRA training and 4-bit RTN quantization on a CPU",
     packages=find_packages(include=["llama_np", "llama_np.*"]),
-    package_data={"llama_np.training": ["export_files/*.txt"]},  # what training.export writes
+    package_data={"llama_np.training": ["export_files/*.txt"],   # what training.export writes
+                  "llama_np.serving": ["static/*.html"]},         # the chat page of `python -m llama_np.serve`
     python_requires=">=3.10",
     setup_requires=["cffi>=1.16"],
     cffi_modules=["kernels/build.py:ffibuilder"],
@@ -23,6 +24,8 @@ setup(
         "matplotlib>=3.8",
     ],
     extras_require={
+        # `python -m llama_np.serve`: the ASGI stack its HTTP side runs on
+        "serve": ["starlette>=0.37", "uvicorn>=0.30"],
         # Independent oracles for the tests (never needed to run llama_np) and the
         # notebook runner. torch 2.13.0 is the CPU build this kind of machine carries.
         "test": [
@@ -33,6 +36,11 @@ setup(
             "nbclient>=0.10",
             "nbformat>=5.10",
             "ipykernel>=6.29",
+            # the server's tests: its stack, the openai client as the oracle, httpx for raw requests
+            "starlette>=0.37",
+            "uvicorn>=0.30",
+            "openai>=1.40",
+            "httpx>=0.27",
         ],
     },
 )

@@ -15,6 +15,19 @@ def common_prefix_length(a, b):
     return n
 
 
+def chat_prompt_ids(tokenizer, template, messages):
+    """The token ids of `messages` rendered with `template`, ending with the opening of the
+    assistant's reply (what the chat tool and the server's chat endpoint both prompt with)."""
+    tok = tokenizer
+    text = render_chat(messages, template,
+                       bos_token=tok.special_token_text(tok.bos_id) if tok.bos_id is not None else "",
+                       eos_token=tok.special_token_text(tok.eos_id) if tok.eos_id is not None else "")
+    bos_text = tok.special_token_text(tok.bos_id) if tok.bos_id is not None else None
+    # a template that writes the BOS token itself must not get a second one
+    add_bos = False if bos_text and text.startswith(bos_text) else None
+    return tok.encode(text, add_bos=add_bos)
+
+
 class Conversation:
     """The messages so far, and the token ids the KV cache holds for them."""
 
@@ -42,14 +55,7 @@ class Conversation:
         return messages + [{"role": "user", "content": user}]
 
     def prompt_ids(self, user):
-        tok = self.tokenizer
-        text = render_chat(self.messages(user), self.template,
-                           bos_token=tok.special_token_text(tok.bos_id) if tok.bos_id is not None else "",
-                           eos_token=tok.special_token_text(tok.eos_id) if tok.eos_id is not None else "")
-        bos_text = tok.special_token_text(tok.bos_id) if tok.bos_id is not None else None
-        # a template that writes the BOS token itself must not get a second one
-        add_bos = False if bos_text and text.startswith(bos_text) else None
-        return tok.encode(text, add_bos=add_bos)
+        return chat_prompt_ids(self.tokenizer, self.template, self.messages(user))
 
     def fit(self, user):
         """Prompt ids for `user`, dropping the oldest turns while the prompt and a full reply

@@ -92,3 +92,17 @@ class Sampler:
         probs = np.exp(logits - logits.max())
         probs /= probs.sum()
         return int(self.rng.choice(len(probs), p=probs))
+
+
+def apply_frequency_presence_penalties(logits, counts, frequency_penalty, presence_penalty):
+    """OpenAI's penalties: logit[j] -= c[j] · frequency_penalty + (c[j] > 0) · presence_penalty,
+    c[j] the times token j was generated so far (`counts`: a mapping id → c; the prompt does
+    not count). Positive values discourage repeats, negative ones encourage them. Unlike the
+    repetition penalty this subtracts, whatever the logit's sign."""
+    if not counts or (frequency_penalty == 0 and presence_penalty == 0):
+        return logits
+    ids = np.fromiter(counts.keys(), dtype=np.int64, count=len(counts))
+    c = np.fromiter(counts.values(), dtype=np.float32, count=len(counts))
+    logits = np.array(logits, dtype=np.float32)
+    logits[ids] -= c * np.float32(frequency_penalty) + np.float32(presence_penalty)
+    return logits

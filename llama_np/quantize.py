@@ -58,6 +58,7 @@ def main(argv=None):
     cli.set_threads(args.threads)
     from llama_np.checkpoint.quantize import quantize_checkpoint, summary
     from llama_np.files import hub
+    from llama_np.files.atomic import check_replaceable
 
     source = hub.resolve_model(args.source)
     if os.path.isdir(args.out):
@@ -65,6 +66,7 @@ def main(argv=None):
     out_folder = os.path.dirname(os.path.abspath(args.out))
     if not os.path.isdir(out_folder):
         raise ValueError(f"--out {args.out}: the folder {out_folder} does not exist")
+    check_replaceable(args.out)  # now, not after the work: a device, a FIFO, a link is refused
     if os.path.exists(args.out) and os.path.samefile(args.out, source):
         raise ValueError(f"--out {args.out} is the source itself; write to another file")
     embed_type = args.embed_type or (DEFAULT_4BIT_EMBED_TYPE if args.weight_type in FOUR_BIT_TYPES

@@ -22,7 +22,6 @@ import os
 import shutil
 import signal
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 
@@ -30,7 +29,7 @@ import numpy as np
 
 from llama_np import ops
 from llama_np.checkpoint.peft import load_adapter, save_adapter
-from llama_np.files.atomic import atomic_write_text
+from llama_np.files.atomic import atomic_folder, atomic_write_text
 from llama_np.files.figure import new_figure, save_figure
 from llama_np.files.text import read_json
 from llama_np.llama.adapter import EMBED, LM_HEAD
@@ -271,18 +270,15 @@ class Trainer:
 
         name = f"checkpoint-{self.step}"
         final = os.path.join(self.out_dir, name)
-        tmp = tempfile.mkdtemp(prefix=f".{name}.", dir=self.out_dir)
-        save_adapter(tmp, self.model.adapter)
-        save_file({k: np.ascontiguousarray(v) for k, v in self.optimizer.state_tensors().items()},
-                  os.path.join(tmp, OPTIMIZER_FILE))
-        state = {"step": self.step, "optimizer_t": self.optimizer.t,
-                 "rng": _to_json(self.rng.bit_generator.state), "train_config": asdict(self.config),
-                 "run": self.run_info}
-        with open(os.path.join(tmp, STATE_FILE), "w", encoding="utf-8") as f:
-            json.dump(state, f, indent=1)
-        if os.path.exists(final):
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        with atomic_folder(final) as tmp:
+            save_adapter(tmp, self.model.adapter)
+            save_file({k: np.ascontiguousarray(v) for k, v in self.optimizer.state_tensors().items()},
+                      os.path.join(tmp, OPTIMIZER_FILE))
+            state = {"step": self.step, "optimizer_t": self.optimizer.t,
+                     "rng": _to_json(self.rng.bit_generator.state), "train_config": asdict(self.config),
+                     "run": self.run_info}
+            with open(os.path.join(tmp, STATE_FILE), "w", encoding="utf-8") as f:
+                json.dump(state, f, indent=1)
         atomic_write_text(os.path.join(self.out_dir, LATEST), name + "\n")
         self._prune_checkpoints(keep=name)
         return final

@@ -23,7 +23,17 @@
  * With int8_activations every activation row is rounded to 8 bits per block first
  * (llama.cpp's arithmetic); F32 weights always see fp32 activations.
  * h [dim] is updated in place; k_cache, v_cache [max_len, n_kv_heads, head_dim] are this
- * layer's cache. Returns 0, or -1 when there is no memory for the scratch buffers.
+ * layer's cache, stored in kv_format (F32, F16 or Q8_0; internal/kv_rows.h): the new row is
+ * rounded into it once, here, and attention reads every row back through kv_load_rows.
+ *
+ * Attention streams the cache once per step with every thread: the work is cut into
+ * (key/value head, block of KEY_BLOCK positions) pieces, each computing the partial
+ * softmaxes of the rep query heads that share that key/value head, so that every key and
+ * value is read once for all of them; threads take pieces as they come (3 key/value heads
+ * over 2 threads would leave one idle half the time if split by head alone). The partials
+ * are merged exactly (internal/attend_block.h) by every thread into its own copy of the
+ * output, which saves a barrier; the result does not depend on the thread count.
+ * Returns 0, or -1 when there is no memory for the scratch buffers.
  */
 #include <math.h>
 #include <stdint.h>
@@ -34,7 +44,8 @@
 
 #include "decode_layer.h"
 #include "norm.h"
-#include "internal/attend.h"
+#include "internal/attend_block.h"
+#include "internal/kv_rows.h"
 #include "internal/quant_rows.h"
 #include "internal/rotary.h"
 
@@ -89,8 +100,8 @@ static inline float silu(float g) { return g / (1.0f + expf(-g)); }
 
 static inline int64_t max3(int64_t a, int64_t b, int64_t c) { return a > b ? (a > c ? a : c) : (b > c ? b : c); }
 
-int decode_layer_f32(float *h, const block_weights *w, const block_shape *shape, float *k_cache,
-                     float *v_cache, int64_t position, int n_threads)
+int decode_layer_f32(float *h, const block_weights *w, const block_shape *shape, uint8_t *k_cache,
+                     uint8_t *v_cache, int32_t kv_format, int64_t position, int n_threads)
 {
     const int64_t dim = shape->dim, head_dim = shape->head_dim, hidden = shape->hidden_dim;
     const int64_t n_heads = shape->n_heads, n_kv_heads = shape->n_kv_heads;
@@ -99,19 +110,29 @@ int decode_layer_f32(float *h, const block_weights *w, const block_shape *shape,
     const int int8 = shape->int8_activations;
     const int64_t widest = max3(dim, n_q, hidden), blocks = widest / QK;
 
-    /* shared: q [n_q], attn [n_q], act [hidden], rope cos and sin [head_dim / 2] each;
-     * per thread: x [dim], block sums [blocks], scores [n_seen], 8-bit blocks [blocks] */
-    const size_t shared = 2 * n_q + hidden + head_dim, own = dim + blocks + n_seen;
+    const int64_t n_blocks = (n_seen + KEY_BLOCK - 1) / KEY_BLOCK, n_pieces = n_kv_heads * n_blocks;
+    const int64_t row_bytes = kv_bytes(kv_format, n_kv), head_bytes = kv_bytes(kv_format, head_dim);
+    const int64_t buffers = kv_format == F32 ? 0 : 2 * KEY_BLOCK * head_dim;
+
+    /* shared: q [n_q], act [hidden], rope cos and sin [head_dim / 2] each, the new k and v
+     * rows [n_kv] each, each piece's weighted values [rep, head_dim] and partials [rep];
+     * per thread: x [dim], block sums [blocks], its copy of the attention output attn [n_q],
+     * scores [rep, KEY_BLOCK], a block's keys and values as float32 (not for F32), 8-bit blocks [blocks] */
+    const int64_t part_floats = (int64_t)(sizeof(softmax_part) / sizeof(float));
+    const size_t shared = n_q + hidden + head_dim + 2 * n_kv + n_pieces * rep * (head_dim + part_floats);
+    const size_t own = dim + blocks + n_q + rep * KEY_BLOCK + buffers;
     float *scratch = malloc((shared + n_threads * own) * sizeof(float)
                             + n_threads * blocks * sizeof(block_q8_act));
     if (scratch == NULL) return -1;
-    float *q = scratch, *attn = q + n_q, *act = attn + n_q, *cos_t = act + hidden, *sin_t = cos_t + head_dim / 2;
+    float *q = scratch, *act = q + n_q, *cos_t = act + hidden, *sin_t = cos_t + head_dim / 2;
+    float *k_new = cos_t + head_dim, *v_new = k_new + n_kv, *o_parts = v_new + n_kv;   /* [n_kv] ×2 */
+    softmax_part *parts = (softmax_part *)(o_parts + n_pieces * rep * head_dim);     /* [n_pieces, rep] */
     block_q8_act *all_xq = (block_q8_act *)(scratch + shared + n_threads * own);
     float inv_freq[head_dim / 2];
     rope_frequencies(inv_freq, shape->rope_inv_freq, head_dim, shape->rope_theta);
     rope_angles(cos_t, sin_t, inv_freq, position, head_dim);
     if (shape->rope_inv_freq != NULL) rope_scale_angles(cos_t, sin_t, shape->rope_attention_factor, head_dim);
-    float *k_row = k_cache + position * n_kv, *v_row = v_cache + position * n_kv;  /* [n_kv] each */
+    uint8_t *k_row = k_cache + position * row_bytes, *v_row = v_cache + position * row_bytes;
 
     #pragma omp parallel num_threads(n_threads)
     {
@@ -120,7 +141,8 @@ int decode_layer_f32(float *h, const block_weights *w, const block_shape *shape,
 #else
         const int thread = 0;
 #endif
-        float *x = scratch + shared + thread * own, *scores = x + dim + blocks;
+        float *x = scratch + shared + thread * own, *attn = x + dim + blocks, *scores = attn + n_q;
+        float *k_buffer = scores + rep * KEY_BLOCK, *v_buffer = k_buffer + KEY_BLOCK * head_dim;
         activations a = {x, x + dim, all_xq + thread * blocks};
 
         /* attention branch: h += attention(rope(x Wq), rope(x Wk), x Wv) Wo */
@@ -131,15 +153,34 @@ int decode_layer_f32(float *h, const block_weights *w, const block_shape *shape,
             const int is_q = head < n_heads, is_k = !is_q && head < n_heads + n_kv_heads;
             const weight_matrix *m = is_q ? &w->q : is_k ? &w->k : &w->v;
             const int64_t first = (is_q ? head : is_k ? head - n_heads : head - n_heads - n_kv_heads) * head_dim;
-            float *out = (is_q ? q : is_k ? k_row : v_row) + first;          /* [head_dim] */
+            float *out = (is_q ? q : is_k ? k_new : v_new) + first;          /* [head_dim] */
             rows_dot(m, first, head_dim, &a, int8, out);
             if (is_q || is_k) rope_rotate(out, cos_t, sin_t, head_dim);
+            if (!is_q) kv_from_f32(kv_format, (is_k ? k_row : v_row) + kv_bytes(kv_format, first), out, head_dim);
         }
-        #pragma omp for schedule(static)
-        for (int64_t head = 0; head < n_heads; head++) {
-            const int64_t g = head / rep;                                     /* its key/value head */
-            attend_one_query(attn + head * head_dim, q + head * head_dim, k_cache + g * head_dim,
-                             v_cache + g * head_dim, n_kv, n_seen, head_dim, scores);
+        /* attention: each piece (key/value head g, block b) → partials of its rep query heads */
+        #pragma omp for schedule(dynamic, 1)
+        for (int64_t piece = 0; piece < n_pieces; piece++) {
+            const int64_t g = piece % n_kv_heads, b0 = piece / n_kv_heads * KEY_BLOCK;
+            const int64_t n_block = n_seen - b0 < KEY_BLOCK ? n_seen - b0 : KEY_BLOCK;
+            int64_t k_stride, v_stride, seen[rep];
+            const float *q_rows[rep];
+            const float *keys = kv_load_rows(kv_format, k_cache + g * head_bytes, row_bytes, b0, n_block,
+                                             head_dim, k_buffer, &k_stride);
+            const float *values = kv_load_rows(kv_format, v_cache + g * head_bytes, row_bytes, b0, n_block,
+                                               head_dim, v_buffer, &v_stride);
+            for (int64_t j = 0; j < rep; j++) q_rows[j] = q + (g * rep + j) * head_dim, seen[j] = n_block;
+            block_partials(parts + piece * rep, o_parts + piece * rep * head_dim, q_rows, seen, rep,
+                           keys, k_stride, values, v_stride, n_block, head_dim, scores);
+        }
+        for (int64_t head = 0; head < n_heads; head++) {   /* merged block by block, in order */
+            const int64_t g = head / rep, j = head % rep;
+            softmax_part acc = EMPTY_PART;
+            for (int64_t b = 0; b < n_blocks; b++) {
+                const int64_t at = (b * n_kv_heads + g) * rep + j;
+                softmax_merge(&acc, attn + head * head_dim, parts[at], o_parts + at * head_dim, head_dim);
+            }
+            softmax_finish(attn + head * head_dim, acc, attn + head * head_dim, head_dim);
         }
         prepare(&a, attn, n_q, int8);
         #pragma omp for schedule(static)

@@ -33,7 +33,7 @@ def main(argv=None):
     if len(prompt_ids) >= args.ctx:
         raise ValueError(f"the prompt has {len(prompt_ids)} tokens, the context only {args.ctx}")
     stats = GenerationStats()
-    cache = model.new_cache(min(args.ctx, model.config.max_position_embeddings))
+    cache = model.new_cache(min(args.ctx, model.config.max_context))
     for text in generate_text(model, tokenizer, prompt_ids, Sampler(cli.sampling_settings(args)),
                               max_new_tokens=args.max_new_tokens, cache=cache, stats=stats):
         sys.stdout.write(text)

@@ -65,9 +65,9 @@ def main(argv=None):
         raise ValueError(f"--n-ctx {args.n_ctx} is too small: a window needs a second half to score")
     text = read_utf8(args.file, what="the text") if args.file else evaluation_text(args.corpus)
     model, tokenizer = cli.load_for_inference(args)
-    if args.n_ctx > model.config.max_position_embeddings:
+    if args.n_ctx > model.config.max_context:
         raise ValueError(f"--n-ctx {args.n_ctx} exceeds the model's context of "
-                         f"{model.config.max_position_embeddings} positions")
+                         f"{model.config.max_context} positions")
     ids = tokenizer.encode(text)
     result = perplexity(model, tokenizer, ids, args.n_ctx, args.chunks, progress=not args.quiet)
     if args.json:

@@ -187,3 +187,35 @@ def test_unknown_type_is_a_one_line_cli_error(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
     assert "rope_parameters.rope_type 'su' is not supported" in lines[0]
+
+
+# ----- GGUF: the scaling written as llama.cpp's metadata (llama3: rope_freqs.weight) ----------
+
+def write_gguf(path, config, weights, metadata=None):
+    from llama_np.checkpoint.gguf_writer import write_llama_gguf
+    write_llama_gguf(str(path), config, weights, {name: "F32" for name in weights}, metadata or {},
+                     progress=False)
+
+
+def test_gguf_from_the_folder_gives_the_folders_logits(scaled, tmp_path):
+    from llama_np.checkpoint.gguf import load_gguf
+    name, config, weights, folder = scaled
+    write_gguf(tmp_path / "m.gguf", config, weights)
+    gguf_config, gguf_weights, _ = load_gguf(str(tmp_path / "m.gguf"))
+    assert gguf_config.rope_scaling["rope_type"] == ("freq_factors" if name == "llama3" else name)
+    assert gguf_config.max_context == config.max_context
+    ids = prompt_ids(config, seed=5)
+    ours = Llama(gguf_config, gguf_weights).forward(ids, f32_cache(config, PROMPT))
+    np.testing.assert_allclose(ours, Llama(config, weights).forward(ids, f32_cache(config, PROMPT)),
+                               atol=1e-5, rtol=0)
+    np.testing.assert_allclose(ours, hf_prefill(fresh(folder), ids), atol=1e-4, rtol=0)
+
+
+def test_gguf_with_an_unknown_scaling_type_is_an_error_naming_the_key(tmp_path):
+    from llama_np.checkpoint.gguf import load_gguf
+    from llama_np.checkpoint.gguf_writer import string
+    save_scaled_llama(tmp_path, {"rope_type": "default"}, N_ORIGINAL)
+    config, weights = load_hf(str(tmp_path))
+    write_gguf(tmp_path / "m.gguf", config, weights, {"llama.rope.scaling.type": string("longrope")})
+    with pytest.raises(ConfigError, match=r"llama\.rope\.scaling\.type 'longrope' is not supported"):
+        load_gguf(str(tmp_path / "m.gguf"))

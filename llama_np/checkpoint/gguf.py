@@ -12,6 +12,7 @@ Quantized tensors stay quantized (`QuantizedMatrix` over the blocks, read once i
 """
 from llama_np.checkpoint.gguf_file import GGUFError, GGUFFile
 from llama_np.llama.config import LlamaConfig
+from llama_np.llama.rope_scaling import GGUF_FREQ_FACTORS, RopeScalingError, freq_factors_scaling
 from llama_np.llama.weights import check_weights
 from llama_np.quant import QuantizedMatrix
 
@@ -76,18 +77,32 @@ def read_tensor(gguf, name):
     return QuantizedMatrix(data, info.type_name, info.shape)
 
 
+def _freq_factors(gguf, config, source):
+    """The scaling of a file's rope_freqs.weight; GGUFError if it is malformed or the file
+    also names a scaling type (llama_np does not compose the two)."""
+    if config.rope_scaling is not None:
+        raise GGUFError(f"{source}: both {GGUF_FREQ_FACTORS} and llama.rope.scaling.type "
+                        f"{config.rope_scaling['rope_type']!r}; llama_np reads one RoPE scaling")
+    try:
+        return freq_factors_scaling(gguf.tensor_float(GGUF_FREQ_FACTORS), config.head_dim)
+    except RopeScalingError as e:
+        raise GGUFError(f"{source}: {e}") from None
+
+
 def load_gguf(path):
     """Read a llama GGUF: returns (config, weights by HF name, the GGUFFile for its metadata)."""
     gguf = GGUFFile(path)
     gguf.read_into_memory()  # the weights in large pages (see there), writable
     config = LlamaConfig.from_gguf_metadata(gguf.metadata, source=str(path))
     config.tie_word_embeddings = "output.weight" not in gguf.tensors
+    if GGUF_FREQ_FACTORS in gguf.tensors:   # llama3's scaled RoPE, as convert_hf_to_gguf.py writes it
+        config.rope_scaling = _freq_factors(gguf, config, str(path))
     config.check_fits(gguf.n_bytes - gguf.data_start, source=str(path))
     weights = {}
     for name, info in gguf.tensors.items():
         target = hf_name(name)
         if target is None:
-            continue  # e.g. rope_freqs: llama_np computes RoPE frequencies itself
+            continue  # a tensor llama_np has no use for
         tensor = read_tensor(gguf, name)
         if name.endswith("attn_q.weight") or name.endswith("attn_k.weight"):
             n_heads = config.num_attention_heads if "attn_q" in name else config.num_key_value_heads

@@ -28,6 +28,7 @@ import numpy as np
 from llama_np.files.text import read_bytes, read_json
 from llama_np.tokenizer.sentencepiece_model import adds_dummy_prefix, parse_model_proto
 from llama_np.checkpoint.gguf import gguf_name, permute_qk
+from llama_np.llama import rope_scaling
 from llama_np.llama.weights import expected_shapes
 from llama_np.quant import BLOCK_BYTES, QK, QuantizedMatrix, dequantize, quantize, tensor_nbytes
 from llama_np.tokenizer.tokenizers import (TOKEN_CONTROL, TOKEN_NORMAL, TOKEN_UNKNOWN, TOKEN_UNUSED,
@@ -77,7 +78,13 @@ def array(values, element_kind):
 
 
 def llama_metadata(config):
-    """The `llama.*` hyper-parameters of `config`, as llama.cpp reads them (llama-arch.cpp)."""
+    """The `llama.*` hyper-parameters of `config`, as llama.cpp reads them (llama-arch.cpp),
+    with its RoPE scaling (`llama.rope_scaling.gguf_metadata`)."""
+    try:
+        scaling = rope_scaling.gguf_metadata(config)
+    except rope_scaling.RopeScalingError as e:
+        raise GGUFWriteError(str(e)) from None
+    typed = {str: string, int: u32, float: f32}
     return {
         "llama.vocab_size": u32(config.vocab_size),
         "llama.context_length": u32(config.max_position_embeddings),
@@ -89,6 +96,7 @@ def llama_metadata(config):
         "llama.rope.dimension_count": u32(config.head_dim),
         "llama.rope.freq_base": f32(config.rope_theta),
         "llama.attention.layer_norm_rms_epsilon": f32(config.rms_norm_eps),
+        **{key: typed[type(value)](value) for key, value in scaling.items()},
     }
 
 
@@ -279,6 +287,8 @@ def write_llama_gguf(path, config, weights, tensor_types, metadata, progress=Tru
             raise GGUFWriteError(f"{name}: rows of {shape[-1]} weights cannot be cut into "
                                  f"{QK}-weight blocks for {tensor_types[name]}")
         plan.append((name, gguf_name(name), shape, tensor_types[name]))
+    extra = rope_scaling.gguf_tensors(config)        # llama3's rope_freqs.weight: not a weight
+    plan += [(None, name, tensor.shape, "F32") for name, tensor in extra.items()]
 
     entries = dict(metadata)
     entries.update(llama_metadata(config))
@@ -286,7 +296,7 @@ def write_llama_gguf(path, config, weights, tensor_types, metadata, progress=Tru
     with atomic_path(path) as tmp:
         writer = gguf.GGUFWriter(tmp, arch="llama")
         try:
-            _write(writer, entries, plan, weights, config, progress)
+            _write(writer, entries, plan, {**weights, **extra}, config, progress)
         finally:
             writer.close()
 
@@ -311,6 +321,6 @@ def _write(writer, entries, plan, weights, config, progress):
               dynamic_ncols=True) as bar:
         for hf_name, name, shape, type_name in plan:
             bar.set_postfix_str(f"{name} → {type_name}", refresh=False)
-            data = convert_tensor(_gguf_rows(hf_name, weights[hf_name], config), type_name)
+            data = convert_tensor(_gguf_rows(hf_name or name, weights[hf_name or name], config), type_name)
             writer.write_tensor_data(data)
             bar.update(int(np.prod(shape)))

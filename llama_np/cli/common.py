@@ -12,6 +12,11 @@ import sys
 
 from llama_np.llama import decoding_defaults as paper
 
+# The KV cache's formats (llama_np.quant.kv_rows.KV_FORMATS; tests/test_kv_cache.py holds
+# the two equal, and --help imports no NumPy), the tools' default first: f16, half the
+# memory traffic of f32 for logits within 1e-2 (docs/benchmarks.md).
+KV_CACHE_FORMATS = ("f16", "f32", "q8_0")
+
 EXIT_USAGE = 2
 EXIT_ERROR = 1
 
@@ -27,6 +32,9 @@ def add_model_args(parser, default_model="default"):
                         help="round activations to 8 bits before each product with quantized weights, "
                              "as llama.cpp does (its integer arithmetic; slightly different logits, slower prompts, "
                              "no faster decoding on this machine: README)")
+    parser.add_argument("--kv-cache", choices=KV_CACHE_FORMATS, default=KV_CACHE_FORMATS[0],
+                        help="how the KV cache stores keys and values: f16 halves (rounded once, "
+                             "half the memory of f32), f32 exact, q8_0 8-bit blocks (default: %(default)s)")
     add_threads_arg(parser)
 
 
@@ -115,6 +123,7 @@ def load_for_inference(args):
         apply_adapters(model, args.adapter)
     if getattr(args, "int8_activations", False):
         model.set_int8_activations(True)
+    model.kv_cache_format = getattr(args, "kv_cache", model.kv_cache_format)
     return model, tokenizer
 
 

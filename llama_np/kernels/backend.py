@@ -13,6 +13,7 @@ from the embedding to the logits. Plain float32 products are NumPy's (BLAS) in b
 import numpy as np
 
 from llama_np import ops
+from llama_np.quant import kv_rows
 from llama_np.kernels import native
 from llama_np.kernels.decode_layer import DecodeLayer
 
@@ -28,7 +29,10 @@ class NumpyBackend:
         return ops.rope_forward(x, positions, theta, inv_freq, attention_factor)[0]  # [T, H, hd]
 
     def attention(self, q, k, v):
-        return ops.attention_forward(q, k, v)[0]                          # [T, H·hd]
+        """q [T, H, hd] over KV cache rows k, v [S, H_kv, width] as stored (`quant.kv_rows`):
+        the textbook attention over the dequantized rows."""
+        head_dim = q.shape[-1]
+        return ops.attention_forward(q, kv_rows.decode(k, head_dim), kv_rows.decode(v, head_dim))[0]  # [T, H·hd]
 
     def matmul(self, x, weight, int8_activations=False):
         """x @ W.T: x [..., in] float32, W a float32 [out, in] array or a QuantizedMatrix →

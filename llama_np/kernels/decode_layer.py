@@ -64,18 +64,15 @@ class DecodeLayer:
         self.cache_row = (n_kv, hd)
 
     def __call__(self, h, k_cache, v_cache, position, inv_freq=None, attention_factor=1.0):
-        """h [1, D] float32, updated in place; k_cache and v_cache [max_len, H_kv, hd] float32,
-        this layer's cache, whose row `position` is written and rows 0 … position read.
+        """h [1, D] float32, updated in place; k_cache and v_cache [max_len, H_kv, width],
+        this layer's cache in any KV format (`quant.kv_rows`: float32, float16 or Q8_0 bytes),
+        whose row `position` is written (rounded to the format) and rows 0 … position read.
         A scaled RoPE (`llama.rope_scaling`) passes its frequencies inv_freq [hd/2] float32
         and attention factor; None is θ^(-2i/hd), computed in C from rope_theta."""
         require_array(h, "h", np.float32, 2)
-        require_array(k_cache, "k_cache", np.float32, 3)
-        require_array(v_cache, "v_cache", np.float32, 3)
+        kv_format = native.kv_cache_format(k_cache, v_cache, *self.cache_row)
         if h.shape != (1, self.shape.dim):
             raise ValueError(f"h: shape {h.shape}, expected (1, {self.shape.dim})")
-        if k_cache.shape != v_cache.shape or k_cache.shape[1:] != self.cache_row:
-            raise ValueError(f"cache shapes {k_cache.shape} and {v_cache.shape}, expected "
-                             f"[max_len, {self.cache_row[0]}, {self.cache_row[1]}] each")
         if not 0 <= position < k_cache.shape[0]:
             raise ValueError(f"position {position} outside the cache of {k_cache.shape[0]} rows")
         self.shape.rope_inv_freq, self.shape.rope_attention_factor = native.ffi.NULL, 1.0
@@ -86,8 +83,8 @@ class DecodeLayer:
             table = native.ffi.from_buffer("float[]", inv_freq)   # alive until the call returns
             self.shape.rope_inv_freq, self.shape.rope_attention_factor = table, float(attention_factor)
         status = native.lib.decode_layer_f32(native.ffi.from_buffer("float[]", h, require_writable=True), self.weights,
-                                      self.shape, native.ffi.from_buffer("float[]", k_cache, require_writable=True),
-                                      native.ffi.from_buffer("float[]", v_cache, require_writable=True),
-                                      int(position), get_num_threads())
+                                      self.shape, native.ffi.from_buffer("uint8_t[]", k_cache, require_writable=True),
+                                      native.ffi.from_buffer("uint8_t[]", v_cache, require_writable=True),
+                                      kv_format, int(position), get_num_threads())
         if status != 0:
             raise MemoryError("no scratch memory for the decode step")

@@ -11,6 +11,7 @@ import os
 import numpy as np
 
 from llama_np import quant
+from llama_np.quant import kv_rows
 from llama_np.quant import BLOCK_BYTES, QK
 
 # How idle OpenMP threads wait, read once when the C library (libgomp) loads. A waiting
@@ -147,28 +148,41 @@ def quant_matmul(data, qtype, x, int8_activations=False):
     return out
 
 
-def attention_forward(q, k, v):
-    """C causal grouped-query attention: q [T, H, hd], k and v [S, H_kv, hd] (S ≥ T, the
-    queries being the last T positions), all float32 → [T, H*hd].
-    NumPy reference: llama_np.ops.attention_forward (which also returns a backward cache)."""
-    require_array(q, "q", np.float32, 3)
-    require_array(k, "k", np.float32, 3)
-    require_array(v, "v", np.float32, 3)
-    n_tokens, n_heads, head_dim = q.shape
-    n_keys, n_kv_heads, _ = k.shape
+def kv_cache_format(k, v, n_kv_heads, head_dim):
+    """Check KV cache rows k and v [S, H_kv, width] as a cache stores them (float32, float16
+    or uint8 Q8_0 blocks, `quant.kv_rows`) and return the kernels' number of their format."""
+    fmt = kv_rows.format_of(k)
+    for name, rows in (("k", k), ("v", v)):
+        require_array(rows, name, fmt.dtype, 3)
+    kv_rows.check_head_dim(fmt, head_dim)
+    width = fmt.row_width(head_dim)
     if k.shape != v.shape:
-        raise ValueError(f"k {k.shape} and v {v.shape} differ")
-    if k.shape[2] != head_dim:
-        raise ValueError(f"q heads have {head_dim} dims, k heads {k.shape[2]}")
+        raise ValueError(f"KV cache shapes k {k.shape} and v {v.shape} differ")
+    if k.shape[1:] != (n_kv_heads, width):
+        raise ValueError(f"KV cache shapes {k.shape}, expected [S, {n_kv_heads}, {width}] "
+                         f"({n_kv_heads} {fmt.name} heads of {head_dim} dims)")
+    return fmt.kernel_format
+
+
+def attention_forward(q, k, v):
+    """C causal grouped-query attention: q [T, H, hd] float32, k and v [S, H_kv, width] the
+    cache rows as stored (float32, float16 or Q8_0 bytes; S ≥ T, the queries being the last
+    T positions) → [T, H*hd] float32.
+    NumPy reference: llama_np.ops.attention_forward over the dequantized rows."""
+    require_array(q, "q", np.float32, 3)
+    n_tokens, n_heads, head_dim = q.shape
+    n_keys, n_kv_heads = k.shape[:2]
     if n_kv_heads == 0 or n_heads % n_kv_heads:
         raise ValueError(f"{n_heads} query heads cannot share {n_kv_heads} key/value heads")
+    kv_format = kv_cache_format(k, v, n_kv_heads, head_dim)
     if n_keys < n_tokens:
         raise ValueError(f"{n_tokens} queries need at least as many keys, got {n_keys}")
     out = np.empty((n_tokens, n_heads * head_dim), dtype=np.float32)        # [T, H*hd]
-    scores = np.empty((_num_threads, max(n_keys, 1)), dtype=np.float32)    # scratch per thread
-    lib.attention_forward_f32(ffi.from_buffer("float[]", out, require_writable=True),
-                              ffi.from_buffer("float[]", q), ffi.from_buffer("float[]", k),
-                              ffi.from_buffer("float[]", v),
-                              ffi.from_buffer("float[]", scores, require_writable=True),
-                              n_tokens, n_heads, n_kv_heads, n_keys, head_dim, _num_threads)
+    if n_tokens == 0:
+        return out
+    if lib.attention_forward(ffi.from_buffer("float[]", out, require_writable=True),
+                             ffi.from_buffer("float[]", q), ffi.from_buffer("uint8_t[]", k),
+                             ffi.from_buffer("uint8_t[]", v), kv_format,
+                             n_tokens, n_heads, n_kv_heads, n_keys, head_dim, _num_threads) != 0:
+        raise MemoryError("no scratch memory for attention")
     return out

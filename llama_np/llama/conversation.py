@@ -36,7 +36,7 @@ class Conversation:
         self.template = resolve_template(template, tokenizer)
         self.stop_strings = stop_strings_for(self.template)
         self.system = system
-        self.ctx = min(ctx, model.config.max_position_embeddings)
+        self.ctx = min(ctx, model.config.max_context)
         self.max_new_tokens = max_new_tokens
         self.cache = model.new_cache(self.ctx)
         self.cached_ids = []      # what the cache holds, position by position

@@ -40,10 +40,8 @@ class InferenceLayer:
         """Causal attention of the T new queries over the cache, after appending k and v."""
         cache, i = self.cache, self.index
         start, n_tokens = cache.length, q.shape[0]
-        cache.k[i, start:start + n_tokens] = k
-        cache.v[i, start:start + n_tokens] = v.reshape(k.shape)
-        keys = cache.k[i, :start + n_tokens]                                              # [S, H_kv, hd]
-        values = cache.v[i, :start + n_tokens]                                            # [S, H_kv, hd]
+        cache.write(i, start, k, v.reshape(k.shape))                 # rounded to the cache's format
+        keys, values = cache.rows(i, start + n_tokens)               # [S, H_kv, width] as stored
         return self.model.backend.attention(q, keys, values)                              # [T, H·hd]
 
     def swiglu(self, gate, up):

@@ -75,6 +75,7 @@ class Llama:
         self.backend = kernels.backend(use_kernels)
         self.lora = {}                    # weight name -> [(A [r, in], B [out, r], scaling), …]
         self.int8_activations = False
+        self.kv_cache_format = "f32"   # of the caches new_cache makes; the tools' --kv-cache sets it
         self._layers_from_weights()
 
     @property
@@ -88,8 +89,11 @@ class Llama:
             return self.weights["model.embed_tokens.weight"]
         return self.weights["lm_head.weight"]
 
-    def new_cache(self, max_len=None):
-        return KVCache(self.config, max_len or self.config.max_context)
+    def new_cache(self, max_len=None, kv_cache=None):
+        """An empty KV cache for `max_len` positions (default: the model's context) in the
+        format `kv_cache` ("f16", "f32", "q8_0"; default: `kv_cache_format`, which is "f32"
+        unless set: exact, the reference arithmetic; the tools default to "f16")."""
+        return KVCache(self.config, max_len or self.config.max_context, kv_cache or self.kv_cache_format)
 
     def forward(self, ids, cache=None, last_only=False):
         """Logits for the tokens `ids` [T], which follow the `cache.length` tokens already in

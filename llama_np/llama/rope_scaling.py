@@ -107,6 +107,41 @@ def freq_factors_scaling(freq_factors, head_dim, source=GGUF_FREQ_FACTORS):
     return checked("freq_factors", {"freq_factors": factors.tolist()}, source)
 
 
+def gguf_metadata(config, arch="llama"):
+    """The `{arch}.rope.scaling.*` entries that describe config's scaling (what llama.cpp's
+    convert_hf_to_gguf.py writes), as key → str, int or float. llama3 has none: its
+    frequencies go in the tensor of `gguf_tensors`. Dynamic NTK is written as type "dynamic",
+    which llama_np reads and llama.cpp (which has no dynamic NTK) refuses to load."""
+    scaling, key = config.rope_scaling, f"{arch}.rope.scaling."
+    if not scaling or scaling["rope_type"] in ("llama3", "freq_factors"):
+        return {}
+    entries = {key + "type": scaling["rope_type"], key + "factor": scaling["factor"]}
+    if scaling["rope_type"] == "yarn":
+        if not scaling.get("truncate", True):
+            raise RopeScalingError("yarn with truncate=false has no GGUF form (llama.cpp always truncates)")
+        entries[key + "original_context_length"] = scaling["original_max_position_embeddings"]
+        attention_factor = _yarn_parameters(config.head_dim, config.rope_theta, scaling)[1]
+        if "attention_factor" in scaling or "mscale" in scaling:   # else the reader's default
+            entries[key + "yarn_attn_factor"] = attention_factor
+        for gguf_name, name in GGUF_YARN_KEYS.items():
+            if name != "attention_factor" and name in scaling:
+                entries[key + gguf_name] = scaling[name]
+    return entries
+
+
+def gguf_tensors(config):
+    """The tensors that carry config's scaling in a GGUF file: for llama3 (and a file's own
+    freq_factors) `rope_freqs.weight`, the divisor f_i = ω_i / ω'_i of each frequency."""
+    scaling = config.rope_scaling
+    if not scaling or scaling["rope_type"] not in ("llama3", "freq_factors"):
+        return {}
+    if scaling["rope_type"] == "freq_factors":
+        return {GGUF_FREQ_FACTORS: np.asarray(scaling["freq_factors"], dtype=np.float32)}
+    unscaled = ops.rope_inverse_frequencies(config.head_dim, config.rope_theta)              # [hd/2]
+    scaled = _llama3_inverse_frequencies(config.head_dim, config.rope_theta, scaling)        # [hd/2]
+    return {GGUF_FREQ_FACTORS: (unscaled / scaled).astype(np.float32)}
+
+
 def checked(rope_type, params, field):
     """{"rope_type": rope_type, and the parameters of that type}; raises RopeScalingError
     naming `field` for an unknown type and the parameter for a missing or bad value."""

@@ -6,6 +6,7 @@ to llama.cpp's reference ones, the NumPy references of the quantized products, a
     rtn.py       quantize / dequantize (RTN), and what it costs
     matmul.py    x @ W.T on blocks, its transpose, llama.cpp's int8-activation arithmetic
     matrix.py    QuantizedMatrix
+    kv_rows.py   how the KV cache stores keys and values (f32, f16, q8_0): writing and reading a row
 
 Imports: NumPy only. Which code multiplies by a QuantizedMatrix in a model, NumPy or C, is
 decided by `llama_np.kernels` (its backend), not here.
@@ -15,3 +16,4 @@ from llama_np.quant.formats import (BLOCK_BYTES, BLOCK_DTYPES, FORMATS, GGML_TYP
 from llama_np.quant.matmul import quant_matmul, quant_matmul_int8, quant_matmul_t, quantize_activations_int8
 from llama_np.quant.matrix import QuantizedMatrix, dense
 from llama_np.quant.rtn import dequantize, quantization_error, quantize
+from llama_np.quant.kv_rows import KV_FORMATS, KVFormat

@@ -86,10 +86,10 @@ def load_base(settings):
     model, tokenizer = load_model(hub.resolve_model(settings.model))
     config, weights = model.config, model.weights
     if settings.max_seq_len is None:
-        settings.max_seq_len = min(DEFAULT_MAX_SEQ_LEN, config.max_position_embeddings)
-    if settings.max_seq_len > config.max_position_embeddings:
+        settings.max_seq_len = min(DEFAULT_MAX_SEQ_LEN, config.max_context)
+    if settings.max_seq_len > config.max_context:
         raise ValueError(f"--max-seq-len {settings.max_seq_len} exceeds the model's context of "
-                         f"{config.max_position_embeddings} positions")
+                         f"{config.max_context} positions")
     if settings.base_dtype == "float32":
         weights = {name: dense(w) for name, w in weights.items()}
     if settings.embedding_rows_from is not None and settings.embedding_rows_from >= config.vocab_size:

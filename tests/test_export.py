@@ -29,14 +29,14 @@ LOSS_TOLERANCE = 1e-3
 LOGITS_TOLERANCE = 1e-4
 
 
-def torchrun(export_dir, out, nproc=2):
+def torchrun(export_dir, out, nproc=2, args=()):
     """train.py of an export on `nproc` CPU processes (gloo); returns its per-step log."""
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
     pytest.importorskip("peft")
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                             "--nproc_per_node", str(nproc), "train.py", "--out", str(out)],
+                             "--nproc_per_node", str(nproc), "train.py", "--out", str(out), *args],
                             cwd=export_dir, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return read_log(os.path.join(out, "train_log.jsonl"))
@@ -219,3 +219,7 @@ def test_alpaca_run_on_two_torch_processes_has_llama_np_losses(alpaca_root, tmp_
     print("alpaca, |loss difference| per step:", [f"{d:.1e}" for d in differences])
     assert any(r["grad_norm"] > 0.5 for r in ours)     # clipping was exercised
     assert_adapter_runs_in_llama_np_as_in_peft(tmp_path / "torch" / "model", tmp_path / "torch_out", tied=False)
+
+    # one process, two examples a forward pass, two micro-batches a step: the same steps
+    alone = torchrun(tmp_path / "torch", tmp_path / "torch_alone", nproc=1, args=("--per-device-batch-size", "2"))
+    assert_same_losses(ours, alone)

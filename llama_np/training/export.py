@@ -30,7 +30,8 @@ from llama_np.checkpoint.peft import save_adapter
 from llama_np.files import hub
 from llama_np.files.atomic import atomic_path, atomic_write_text
 from llama_np.ops import IGNORE_INDEX
-from llama_np.training.run import initial_adapter, load_base, total_steps, trainable_parts, trainer_config, training_batches
+from llama_np.training.run import (initial_adapter, load_base, total_steps, trainable_parts, trainer_config,
+                                   training_batches)
 from llama_np.training.trainer import ADAM_BETAS, ADAM_EPS
 
 FILES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "export_files")

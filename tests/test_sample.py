@@ -67,3 +67,31 @@ def test_stop_string_filter_holds_back_prefixes_and_cuts():
     assert "".join(shown) == "Hello world" and f.stopped
     g = StopStringFilter(["###"])
     assert g.push("a #") == "a " and g.push("b") == "#b" and g.flush() == ""
+
+
+def test_the_fast_sort_and_draw_are_numpys_exactly():
+    """sampling.ascending_order and draw, the fast paths after top-k, choose what np.argsort
+    and rng.choice would: the same filtered logits and the same token, seed by seed."""
+    from llama_np.llama.sampling import draw, top_k_filter, top_p_filter
+    rng = np.random.default_rng(5)
+    for trial in range(300):
+        n = int(rng.integers(2, 5000))
+        logits = (rng.standard_normal(n) * rng.uniform(0.1, 10)).astype(np.float32)
+        if trial % 4 == 0:
+            logits[rng.integers(0, n, 3)] = logits[0]                     # ties
+        filtered = top_k_filter(logits, int(rng.integers(1, 60)))
+        p = float(rng.uniform(0.05, 0.99))
+        order = np.argsort(filtered)
+        probs = np.exp(filtered[order] - filtered[order[-1]])
+        probs /= probs.sum()
+        remove = np.cumsum(probs) <= 1.0 - p
+        remove[-1] = False
+        expected = filtered.copy()
+        expected[order[remove]] = -np.inf
+        ours = top_p_filter(filtered, p)
+        np.testing.assert_array_equal(ours, expected)
+        final = np.exp(ours - ours.max())
+        final /= final.sum()
+        seed = int(rng.integers(0, 2 ** 32))
+        a, b = np.random.default_rng(seed), np.random.default_rng(seed)
+        assert [draw(a, final) for _ in range(3)] == [int(b.choice(len(final), p=final)) for _ in range(3)]

@@ -5,6 +5,8 @@
                      the extension (`llama_np.kernels._c`, built by cffi from kernels/)
                      was built
     decode_layer.py  the fused one-token transformer block (kernels/decode_layer.c)
+    decode_batch.py  the same block, and the output head's product, for B sequences at once
+                     (kernels/decode_layer_batch.c, kernels/quant_matvec_batch.c)
     backend.py       `backend(use_c)`: NUMPY or C, the ops a model runs with
 
 Imports: `llama_np.ops` and `llama_np.quant` (the NumPy references the kernels are tested

@@ -11,6 +11,7 @@ with a KV cache, LoRA adapters beside its weights, and generating text with it.
     decoding_defaults.py  the paper's decoding settings (numbers only: the tools' --help)
     sampling.py         the samplers
     generation.py       the generation loop, streaming, stop strings
+    batch.py            decode_step: one decoding step for several sequences at once
     conversation.py     a multi-turn chat over one cache
 
 Imports: `llama_np.ops`, `llama_np.quant`, `llama_np.kernels`, `llama_np.tokenizer`

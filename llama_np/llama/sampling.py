@@ -63,7 +63,7 @@ def top_p_filter(logits, p):
     whose probabilities add up to at least p; the most likely token is always kept."""
     if p >= 1.0:
         return logits
-    order = np.argsort(logits)                      # ascending, as Hugging Face does
+    order = ascending_order(logits)                 # ascending, as Hugging Face does
     probs = np.exp(logits[order] - logits[order[-1]])
     probs /= probs.sum()
     cumulative = np.cumsum(probs)
@@ -72,6 +72,33 @@ def top_p_filter(logits, p):
     filtered = logits.copy()
     filtered[order[remove]] = -np.inf
     return filtered
+
+
+def ascending_order(logits):
+    """np.argsort(logits), fast after a top-k filter. Sorting ~50,000 logits of which all but
+    k are -inf costs more than the rest of a sampling step (the sort is slow on so many equal
+    values); only the k finite ones need it. With the -inf ones first in any order — their
+    probability is 0 and they are -inf already, so nothing that uses the order can tell — the
+    result is exactly argsort's wherever it matters. Ties among the finite logits (whose order
+    argsort leaves to its algorithm) and NaNs take argsort itself."""
+    kept = np.flatnonzero(logits != -np.inf)
+    if 2 * len(kept) > len(logits):
+        return np.argsort(logits)
+    values = logits[kept]
+    if not np.isfinite(values).all() or len(np.unique(values)) < len(values):
+        return np.argsort(logits)
+    return np.concatenate([np.flatnonzero(logits == -np.inf), kept[np.argsort(values)]])
+
+
+def draw(rng, probs):
+    """One index drawn with probabilities `probs`: exactly `rng.choice(len(probs), p=probs)` —
+    the same uniform draw, searched in the same cumulative sums — over the entries that can
+    be drawn only (adding a zero changes no cumulative sum), which after top-k is ~40 of
+    ~50,000."""
+    possible = np.flatnonzero(probs)
+    cdf = np.cumsum(probs[possible], dtype=np.float64)
+    cdf /= cdf[-1]
+    return int(possible[cdf.searchsorted(rng.random(), side="right")])
 
 
 class Sampler:
@@ -91,7 +118,7 @@ class Sampler:
         logits = top_p_filter(top_k_filter(logits / s.temperature, s.top_k), s.top_p)
         probs = np.exp(logits - logits.max())
         probs /= probs.sum()
-        return int(self.rng.choice(len(probs), p=probs))
+        return draw(self.rng, probs)
 
 
 def apply_frequency_presence_penalties(logits, counts, frequency_penalty, presence_penalty):

@@ -11,6 +11,6 @@
     static/chat.html  the chat page: one file, no build step, nothing fetched from elsewhere
 
 Needs the `serve` extra (starlette, uvicorn): `pip install -e ".[serve]"`; only app.py
-imports starlette. Imports: `llama_np.llama` and `llama_np.tokenizer`; the tool
-(`python -m llama_np.serve`) loads the model and runs uvicorn.
+imports starlette. Imports: `llama_np.llama`, `llama_np.tokenizer` and `llama_np.kernels`
+(the thread count); the tool (`python -m llama_np.serve`) loads the model and runs uvicorn.
 """

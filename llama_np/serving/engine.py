@@ -3,11 +3,11 @@ loop on its own thread (continuous batching).
 
     loop:
         admit    waiting requests take free slots (each slot's cache starts empty)
-        prefill  one chunk of PREFILL_STEP prompt tokens of one slot, so that a long prompt
-                 never stalls the running streams for more than a chunk
+        prefill  up to PREFILL_BUDGET prompt tokens, the oldest waiting prompts first, so
+                 that a long prompt never stalls the running streams for more than a chunk
         decode   every slot past its prompt brings its last token; one batched step
-                 (`llama.batch.decode_step`) gives each its next logits; each samples,
-                 streams its text, and leaves when it is done
+                 (`llama.batch.decode_step`) gives each its next logits; each samples (the
+                 rows in parallel threads), streams its text, and leaves when it is done
         a finished or cancelled request frees its slot for the next step
 
 A request's tokens never depend on what else is served: the batched step computes each row
@@ -21,19 +21,20 @@ then ("done", finish_reason) or ("error", message) — and `job.cancel()` (a cli
 up) frees its slot at the next step.
 """
 import collections
+import concurrent.futures
 import threading
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
-
+from llama_np import kernels
 from llama_np.llama.batch import decode_step
 from llama_np.llama.generation import StopStringFilter
 from llama_np.llama.sampling import Sampler, SamplingSettings, apply_frequency_presence_penalties
 
-# Prompt tokens filled per scheduler step: a 32-token chunk takes about as long as a few
-# decode steps of the default model on 2 cores, so running streams stutter at most that much.
-PREFILL_STEP = 32
+# Prompt tokens filled per scheduler step, over one or more prompts: 64 tokens take about as
+# long as a dozen decode steps of the default model on 2 cores (README, Speed), so running
+# streams stutter at most that much while a new prompt is read.
+PREFILL_BUDGET = 64
 
 
 class QueueFull(Exception):
@@ -92,11 +93,12 @@ class Slot:
     def prefilling(self):
         return self.job is not None and self.filled < len(self.job.prompt_ids)
 
-    def next_chunk(self):
-        """The next prompt chunk: PREFILL_STEP tokens, the last chunk taking a lone
-        remainder so that no chunk but a one-token prompt is a single token."""
+    def next_chunk(self, budget):
+        """The next prompt chunk: up to `budget` tokens (at least 2), taking a lone remainder
+        along, so that no chunk but a one-token prompt is a single token (one token would
+        take the one-token kernels, whose sums run in another order than a prompt's)."""
         ids = self.job.prompt_ids
-        end = self.filled + PREFILL_STEP
+        end = self.filled + max(budget, 2)
         if len(ids) - end == 1:
             end += 1
         return ids[self.filled:end]
@@ -116,6 +118,8 @@ class Engine:
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="llama_np-scheduler", daemon=True)
         self.steps = 0                                # decode steps so far (for the tests)
+        self._samplers = concurrent.futures.ThreadPoolExecutor(max(1, kernels.get_num_threads()),
+                                                               thread_name_prefix="llama_np-sampler")
 
     # -- the web side ------------------------------------------------------------------
     def start(self):
@@ -149,6 +153,7 @@ class Engine:
             self._wake.notify()
         if self._thread.is_alive():
             self._thread.join(timeout)
+        self._samplers.shutdown(wait=False)
 
     # -- the scheduler thread ----------------------------------------------------------
     def _free_slot_count(self):
@@ -189,28 +194,37 @@ class Engine:
         for slot in self.slots:
             if slot.job is not None and slot.job.cancelled:
                 self._finish(slot, "cancelled")
-        prefilling = [s for s in self.slots if s.prefilling]
-        if prefilling:                               # one chunk of the oldest request's prompt
-            slot = min(prefilling, key=lambda s: s.job.submitted)
-            chunk = slot.next_chunk()
+        budget = PREFILL_BUDGET                      # prompt chunks, the oldest requests first
+        for slot in sorted((s for s in self.slots if s.prefilling), key=lambda s: s.job.submitted):
+            if budget <= 0:
+                break
+            chunk = slot.next_chunk(budget)
             logits = self.model.forward(chunk, slot.cache, last_only=True)[-1]   # [V]
             slot.filled += len(chunk)
+            budget -= len(chunk)
             if not slot.prefilling:
-                self._advance(slot, logits)
+                self._advance(slot, self._sample(slot, logits))
         decoding = [s for s in self.slots if s.job is not None and s.last_token is not None]
         if decoding:
             logits = decode_step(self.model, [s.last_token for s in decoding],
                                  [s.cache for s in decoding])                    # [B, V]
             self.steps += 1
-            for slot, row in zip(decoding, logits):
-                self._advance(slot, row)
+            # each row with its own sampler: the same draws whichever thread makes them
+            tokens = (self._samplers.map(self._sample, decoding, logits) if len(decoding) > 1
+                      else [self._sample(decoding[0], logits[0])])
+            for slot, token in zip(decoding, list(tokens)):
+                self._advance(slot, token)
 
-    def _advance(self, slot, logits):
-        """Sample the slot's next token from its logits [V] and stream it, or finish."""
+    def _sample(self, slot, logits):
+        """The slot's next token from its logits [V]."""
         job = slot.job
         logits = apply_frequency_presence_penalties(logits, slot.counts, job.frequency_penalty,
                                                     job.presence_penalty)
-        token = slot.sampler(logits, slot.seen)
+        return slot.sampler(logits, slot.seen)
+
+    def _advance(self, slot, token):
+        """Stream the slot's new token, or finish."""
+        job = slot.job
         if token in self.eos_ids:
             return self._finish(slot, "stop")
         slot.seen.append(token)

@@ -1,41 +1,102 @@
-/* Causal grouped-query attention over the KV cache, one (query token, head) pair at a time:
+/* Causal grouped-query attention of T queries over the KV cache, in tiles:
  *
  *   out[t, h] = Σ_s p_s v[s, h / rep],   p = softmax(q[t, h] · k[s, h / rep] / √hd),  s ≤ S - T + t
  *
- * q [T, H, hd], k and v [S, H_kv, hd] (the first S rows of a layer's cache), out [T, H·hd];
+ * q [T, H, hd] float32; k and v the first S rows of a layer's cache, [S, H_kv, hd] as the
+ * cache stores them (kv_format: F32, F16 or Q8_0, internal/kv_rows.h); out [T, H·hd].
  * rep = H / H_kv query heads share each key/value head (GQA). The T queries are the last T
  * of the S positions, so query t sees keys 0 … S-T+t, never a later one.
- * NumPy reference: llama_np.ops.attention_forward. Decoding (T = 1) calls this 30 times a
- * token with S up to a few thousand: there the NumPy version's dozen small array
- * operations cost more than the arithmetic.
+ * NumPy reference: llama_np.ops.attention_forward, over the dequantized cache.
  *
- * scores: scratch of n_threads × S floats. Parallel over the T·H (token, head) pairs; the
- * work for one pair is attend_one_query (internal/attend.h). */
+ * The flash-attention idea (Dao et al. 2022) on a CPU: a tile is TILE_TOKENS consecutive
+ * queries times the rep heads that share one key/value head. It walks the keys it may see
+ * a block of KEY_BLOCK positions at a time: the block's keys and values are converted to
+ * float32 once (read in place for F32), meet every query of the tile while they are in
+ * cache, and each query's partial softmax over the block is merged into its running one
+ * (online softmax, internal/attend_block.h). Blocks after a tile's last query are never
+ * read: the masked half of the T × S score matrix is skipped, not computed and discarded.
+ * Tiles are independent; threads take them largest first. The result does not depend on
+ * the thread count.
+ *
+ * Returns 0, or -1 when there is no memory for the scratch buffers.
+ */
 #include <stdint.h>
+#include <stdlib.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
 
-#include "internal/attend.h"
+#include "attention.h"
+#include "internal/attend_block.h"
+#include "internal/kv_rows.h"
 
-void attention_forward_f32(float *out, const float *q, const float *k, const float *v,
-                           float *scores, int64_t n_tokens, int64_t n_heads, int64_t n_kv_heads,
-                           int64_t n_keys, int64_t head_dim, int n_threads)
+#define TILE_TOKENS 4      /* queries per tile (times rep heads): 12 rows for rep = 3 */
+
+int attention_forward(float *out, const float *q, const uint8_t *k, const uint8_t *v, int32_t kv_format,
+                      int64_t n_tokens, int64_t n_heads, int64_t n_kv_heads, int64_t n_keys,
+                      int64_t head_dim, int n_threads)
 {
-    const int64_t rep = n_heads / n_kv_heads;
+    const int64_t rep = n_heads / n_kv_heads, max_rows = TILE_TOKENS * rep;
+    const int64_t row_bytes = kv_bytes(kv_format, n_kv_heads * head_dim), head_bytes = kv_bytes(kv_format, head_dim);
+    const int64_t n_tiles = (n_tokens + TILE_TOKENS - 1) / TILE_TOKENS, n_units = n_tiles * n_kv_heads;
+
+    /* per thread: keys and values of a block as float32 [KEY_BLOCK, hd] each (not for F32),
+     * scores [rows, KEY_BLOCK], a block's and the running weighted values [rows, hd] each;
+     * then the rows' query pointers, keys seen and partials */
+    const int64_t buffers = kv_format == F32 ? 0 : 2 * KEY_BLOCK * head_dim;
+    const int64_t floats = buffers + max_rows * KEY_BLOCK + 2 * max_rows * head_dim;
+    const size_t own = floats * sizeof(float) + max_rows * (sizeof(const float *) + sizeof(int64_t)
+                                                            + 3 * sizeof(softmax_part));
+    const size_t own_aligned = (own + 63) / 64 * 64;
+    uint8_t *scratch = malloc(own_aligned * (size_t)n_threads);
+    if (scratch == NULL) return -1;
+
     #pragma omp parallel num_threads(n_threads)
     {
 #ifdef _OPENMP
-        float *p = scores + (int64_t)omp_get_thread_num() * n_keys;   /* [S] this thread's */
+        uint8_t *mine = scratch + own_aligned * (size_t)omp_get_thread_num();
 #else
-        float *p = scores;
+        uint8_t *mine = scratch;
 #endif
-        #pragma omp for schedule(static)
-        for (int64_t pair = 0; pair < n_tokens * n_heads; pair++) {
-            const int64_t t = pair / n_heads, h = pair % n_heads, g = h / rep;
-            const int64_t n_seen = n_keys - n_tokens + t + 1;       /* keys 0 … S-T+t */
-            attend_one_query(out + pair * head_dim, q + pair * head_dim, k + g * head_dim,
-                             v + g * head_dim, n_kv_heads * head_dim, n_seen, head_dim, p);
+        float *k_buffer = (float *)mine, *v_buffer = k_buffer + KEY_BLOCK * head_dim;
+        float *scores = k_buffer + buffers, *o_block = scores + max_rows * KEY_BLOCK;
+        float *o_acc = o_block + max_rows * head_dim;
+        const float **q_rows = (const float **)(mine + floats * sizeof(float));
+        int64_t *limit = (int64_t *)(q_rows + max_rows), *seen = limit + max_rows;
+        softmax_part *parts = (softmax_part *)(seen + max_rows), *acc = parts + max_rows;
+
+        #pragma omp for schedule(dynamic, 1)
+        for (int64_t unit = 0; unit < n_units; unit++) {
+            const int64_t tile = n_tiles - 1 - unit / n_kv_heads, g = unit % n_kv_heads;   /* largest first */
+            const int64_t t0 = tile * TILE_TOKENS;
+            const int64_t n_rows = (n_tokens - t0 < TILE_TOKENS ? n_tokens - t0 : TILE_TOKENS) * rep;
+            for (int64_t r = 0; r < n_rows; r++) {          /* row r: token t0 + r / rep, head g·rep + r % rep */
+                const int64_t t = t0 + r / rep, h = g * rep + r % rep;
+                q_rows[r] = q + (t * n_heads + h) * head_dim;
+                limit[r] = n_keys - n_tokens + t + 1;
+                acc[r] = EMPTY_PART;
+            }
+            const int64_t last = limit[n_rows - 1];          /* the tile's last query sees the most */
+            for (int64_t b0 = 0; b0 < last; b0 += KEY_BLOCK) {
+                const int64_t n_block = last - b0 < KEY_BLOCK ? last - b0 : KEY_BLOCK;
+                int64_t k_stride, v_stride;
+                const float *keys = kv_load_rows(kv_format, k + g * head_bytes, row_bytes, b0, n_block,
+                                                 head_dim, k_buffer, &k_stride);
+                const float *values = kv_load_rows(kv_format, v + g * head_bytes, row_bytes, b0, n_block,
+                                                   head_dim, v_buffer, &v_stride);
+                for (int64_t r = 0; r < n_rows; r++) {
+                    const int64_t n = limit[r] - b0;
+                    seen[r] = n < 0 ? 0 : n > n_block ? n_block : n;
+                }
+                block_partials(parts, o_block, q_rows, seen, n_rows, keys, k_stride, values, v_stride,
+                               n_block, head_dim, scores);
+                for (int64_t r = 0; r < n_rows; r++)
+                    softmax_merge(&acc[r], o_acc + r * head_dim, parts[r], o_block + r * head_dim, head_dim);
+            }
+            for (int64_t r = 0; r < n_rows; r++)
+                softmax_finish(out + (q_rows[r] - q), acc[r], o_acc + r * head_dim, head_dim);
         }
     }
+    free(scratch);
+    return 0;
 }

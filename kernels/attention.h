@@ -1,1 +1,1 @@
-void attention_forward_f32(float *out, const float *q, const float *k, const float *v, float *scores, int64_t n_tokens, int64_t n_heads, int64_t n_kv_heads, int64_t n_keys, int64_t head_dim, int n_threads);
+int attention_forward(float *out, const float *q, const uint8_t *k, const uint8_t *v, int32_t kv_format, int64_t n_tokens, int64_t n_heads, int64_t n_kv_heads, int64_t n_keys, int64_t head_dim, int n_threads);

@@ -33,7 +33,7 @@ class TensorFormat:
 
 FORMATS = {f.name: f for f in [
     TensorFormat("F32", ggml_type=0, block_weights=1, block_bytes=4, file_type=0, kernel_format=3),
-    TensorFormat("F16", ggml_type=1, block_weights=1, block_bytes=2, file_type=1, kernel_format=None),
+    TensorFormat("F16", ggml_type=1, block_weights=1, block_bytes=2, file_type=1, kernel_format=4),
     TensorFormat("Q4_0", ggml_type=2, block_weights=QK, block_bytes=18, file_type=2, kernel_format=0),
     TensorFormat("Q4_1", ggml_type=3, block_weights=QK, block_bytes=20, file_type=3, kernel_format=1),
     TensorFormat("Q8_0", ggml_type=8, block_weights=QK, block_bytes=34, file_type=7, kernel_format=2),

@@ -1,0 +1,208 @@
+"""The KV cache formats (f32, f16, q8_0) and the attention kernels that read them, against
+their NumPy references: llama_np.quant.kv_rows (writing and reading a row) and
+llama_np.ops.attention_forward (the textbook attention, over the dequantized cache).
+Odd sizes throughout: contexts of 1, 33 and 1,999 positions, key/value heads that do not
+divide the thread count, 1 and 3 threads, and scores far enough apart that a careless
+merge of partial softmaxes would overflow or lose a block."""
+import numpy as np
+import pytest
+
+from llama_np import kernels, ops
+from llama_np.cli import common as cli
+from llama_np.kernels import native
+from llama_np.llama.config import LlamaConfig
+from llama_np.llama.model import Llama
+from llama_np.quant import kv_rows
+from llama_np.quant.kv_rows import KV_FORMATS
+
+from test_decode_kernels import decode_weights
+
+needs_kernels = pytest.mark.skipif(not kernels.AVAILABLE, reason="C kernels not built")
+KEY_BLOCK = 256        # kernels/internal/attend_block.h: positions a partial softmax covers
+
+
+def rand(*shape, seed=0, scale=1.0):
+    return (np.random.default_rng(seed).standard_normal(shape) * scale).astype(np.float32)
+
+
+@pytest.fixture
+def threads():
+    """Set the C kernels' thread count for one test, restoring it afterwards."""
+    saved = kernels.get_num_threads()
+    yield kernels.set_num_threads
+    kernels.set_num_threads(saved)
+
+
+def test_the_cli_offers_the_formats_of_the_table_default_first():
+    assert set(cli.KV_CACHE_FORMATS) == set(KV_FORMATS)
+    assert cli.KV_CACHE_FORMATS[0] == "f16"                    # the tools' default
+    parser = cli.argparse.ArgumentParser()
+    cli.add_model_args(parser)
+    assert parser.parse_args([]).kv_cache == "f16"
+
+
+def test_q8_0_needs_whole_blocks_per_head():
+    config = LlamaConfig(vocab_size=50, hidden_size=64, intermediate_size=96, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, rms_norm_eps=1e-5,
+                         rope_theta=10000.0)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        Llama(config, decode_weights(config, ("F32",)), use_kernels=False).new_cache(8, "q8_0")
+    with pytest.raises(ValueError, match="unknown KV cache format"):
+        kv_rows.kv_format("int4")
+
+
+def hard_values(n, seed=0):
+    """Floats that test rounding: normal, tiny (fp16 subnormals), huge (fp16 overflow),
+    exact halfway points between two halves, zeros, and whole zero blocks."""
+    x = rand(n, seed=seed)
+    x[::7] *= 1e-6                                    # fp16 subnormal range
+    x[3::11] = 70000.0                                # beyond fp16's largest, 65504
+    x[5::13] = np.float32(1 + 2.0 ** -11)             # a tie between two halves: to even
+    x[:32] = 0.0                                      # a block of zeros: d = 0
+    return x
+
+
+@needs_kernels
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast")   # 70000 → inf, on purpose
+@pytest.mark.parametrize("name", sorted(KV_FORMATS))
+def test_c_stores_and_reads_rows_as_numpy_does(name):
+    fmt = KV_FORMATS[name]
+    x = hard_values(32 * 9)
+    if name == "q8_0":
+        x = np.clip(x, -100, 100)                     # Q8_0 scales are fp16 too
+    expected = kv_rows.encode(x, fmt)                                   # NumPy
+    stored = np.zeros_like(expected)
+    native.lib.kv_rows_store(fmt.kernel_format, native.ffi.from_buffer("uint8_t[]", stored, require_writable=True),
+                             native.ffi.from_buffer("float[]", x), len(x))
+    np.testing.assert_array_equal(stored.view(np.uint8), expected.view(np.uint8))
+    back = np.zeros_like(x)
+    native.lib.kv_rows_load(fmt.kernel_format, native.ffi.from_buffer("float[]", back, require_writable=True),
+                            native.ffi.from_buffer("uint8_t[]", stored), len(x))
+    np.testing.assert_array_equal(back, kv_rows.decode(expected, len(x)))
+
+
+@pytest.mark.parametrize("name", ["f16", "q8_0"])
+def test_rounding_costs_what_the_format_promises(name):
+    x = rand(64, 4, 64)
+    error = np.abs(kv_rows.decode(kv_rows.encode(x, KV_FORMATS[name]), 64) - x).max()
+    assert error <= (np.abs(x).max() * 2.0 ** -11 if name == "f16" else np.abs(x).max() / 127)
+
+
+def cache_rows(k, v, name):
+    fmt = KV_FORMATS[name]
+    return kv_rows.encode(k, fmt), kv_rows.encode(v, fmt)
+
+
+def reference_attention(q, k_rows, v_rows):
+    """The NumPy backend: the textbook attention over the dequantized rows."""
+    return kernels.NUMPY.attention(q, k_rows, v_rows)
+
+
+SIZES = [  # (queries T, keys S, heads H, key/value heads H_kv, head_dim)
+    (1, 1, 9, 3, 64),
+    (33, 33, 9, 3, 64),
+    (1, 1999, 9, 3, 64),
+    (37, 1999, 6, 3, 32),       # the last 37 queries of a long prompt, several blocks each
+    (300, 300, 5, 1, 32),       # one key/value head, 5 query heads; across the first block's edge
+    (7, 40, 4, 2, 64),
+]
+
+
+@needs_kernels
+@pytest.mark.parametrize("name", sorted(KV_FORMATS))
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: "T{}-S{}-H{}-kv{}-hd{}".format(*s))
+def test_c_attention_matches_the_numpy_reference(name, size, threads):
+    n_tokens, n_keys, n_heads, n_kv_heads, head_dim = size
+    q = rand(n_tokens, n_heads, head_dim, seed=1)
+    k_rows, v_rows = cache_rows(rand(n_keys, n_kv_heads, head_dim, seed=2), rand(n_keys, n_kv_heads, head_dim, seed=3), name)
+    expected = reference_attention(q, k_rows, v_rows)
+    results = []
+    for n in (1, 3):
+        threads(n)
+        results.append(native.attention_forward(q, k_rows, v_rows))
+    np.testing.assert_allclose(results[0], expected, rtol=1e-5, atol=2e-6)
+    np.testing.assert_array_equal(results[0], results[1])              # thread count changes nothing
+
+
+@needs_kernels
+@pytest.mark.parametrize("later_block_wins", [False, True])
+def test_partial_softmaxes_merge_safely_with_extreme_scores(later_block_wins, threads):
+    """Scores thousands apart between blocks: the lower block must weigh exactly 0 (its
+    e^(m_i - m) underflows, never e^(+big) overflowing), and a later, higher block must
+    rescale what came before, whichever thread computed which."""
+    n_keys, head_dim = 3 * KEY_BLOCK + 17, 32
+    q = np.zeros((1, 3, head_dim), np.float32)
+    q[0, :, 0] = [60.0, -60.0, 1e-3]                  # scores up to ±60·k/√32 apart
+    k = rand(n_keys, 1, head_dim, seed=4)
+    k[:, 0, 0] = -50.0
+    high = slice(2 * KEY_BLOCK, 2 * KEY_BLOCK + 5) if later_block_wins else slice(3, 8)
+    k[high, 0, 0] = 50.0                               # five keys in one block stand out by 100·60/√32
+    v = rand(n_keys, 1, head_dim, seed=5)
+    expected = ops.attention_forward(q.astype(np.float64), k.astype(np.float64), v.astype(np.float64))[0]
+    for n in (1, 2, 3):
+        threads(n)
+        out = native.attention_forward(q, k, v)
+        assert np.isfinite(out).all()
+        np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+        # the fused decode step merges its blocks the same way
+    assert np.allclose(out[0, :head_dim], v[high, 0].mean(axis=0), atol=1e-5)   # only the five count
+
+
+def long_config():
+    """GQA with 3 key/value heads (which 2 threads cannot split evenly) and head_dim 32,
+    so that every format, q8_0 included, fits."""
+    return LlamaConfig(vocab_size=50, hidden_size=96, intermediate_size=160, num_hidden_layers=2,
+                       num_attention_heads=6, num_key_value_heads=3, head_dim=32, rms_norm_eps=1e-5,
+                       rope_theta=10000.0, max_position_embeddings=4096)
+
+
+# Logits of the two paths may differ by the new row's rounding: each path computes k and v
+# with its own products (float-level apart) and rounds them to the format; a step of f16
+# (2^-11 relative) or q8_0 (1/127 of a block's largest value) then moves logits of this
+# model by up to ~6e-4 (f16) / 4e-3 (q8_0), measured.
+NEW_ROW_ROUNDING = {"f32": 1e-4, "f16": 2e-3, "q8_0": 1e-2}
+
+
+@needs_kernels
+@pytest.mark.parametrize("name", sorted(KV_FORMATS))
+@pytest.mark.parametrize("n_prompt", [1, 33, 1999])
+def test_fused_decode_matches_numpy_for_each_format(name, n_prompt, threads):
+    """Prefill, then decode 3 tokens one at a time with the fused C block; each step's
+    logits equal those of the NumPy model (whose attention reads the dequantized rows)
+    decoding from a copy of the same cache, and the row each writes agrees; the logits are
+    the same for 1, 2 and 3 threads. (From a copy: a q8_0 row is a step of 1/127 of its
+    block's largest value, so the two paths' float-level differences could flip a step.
+    The new row itself each path rounds from its own k and v: NEW_ROW_ROUNDING.)"""
+    config = long_config()
+    weights = decode_weights(config, ("Q8_0", "Q4_1"))
+    ids = list(np.random.default_rng(6).integers(0, config.vocab_size, n_prompt + 3))
+    reference = Llama(config, weights, use_kernels=False)
+    runs = []
+    for n in (1, 2, 3):
+        threads(n)
+        fused = Llama(config, weights)
+        assert fused._fused_decoders()
+        cache = fused.new_cache(n_prompt + 3, name)
+        fused.forward(ids[:n_prompt], cache)
+        logits = []
+        for t in ids[n_prompt:]:
+            copy = reference.new_cache(n_prompt + 3, name)
+            copy.k[...], copy.v[...], copy.length = cache.k, cache.v, cache.length
+            expected = reference.forward([t], copy)
+            logits.append(fused.forward([t], cache))
+            np.testing.assert_allclose(logits[-1], expected, rtol=0, atol=NEW_ROW_ROUNDING[name])
+            row = slice(cache.length - 1, cache.length)
+            np.testing.assert_allclose(kv_rows.decode(cache.k[:, row], 32), kv_rows.decode(copy.k[:, row], 32),
+                                       rtol=1e-2, atol=2e-2)
+        runs.append(np.concatenate(logits))
+    assert np.array_equal(runs[0], runs[1]) and np.array_equal(runs[0], runs[2])
+
+
+@needs_kernels
+def test_a_model_in_code_keeps_f32_and_the_tools_set_their_format():
+    config = long_config()
+    model = Llama(config, decode_weights(config, ("F32",)))
+    assert model.new_cache(4).k.dtype == np.float32
+    model.kv_cache_format = "f16"                       # what cli.load_for_inference does
+    assert model.new_cache(4).k.dtype == np.float16
+    assert model.new_cache(4, "q8_0").k.shape == (2, 4, 3, 34)

@@ -3,6 +3,7 @@
     python -m llama_np.finetune --data alpaca.json --out runs/alpaca            # SmolLM2, the paper's LoRA
     python -m llama_np.finetune --data alpaca.json --out runs/alpaca --resume   # continue after a stop
     python -m llama_np.chat --adapter runs/alpaca                               # use the result
+    python -m llama_np.finetune --data alpaca.json --out runs/gpu --export-torch  # the run for GPUs
 
 Data: Alpaca `.json`/`.jsonl` (instruction tuning with the Chinese-Alpaca template, loss on
 the response only) or plain `.txt` (packed into --max-seq-len blocks, loss on every token).
@@ -19,6 +20,7 @@ loss.png. Every file is written under a temporary name and renamed into place.
 import argparse
 import json
 import os
+import sys
 
 from llama_np.cli import common as cli
 from llama_np.training.config import DEFAULTS, RUN_FLAGS, FinetuneConfig
@@ -84,6 +86,10 @@ def build_parser():
     g.add_argument("--base-dtype", choices=["quantized", "float32"],
                    help="keep a quantized base quantized (dequantized one block at a time), or make "
                         "one float32 copy of it up front: faster, 4-8x the memory (default: quantized)")
+    g.add_argument("--export-torch", action="store_true",
+                   help="instead of training, write this run into --out for Hugging Face Trainer + peft + "
+                        "DeepSpeed on GPUs: the model as a Hugging Face folder, the batches of every step, the "
+                        "starting adapter, train.py and the torchrun command (--out/README.md)")
     g.add_argument("--quiet", "--no-progress", dest="progress", action="store_false",
                    help="no progress bar (--no-progress is its older name)")
     g.add_argument("--threads", type=cli.thread_count,
@@ -98,8 +104,11 @@ def resolve_args(argv=None):
     parser = build_parser()
     given = vars(parser.parse_args(argv))
     resume = given.pop("resume")
+    export_torch = given.pop("export_torch", False)
     if not given.get("out"):
         parser.error("--out is required")
+    if resume and export_torch:
+        parser.error("--export-torch writes a run from its start; it cannot --resume one")
     settings = dict(DEFAULTS)
     if resume:
         from llama_np.training.trainer import STATE_FILE, latest_checkpoint
@@ -119,7 +128,7 @@ def resolve_args(argv=None):
         settings["epochs"] = None
     elif "epochs" in given:
         settings["steps"] = None
-    return argparse.Namespace(resume=resume, **settings)
+    return argparse.Namespace(resume=resume, export_torch=export_torch, **settings)
 
 
 def main(argv=None):
@@ -128,6 +137,13 @@ def main(argv=None):
     from llama_np.training.run import finetune   # after the thread count is set: NumPy reads it
 
     settings = FinetuneConfig(**{name: getattr(args, name) for name in DEFAULTS})
+    if args.export_torch:
+        from llama_np.training.export import export_torch
+        run = export_torch(settings, args.out)
+        print(f"wrote the run for Trainer + peft into {args.out}: {run['steps']} steps of "
+              f"{run['global_batch_size']} examples; cd {args.out} && torchrun --standalone --nproc_per_node N "
+              f"train.py (README.md there)", file=sys.stderr)
+        return 0
     return finetune(settings, resume=args.resume)
 
 

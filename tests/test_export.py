@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from llama_np import recipe
+from llama_np import finetune as finetune_tool, recipe
 from llama_np.checkpoint.peft import apply_adapters, load_adapter
 from llama_np.checkpoint.safetensors import load_hf
 from llama_np.chinese import recipe as pipeline
@@ -143,6 +143,21 @@ def test_export_refuses_what_it_cannot_reproduce(alpaca_root, tmp_path):
     (tmp_path / "c" / "notes.txt").write_text("mine")
     with pytest.raises(export.ExportError, match="not empty"):
         export.export_torch(alpaca_run(alpaca_root, tmp_path), tmp_path / "c")
+
+
+def test_finetune_export_torch_writes_the_run_its_flags_describe(alpaca_root, tmp_path, capsys):
+    flags = ["--model", str(alpaca_root / "hf"), "--data", str(alpaca_root / "alpaca.json"), "--steps", "3",
+             "--batch-size", "2", "--grad-accum", "2", "--max-seq-len", "64", "--trainable", "lora,lm_head",
+             "--target-modules", "attention", "--lr", "3e-3", "--seed", "5", "--threads", "1"]
+    code, err = run_cli(finetune_tool.main, flags + ["--out", str(tmp_path / "cli"), "--export-torch"], capsys)
+    assert code == 0, err
+    assert not (tmp_path / "cli" / "train_log.jsonl").exists()          # written, not trained
+    run = json.loads((tmp_path / "cli" / "train_config.json").read_text())
+    assert run["steps"] == 3 and run["global_batch_size"] == 4 and run["lr"] == 3e-3 and run["seed"] == 5
+    assert run["lora"]["modules_to_save"] == ["lm_head"]
+    code, err = run_cli(finetune_tool.main, flags + ["--out", str(tmp_path / "cli"), "--export-torch", "--resume"],
+                        capsys)
+    assert code == 2 and "--export-torch" in err
 
 
 def test_deepspeed_config_passes_deepspeeds_own_check(tmp_path):

@@ -1,13 +1,14 @@
 /* One decoding step of one transformer block for B sequences at once, each bringing one
  * new token: decode_layer.c's block (the block_forward of llama_np/llama/model.py for
  * T = 1) on B rows, where row b belongs to its own sequence, with its own KV cache
- * (k_caches[b], v_caches[b], [max_len, n_kv_heads, head_dim]) and its own position.
+ * (k_caches[b], v_caches[b], rows of kv_format: internal/kv_rows.h) and its own position.
  *
  * Why: decoding one token reads and unpacks every weight of the block for ~3.5 M
  * multiply-adds; B tokens of B sequences can share that reading (continuous batching, the
  * server of llama_np.serve). Each weight block is unpacked once and meets the B rows
  * (dot_rows_batch, internal/quant_rows_batch.h). Attention stays per sequence, over its
- * own cache.
+ * own cache, cut into the pieces (row, key/value head, block of KEY_BLOCK positions) that
+ * decode_layer.c cuts one row's into, and merged in the same order.
  *
  * Exactly decode_layer.c's arithmetic for every row — the same norms, products, RoPE
  * angles, attention and SwiGLU, in the same order — so that a sequence's tokens never
@@ -33,7 +34,8 @@
 
 #include "decode_layer.h"
 #include "norm.h"
-#include "internal/attend.h"
+#include "internal/attend_block.h"
+#include "internal/kv_rows.h"
 #include "internal/quant_rows_batch.h"
 #include "internal/rotary.h"
 
@@ -95,9 +97,10 @@ static inline float silu(float g) { return g / (1.0f + expf(-g)); }
 
 static inline int64_t max3(int64_t a, int64_t b, int64_t c) { return a > b ? (a > c ? a : c) : (b > c ? b : c); }
 
-int decode_layer_batch_f32(float *h, const block_weights *w, const block_shape *shape, float **k_caches,
-                           float **v_caches, const int64_t *positions, const float **rope_inv_freqs,
-                           const float *rope_attention_factors, int64_t n_rows, int n_threads)
+int decode_layer_batch_f32(float *h, const block_weights *w, const block_shape *shape, uint8_t **k_caches,
+                           uint8_t **v_caches, int32_t kv_format, const int64_t *positions,
+                           const float **rope_inv_freqs, const float *rope_attention_factors,
+                           int64_t n_rows, int n_threads)
 {
     const int64_t dim = shape->dim, head_dim = shape->head_dim, hidden = shape->hidden_dim;
     const int64_t n_heads = shape->n_heads, n_kv_heads = shape->n_kv_heads;
@@ -105,19 +108,30 @@ int decode_layer_batch_f32(float *h, const block_weights *w, const block_shape *
     const int64_t rep = n_heads / n_kv_heads, B = n_rows, half = head_dim / 2;
     const int int8 = shape->int8_activations;
     const int64_t widest = max3(dim, n_q, hidden), blocks = widest / QK;
-    int64_t most_seen = 1;
-    for (int64_t t = 0; t < B; t++) most_seen = positions[t] + 1 > most_seen ? positions[t] + 1 : most_seen;
+    const int64_t row_bytes = kv_bytes(kv_format, n_kv), head_bytes = kv_bytes(kv_format, head_dim);
+    const int64_t buffers = kv_format == F32 ? 0 : 2 * KEY_BLOCK * head_dim;
+    /* row t's attention pieces (key/value head, block of positions) are pieces first[t] …
+     * first[t + 1] - 1, numbered as decode_layer.c numbers one row's */
+    int64_t first[B + 1];
+    first[0] = 0;
+    for (int64_t t = 0; t < B; t++)
+        first[t + 1] = first[t] + n_kv_heads * ((positions[t] + KEY_BLOCK) / KEY_BLOCK);
+    const int64_t n_pieces = first[B];
 
-    /* shared: q, attn [B, n_q], act [B, hidden], rope cos and sin [B, head_dim / 2] each;
-     * per thread: x [B, dim], block sums [B, blocks], scores [most_seen], a row of k or v
-     * [B, head_dim], products [B, ROW_CHUNK] ×2; 8-bit blocks [B, blocks] */
-    const size_t shared = B * (2 * n_q + hidden + head_dim);
-    const size_t own = B * (dim + blocks + 2 * ROW_CHUNK + head_dim) + most_seen;
+    /* shared: q [B, n_q], act [B, hidden], rope cos and sin [B, head_dim / 2] each, each
+     * piece's weighted values [rep, head_dim] and partials [rep];
+     * per thread: x [B, dim], block sums [B, blocks], its copy of the attention output
+     * attn [B, n_q], products [B, ROW_CHUNK] ×2, new k or v rows [B, head_dim], scores
+     * [rep, KEY_BLOCK], a block's keys and values as float32 (not for F32); 8-bit blocks [B, blocks] */
+    const int64_t part_floats = (int64_t)(sizeof(softmax_part) / sizeof(float));
+    const size_t shared = B * (n_q + hidden + head_dim) + n_pieces * rep * (head_dim + part_floats);
+    const size_t own = B * (dim + blocks + n_q + 2 * ROW_CHUNK + head_dim) + rep * KEY_BLOCK + buffers;
     float *scratch = malloc((shared + n_threads * own) * sizeof(float)
                             + n_threads * B * blocks * sizeof(block_q8_act));
     if (scratch == NULL) return -1;
-    float *q = scratch, *attn = q + B * n_q, *act = attn + B * n_q, *cos_t = act + B * hidden;
-    float *sin_t = cos_t + B * half;
+    float *q = scratch, *act = q + B * n_q, *cos_t = act + B * hidden, *sin_t = cos_t + B * half;
+    float *o_parts = sin_t + B * half;                                        /* [n_pieces, rep, hd] */
+    softmax_part *parts = (softmax_part *)(o_parts + n_pieces * rep * head_dim);   /* [n_pieces, rep] */
     block_q8_act *all_xq = (block_q8_act *)(scratch + shared + n_threads * own);
     for (int64_t t = 0; t < B; t++) {       /* each row's RoPE, as decode_layer.c makes it */
         const float *table = rope_inv_freqs != NULL ? rope_inv_freqs[t] : NULL;
@@ -134,8 +148,10 @@ int decode_layer_batch_f32(float *h, const block_weights *w, const block_shape *
 #else
         const int thread = 0;
 #endif
-        float *x = scratch + shared + thread * own, *sums = x + B * dim, *part = sums + B * blocks;
-        float *part2 = part + B * ROW_CHUNK, *scores = part2 + B * ROW_CHUNK, *head_out = scores + most_seen;
+        float *x = scratch + shared + thread * own, *sums = x + B * dim, *attn = sums + B * blocks;
+        float *part = attn + B * n_q, *part2 = part + B * ROW_CHUNK, *head_out = part2 + B * ROW_CHUNK;
+        float *scores = head_out + B * head_dim, *k_buffer = scores + rep * KEY_BLOCK;
+        float *v_buffer = k_buffer + KEY_BLOCK * head_dim;
         activations a = {x, sums, all_xq + thread * B * blocks, 0, 0};
 
         /* attention branch: h += attention(rope(x Wq), rope(x Wk), x Wv) Wo */
@@ -156,17 +172,39 @@ int decode_layer_batch_f32(float *h, const block_weights *w, const block_shape *
             for (int64_t t = 0; t < B; t++) {    /* row t of k or v goes to its own cache */
                 float *row = head_out + t * head_dim;
                 if (is_k) rope_rotate(row, cos_t + t * half, sin_t + t * half, head_dim);
-                float *cache = is_k ? k_caches[t] : v_caches[t];
-                memcpy(cache + positions[t] * n_kv + first, row, head_dim * sizeof(float));
+                uint8_t *cache = is_k ? k_caches[t] : v_caches[t];
+                kv_from_f32(kv_format, cache + positions[t] * row_bytes + kv_bytes(kv_format, first), row, head_dim);
             }
         }
-        #pragma omp for schedule(static)
-        for (int64_t pair = 0; pair < B * n_heads; pair++) {
-            const int64_t t = pair / n_heads, head = pair % n_heads, g = head / rep;
-            attend_one_query(attn + t * n_q + head * head_dim, q + t * n_q + head * head_dim,
-                             k_caches[t] + g * head_dim, v_caches[t] + g * head_dim, n_kv,
-                             positions[t] + 1, head_dim, scores);
+        /* attention: each piece (row t, key/value head g, block) → partials of its rep query heads */
+        #pragma omp for schedule(dynamic, 1)
+        for (int64_t piece = 0; piece < n_pieces; piece++) {
+            int64_t t = 0;
+            while (piece >= first[t + 1]) t++;
+            const int64_t own_piece = piece - first[t], n_seen = positions[t] + 1;
+            const int64_t g = own_piece % n_kv_heads, b0 = own_piece / n_kv_heads * KEY_BLOCK;
+            const int64_t n_block = n_seen - b0 < KEY_BLOCK ? n_seen - b0 : KEY_BLOCK;
+            int64_t k_stride, v_stride, seen[rep];
+            const float *q_rows[rep];
+            const float *keys = kv_load_rows(kv_format, k_caches[t] + g * head_bytes, row_bytes, b0, n_block,
+                                             head_dim, k_buffer, &k_stride);
+            const float *values = kv_load_rows(kv_format, v_caches[t] + g * head_bytes, row_bytes, b0, n_block,
+                                               head_dim, v_buffer, &v_stride);
+            for (int64_t j = 0; j < rep; j++) q_rows[j] = q + t * n_q + (g * rep + j) * head_dim, seen[j] = n_block;
+            block_partials(parts + piece * rep, o_parts + piece * rep * head_dim, q_rows, seen, rep,
+                           keys, k_stride, values, v_stride, n_block, head_dim, scores);
         }
+        for (int64_t t = 0; t < B; t++)                    /* merged block by block, in order */
+            for (int64_t head = 0; head < n_heads; head++) {
+                const int64_t g = head / rep, j = head % rep, n_blocks = (positions[t] + KEY_BLOCK) / KEY_BLOCK;
+                float *out = attn + t * n_q + head * head_dim;
+                softmax_part acc = EMPTY_PART;
+                for (int64_t b = 0; b < n_blocks; b++) {
+                    const int64_t at = (first[t] + b * n_kv_heads + g) * rep + j;
+                    softmax_merge(&acc, out, parts[at], o_parts + at * head_dim, head_dim);
+                }
+                softmax_finish(out, acc, out, head_dim);
+            }
         prepare(&a, attn, n_q, B, int8);
         #pragma omp for schedule(static)
         for (int64_t r0 = 0; r0 < dim; r0 += ROW_CHUNK) add_rows_dot(h, dim, &w->o, r0, &a, int8, part);

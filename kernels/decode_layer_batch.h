@@ -1,1 +1,1 @@
-int decode_layer_batch_f32(float *h, const block_weights *w, const block_shape *shape, float **k_caches, float **v_caches, const int64_t *positions, const float **rope_inv_freqs, const float *rope_attention_factors, int64_t n_rows, int n_threads);
+int decode_layer_batch_f32(float *h, const block_weights *w, const block_shape *shape, uint8_t **k_caches, uint8_t **v_caches, int32_t kv_format, const int64_t *positions, const float **rope_inv_freqs, const float *rope_attention_factors, int64_t n_rows, int n_threads);

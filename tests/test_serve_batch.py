@@ -8,6 +8,7 @@ import pytest
 from llama_np import kernels
 from llama_np.kernels import decode_batch
 from llama_np.llama.batch import decode_step
+from llama_np.llama.config import LlamaConfig
 from llama_np.llama.model import Llama
 from llama_np.quant import QuantizedMatrix
 
@@ -16,20 +17,35 @@ from test_decode_kernels import decode_config, decode_weights
 needs_kernels = pytest.mark.skipif(not kernels.AVAILABLE, reason="C kernels not built")
 
 
-def prefilled(model, prompts, max_len=64):
+def prefilled(model, prompts, max_len=64, kv_cache="f32"):
     caches = []
     for ids in prompts:
-        cache = model.new_cache(max_len)
+        cache = model.new_cache(max_len, kv_cache=kv_cache)
         model.forward(ids, cache, last_only=True)
         caches.append(cache)
     return caches
 
 
-def check_batch_equals_alone(model, n_sequences, steps=3, seed=0):
+def check_batch_equals_alone(model, n_sequences, steps=3, seed=0, kv_cache="f32", lengths=(1, 20), max_len=64,
+                             batched=True):
     rng = np.random.default_rng(seed)
     vocab = model.config.vocab_size
-    prompts = [list(rng.integers(0, vocab, size=int(n))) for n in rng.integers(1, 20, size=n_sequences)]
-    alone, together = prefilled(model, prompts), prefilled(model, prompts)
+    prompts = [list(rng.integers(0, vocab, size=int(n))) for n in rng.integers(*lengths, size=n_sequences)]
+    alone = prefilled(model, prompts, max_len, kv_cache)
+    together = prefilled(model, prompts, max_len, kv_cache)
+    calls = []
+    kernel = decode_batch.decode_layer_batch
+    decode_batch.decode_layer_batch = lambda *a, **k: (calls.append(1), kernel(*a, **k))
+    try:
+        run_steps(model, alone, together, rng, steps)
+    finally:
+        decode_batch.decode_layer_batch = kernel
+    assert bool(calls) == batched                    # the batched kernel did the work (or could not)
+
+
+def run_steps(model, alone, together, rng, steps):
+    vocab = model.config.vocab_size
+    n_sequences = len(alone)
     tokens = rng.integers(0, vocab, size=n_sequences)
     for _ in range(steps):
         expected = np.concatenate([model.forward([t], c, last_only=True) for t, c in zip(tokens, alone)])
@@ -50,6 +66,25 @@ def test_batched_step_equals_each_sequence_alone(formats, n_sequences):
     model = Llama(config, decode_weights(config, formats))
     assert model._fused_decoders()
     check_batch_equals_alone(model, n_sequences)
+
+
+@needs_kernels
+@pytest.mark.parametrize("kv_cache", ["f32", "f16", "q8_0"])
+def test_batched_step_equals_alone_for_every_kv_format(kv_cache):
+    config = LlamaConfig(vocab_size=50, hidden_size=128, intermediate_size=160, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=32, rms_norm_eps=1e-5,
+                         rope_theta=10000.0)                    # q8_0 rows: heads of whole 32-blocks
+    model = Llama(config, decode_weights(config, ("Q4_1", "Q8_0")))
+    check_batch_equals_alone(model, 5, kv_cache=kv_cache)
+
+
+@needs_kernels
+@pytest.mark.parametrize("kv_cache", ["f32", "f16"])
+def test_batched_step_equals_alone_past_one_key_block(kv_cache):
+    """Contexts of 250 … 600 positions: attention over several KEY_BLOCKs, merged per row."""
+    config = decode_config()
+    model = Llama(config, decode_weights(config, ("Q4_0",)))
+    check_batch_equals_alone(model, 4, steps=8, kv_cache=kv_cache, lengths=(250, 600), max_len=640)
 
 
 @needs_kernels
@@ -76,7 +111,7 @@ def test_batched_step_with_int8_activations_equals_alone():
 def test_without_kernels_the_step_runs_each_sequence_through_forward():
     config = decode_config()
     model = Llama(config, decode_weights(config, ("Q4_1",)), use_kernels=False)
-    check_batch_equals_alone(model, 3, steps=2)
+    check_batch_equals_alone(model, 3, steps=2, batched=False)
 
 
 @needs_kernels
@@ -94,18 +129,21 @@ def test_batched_layer_refuses_bad_arguments_before_c():
     config = decode_config()
     model = Llama(config, decode_weights(config, ("Q4_1",)))
     layer = model._fused_decoders()[0]
-    cache = model.new_cache(8)
+    cache = model.new_cache(8, kv_cache="f32")
     h = np.zeros((2, config.hidden_size), np.float32)
     with pytest.raises(ValueError, match="as many"):
         decode_batch.decode_layer_batch(layer, h, [cache.k[0]], [cache.v[0]], [0])
     with pytest.raises(ValueError, match="outside"):
         decode_batch.decode_layer_batch(layer, h[:1], [cache.k[0]], [cache.v[0]], [8])
-    with pytest.raises(TypeError, match="dtype"):
+    with pytest.raises(TypeError, match="float16"):
         decode_batch.decode_layer_batch(layer, h[:1], [cache.k[0].astype(np.float64)], [cache.v[0]], [0])
+    half = model.new_cache(8, kv_cache="f16")
+    with pytest.raises(ValueError, match="one KV format"):
+        decode_batch.decode_layer_batch(layer, h, [cache.k[0], half.k[0]], [cache.v[0], half.v[0]], [0, 0])
 
 
 @pytest.mark.slow
 @needs_kernels
 def test_batched_step_on_the_real_model(real_model):
     model, _ = real_model
-    check_batch_equals_alone(model, 6, steps=2)
+    check_batch_equals_alone(model, 6, steps=2, kv_cache="f16")

@@ -14,8 +14,9 @@ from llama_np.quant import BLOCK_BYTES, QK
 
 def decode_layer_batch(layer: DecodeLayer, h, k_caches, v_caches, positions, rotations=None):
     """Block `layer` for B sequences: h [B, D] float32, updated in place, row b the new token
-    of sequence b; k_caches[b], v_caches[b] [max_len, H_kv, hd] float32 its cache for this
-    layer, whose row positions[b] is written and rows 0 … positions[b] read. `rotations`:
+    of sequence b; k_caches[b], v_caches[b] [max_len, H_kv, width] its cache for this layer,
+    all in one KV format (`quant.kv_rows`: float32, float16 or Q8_0 bytes), whose row
+    positions[b] is written (rounded to the format) and rows 0 … positions[b] read. `rotations`:
     each row's (inv_freq [hd/2] float32 or None, attention_factor), a scaled RoPE's
     (`llama.rope_scaling`); None: every row unscaled."""
     require_array(h, "h", np.float32, 2)
@@ -28,16 +29,15 @@ def decode_layer_batch(layer: DecodeLayer, h, k_caches, v_caches, positions, rot
                          f"{len(k_caches)}, {len(v_caches)}, {len(positions)}")
     if n_rows == 0:
         return
+    formats = {native.kv_cache_format(k, v, *layer.cache_row) for k, v in zip(k_caches, v_caches)}
+    if len(formats) != 1:
+        raise ValueError("the caches of one batched step must share one KV format")
     keep = []                                           # the buffers the pointers point into
-    for name, caches in (("k_cache", k_caches), ("v_cache", v_caches)):
+    for caches in (k_caches, v_caches):
         for cache, position in zip(caches, positions):
-            require_array(cache, name, np.float32, 3)
-            if cache.shape[1:] != layer.cache_row:
-                raise ValueError(f"{name}: shape {cache.shape}, expected [max_len, "
-                                 f"{layer.cache_row[0]}, {layer.cache_row[1]}]")
             if not 0 <= position < cache.shape[0]:
                 raise ValueError(f"position {position} outside the cache of {cache.shape[0]} rows")
-            keep.append(native.ffi.from_buffer("float[]", cache, require_writable=True))
+            keep.append(native.ffi.from_buffer("uint8_t[]", cache, require_writable=True))
     tables, factors = native.ffi.NULL, native.ffi.NULL
     if rotations is not None and any(inv_freq is not None for inv_freq, _ in rotations):
         if len(rotations) != n_rows:
@@ -54,11 +54,11 @@ def decode_layer_batch(layer: DecodeLayer, h, k_caches, v_caches, positions, rot
             pointers.append(keep[-1])
         tables = native.ffi.new("const float *[]", pointers)
         factors = native.ffi.new("float[]", [float(factor) for _, factor in rotations])
-    k_pointers = native.ffi.new("float *[]", keep[:n_rows])
-    v_pointers = native.ffi.new("float *[]", keep[n_rows:])
+    k_pointers = native.ffi.new("uint8_t *[]", keep[:n_rows])
+    v_pointers = native.ffi.new("uint8_t *[]", keep[n_rows:])
     status = native.lib.decode_layer_batch_f32(
         native.ffi.from_buffer("float[]", h, require_writable=True), layer.weights, layer.shape,
-        k_pointers, v_pointers, native.ffi.from_buffer("int64_t[]", positions), tables, factors, n_rows,
+        k_pointers, v_pointers, formats.pop(), native.ffi.from_buffer("int64_t[]", positions), tables, factors, n_rows,
         get_num_threads())
     if status != 0:
         raise MemoryError(f"no scratch memory for a decode step of {n_rows} sequences")

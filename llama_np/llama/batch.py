@@ -11,7 +11,7 @@ one: with the C backend each block is one call for all B rows (`kernels.decode_b
 each weight block unpacked once for the B rows. Every row is computed exactly as
 `Llama.forward([token], cache)` computes it alone, bit for bit, so what one sequence
 generates never depends on what else is in the batch. Where there is no batched kernel
-(the NumPy backend, LoRA beside the weights, a cache the kernel does not take), the rows
+(the NumPy backend, LoRA beside the weights, caches of different KV formats), the rows
 simply go through `Llama.forward` one by one.
 """
 import numpy as np
@@ -29,7 +29,7 @@ def decode_step(model, tokens, caches):
     if len(tokens) != len(caches):
         raise ValueError(f"{len(tokens)} tokens for {len(caches)} caches")
     fused = model._fused_decoders()
-    if not fused or not all(_batchable(cache) for cache in caches):
+    if not fused or not _batchable(caches):
         return np.concatenate([model.forward([token], cache, last_only=True)
                                for token, cache in zip(tokens, caches)])
     for token, cache in zip(tokens, caches):
@@ -52,5 +52,7 @@ def decode_step(model, tokens, caches):
     return np.concatenate([model._head(h[b:b + 1]) for b in range(len(h))])
 
 
-def _batchable(cache):
-    return cache.k.dtype == np.float32 and cache.k.flags.c_contiguous and cache.v.flags.c_contiguous
+def _batchable(caches):
+    """One KV format for all (the kernel takes one), in contiguous arrays."""
+    return (len({cache.k.dtype for cache in caches}) == 1
+            and all(cache.k.flags.c_contiguous and cache.v.flags.c_contiguous for cache in caches))

@@ -55,10 +55,7 @@ def scaled(request, tmp_path_factory):
 
 def f32_cache(config, max_len):
     """A cache that keeps keys and values exact, so that what is compared is RoPE."""
-    try:
-        return KVCache(config, max_len, kv_cache="f32")
-    except TypeError:                      # a cache without formats is float32
-        return KVCache(config, max_len)
+    return KVCache(config, max_len, kv_cache="f32")
 
 
 def prompt_ids(config, n=PROMPT, seed=1):

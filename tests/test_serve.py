@@ -358,7 +358,7 @@ def start_tool(folder, port, *extra):
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_the_tool_exits_cleanly_on_sigterm_and_ctrl_c(tiny_folder, sig):
     port = free_port()
-    process = start_tool(tiny_folder, port, "--parallel", "2")
+    process = start_tool(tiny_folder, port, "--parallel", "2", "--kv-cache", "f16")
     try:
         base = f"http://127.0.0.1:{port}"
         reply = chat(client(base), max_tokens=4)

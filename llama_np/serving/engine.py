@@ -209,9 +209,11 @@ class Engine:
             logits = decode_step(self.model, [s.last_token for s in decoding],
                                  [s.cache for s in decoding])                    # [B, V]
             self.steps += 1
-            # each row with its own sampler: the same draws whichever thread makes them
-            tokens = (self._samplers.map(self._sample, decoding, logits) if len(decoding) > 1
-                      else [self._sample(decoding[0], logits[0])])
+            # each row with its own sampler: the same draws whichever thread makes them; greedy
+            # rows (an arg-max) are not worth a thread's hand-over
+            sampled = sum(not s.job.sampling.greedy for s in decoding) > 1
+            tokens = (self._samplers.map(self._sample, decoding, logits) if sampled
+                      else map(self._sample, decoding, logits))
             for slot, token in zip(decoding, list(tokens)):
                 self._advance(slot, token)
 

@@ -241,6 +241,26 @@ def test_a_bad_request_gets_a_4xx_with_a_json_error(server, what, body, param):
     assert chat(client(base), max_tokens=2).choices[0].message is not None        # still serving
 
 
+FIELDS = ["temperature", "top_p", "top_k", "repetition_penalty", "frequency_penalty", "presence_penalty",
+          "max_tokens", "stop", "seed", "n", "stream", "stream_options", "model", "messages", "logprobs"]
+ODD_VALUES = ["x", -1, 0, 3.5, 1e308, 10 ** 30, [], {}, True, None, [1, "a"], {"include_usage": "yes"}]
+
+
+def test_odd_values_in_every_field_get_an_answer_or_a_400(server):
+    """Every field with values of every JSON kind: a 200 or a 400 with OpenAI's error body,
+    never a 500, and the server goes on serving."""
+    base, _ = server
+    for field in FIELDS:
+        for value in ODD_VALUES:
+            body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, field: value}
+            r = httpx.post(base + "/v1/chat/completions", json=body, timeout=30)
+            assert r.status_code in (200, 400), (field, value, r.status_code, r.text)
+            if r.status_code == 400:
+                assert r.json()["error"]["message"]
+    assert wait_idle(base)["busy"] == 0
+    assert chat(client(base), max_tokens=2).choices[0].message is not None
+
+
 def test_bad_requests_through_the_openai_client_raise_its_errors(server):
     base, _ = server
     c = client(base)

@@ -114,8 +114,8 @@ def _common(body, defaults, *, messages, prompt):
     for name, allowed in UNSUPPORTED.items():
         if name in body and body[name] not in allowed:
             raise RequestError(f"'{name}' is not supported by this server", name, "unsupported_parameter")
-    n = _number(body, "n", int, 1, lo=1, hi=1)
-    del n
+    if _number(body, "n", int, 1, lo=1) != 1:
+        raise RequestError("'n' must be 1: this server returns one choice per request", "n", "unsupported_parameter")
     stream = _bool(body, "stream", False)
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):

@@ -82,3 +82,20 @@ def tiny_llama_sp_folder(tmp_path, llama_sp_model):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The fuzz suite's counts (tests/test_fuzz.py), so that CI's log shows what was tried."""
+    import sys
+    fuzz = sys.modules.get("test_fuzz")
+    if fuzz is None or not fuzz.COUNTS:
+        return
+    counts = fuzz.COUNTS
+    total = {k: sum(c[k] for c in counts.values()) for k in ("cases", "valid", "error")}
+    terminalreporter.section("fuzz")
+    for target, c in sorted(counts.items()):
+        terminalreporter.write_line(f"{target:24} {c['cases']:6} cases  {c['error']:6} clean errors  "
+                                    f"{c['valid']:6} valid loads")
+    terminalreporter.write_line(f"{'all':24} {total['cases']:6} cases  {total['error']:6} clean errors  "
+                                f"{total['valid']:6} valid loads  (seed {fuzz.FUZZ_SEED}; "
+                                f"LLAMA_NP_FUZZ_CASES={fuzz.FUZZ_CASES} per target)")

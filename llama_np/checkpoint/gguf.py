@@ -73,6 +73,9 @@ def read_tensor(gguf, name):
     info = gguf.tensors[name]
     if info.type_name in ("F32", "F16", "BF16"):
         return gguf.tensor_float(name)
+    if len(info.shape) != 2:
+        raise GGUFError(f"{gguf.path}: tensor {name!r} is {info.type_name} with shape {info.shape}; "
+                        f"quantized tensors must be matrices")
     data = gguf.tensor_data(name)  # [rows, row_bytes], validated
     return QuantizedMatrix(data, info.type_name, info.shape)
 

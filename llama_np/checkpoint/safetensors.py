@@ -12,6 +12,7 @@ import os
 import numpy as np
 
 from llama_np.files.atomic import atomic_path, atomic_write_text
+from llama_np.files.text import read_json
 from llama_np.llama.config import LlamaConfig
 from llama_np.llama.weights import check_weights
 
@@ -53,6 +54,8 @@ def read_safetensors(path):
                     tensors[name] = _bf16_to_f32(raw).reshape(header[name]["shape"])
                 else:
                     tensors[name] = np.asarray(f.get_tensor(name), dtype=np.float32)
+    except RecursionError:
+        raise CheckpointError(f"{path}: not a readable safetensors file (header nested too deeply)") from None
     except (SafetensorError, OSError, ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
     return tensors
@@ -86,11 +89,14 @@ def checkpoint_files(folder):
     """The safetensors files of a Hugging Face folder (one file or the shards of an index)."""
     index = os.path.join(folder, INDEX_FILE)
     if os.path.exists(index):
-        try:
-            with open(index, encoding="utf-8") as f:
-                weight_map = json.load(f)["weight_map"]
-        except (json.JSONDecodeError, KeyError) as e:
-            raise CheckpointError(f"{index}: not a valid safetensors index ({e})") from None
+        weight_map = read_json(index, CheckpointError, "the safetensors index")
+        weight_map = weight_map.get("weight_map") if isinstance(weight_map, dict) else None
+        # shards are files of this folder: a name with a path in it is not followed
+        if not (isinstance(weight_map, dict) and weight_map and all(
+                isinstance(shard, str) and shard == os.path.basename(shard) and shard not in ("", ".", "..")
+                for shard in weight_map.values())):
+            raise CheckpointError(f"{index}: not a valid safetensors index (its weight_map must map "
+                                  f"tensor names to shard files of this folder)")
         return [os.path.join(folder, shard) for shard in sorted(set(weight_map.values()))]
     single = os.path.join(folder, SINGLE_FILE)
     if os.path.exists(single):

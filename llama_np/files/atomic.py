@@ -42,8 +42,10 @@ def atomic_path(path):
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=_temporary_prefix(path) + f"{os.getpid()}.", suffix=".tmp")
     try:
         os.close(fd)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; give it an ordinary file's mode
         yield tmp
+        # mkstemp makes it private (and a writer may have made the file anew): give it an
+        # ordinary file's mode
+        os.chmod(tmp, 0o666 & ~_umask())
         check_replaceable(path)  # again: something may have appeared there meanwhile
         os.replace(tmp, path)
     finally:

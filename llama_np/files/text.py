@@ -55,3 +55,5 @@ def read_json(path, error=ValueError, what="the file", missing=_REQUIRED):
         return json.loads(data.decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
         raise error(f"{path}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise error(f"{path}: not usable JSON (nested too deeply)") from None

@@ -1,6 +1,6 @@
 """The tensors of a LLaMA checkpoint: their Hugging Face names, their shapes, and the check
 that a checkpoint holds them all."""
-from llama_np.llama.config import LlamaConfig
+from llama_np.llama.config import ConfigError, LlamaConfig
 
 
 def layer_weight_names(i):
@@ -38,10 +38,10 @@ def expected_shapes(config: LlamaConfig):
 
 
 def check_weights(config, weights, source="checkpoint"):
-    """Raise a ValueError naming the first missing or misshapen tensor."""
+    """Raise ConfigError (a ValueError) naming the first missing or misshapen tensor."""
     for name, shape in expected_shapes(config).items():
         if name not in weights:
-            raise ValueError(f"{source}: tensor {name!r} is missing")
+            raise ConfigError(f"{source}: tensor {name!r} is missing")
         if tuple(weights[name].shape) != shape:
-            raise ValueError(f"{source}: tensor {name!r} has shape {tuple(weights[name].shape)}, "
+            raise ConfigError(f"{source}: tensor {name!r} has shape {tuple(weights[name].shape)}, "
                              f"config says {shape}")

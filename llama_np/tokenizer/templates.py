@@ -70,6 +70,10 @@ MAX_OUTPUT_CHARS = 1 << 22       # beyond what the messages themselves bring
 MAX_VALUE_SIZE = 1 << 22         # the largest string, list or number (in digits) a template makes
 
 
+class TemplateError(ValueError):
+    """A chat template that cannot be read, does not compile, fails or goes past its bounds."""
+
+
 class TemplateSource(str):
     """Jinja source that remembers where it came from (`name`, for error messages): the
     model's own template, a .jinja file or --template text. It is the source string itself
@@ -114,13 +118,13 @@ def render_chat(messages, template, *, bos_token="", eos_token="", add_generatio
                 pieces.append(piece)
         return "".join(pieces)
     except _TemplateLimit as e:
-        raise ValueError(f"{name}: stopped, {e}") from None
+        raise TemplateError(f"{name}: stopped, {e}") from None
     except jinja2.exceptions.SecurityError as e:
-        raise ValueError(f"{name}: tried something its sandbox forbids: {_one_line(e)}") from None
+        raise TemplateError(f"{name}: tried something its sandbox forbids: {_one_line(e)}") from None
     except jinja2.exceptions.TemplateSyntaxError as e:
-        raise ValueError(f"{name}: syntax error on line {e.lineno}: {_one_line(e.message)}") from None
+        raise TemplateError(f"{name}: syntax error on line {e.lineno}: {_one_line(e.message)}") from None
     except (Exception, RecursionError) as e:  # whatever a hostile template makes Python raise
-        raise ValueError(f"{name}: failed: {type(e).__name__}: {_one_line(e)}") from None
+        raise TemplateError(f"{name}: failed: {type(e).__name__}: {_one_line(e)}") from None
 
 
 def _one_line(error):
@@ -144,7 +148,7 @@ def resolve_template(name, tokenizer=None):
         return own or "chatml"
     if name == "model":
         if not own:
-            raise ValueError(f"{source} has no chat template of its own; choose 'chatml' or 'alpaca'")
+            raise TemplateError(f"{source} has no chat template of its own; choose 'chatml' or 'alpaca'")
         return own
     if name in BUILTIN_TEMPLATES:
         return name
@@ -153,10 +157,10 @@ def resolve_template(name, tokenizer=None):
             with open(name, encoding="utf-8") as f:
                 return TemplateSource(f.read(), name)
         except (OSError, UnicodeDecodeError) as e:
-            raise ValueError(f"{name}: cannot read the chat template ({e})") from None
+            raise TemplateError(f"{name}: cannot read the chat template ({e})") from None
     if "{{" in name or "{%" in name:
         return TemplateSource(name, "the --template text")
-    raise ValueError(f"unknown chat template {name!r}: use 'model', 'chatml', 'alpaca' or a .jinja file")
+    raise TemplateError(f"unknown chat template {name!r}: use 'model', 'chatml', 'alpaca' or a .jinja file")
 
 
 def stop_strings_for(template):
@@ -182,7 +186,7 @@ def _render_alpaca(messages, add_generation_prompt):
         elif role == "assistant":
             prompt += ALPACA_RESPONSE.format(content) + "\n\n"
         elif role != "system":
-            raise ValueError(f"the alpaca template has no place for a {role!r} message")
+            raise TemplateError(f"the alpaca template has no place for a {role!r} message")
     if add_generation_prompt:
         prompt += ALPACA_RESPONSE.format("")
     return prompt
@@ -195,12 +199,12 @@ def _render_chatml(messages, add_generation_prompt):
 
 def _check_messages(messages):
     if not isinstance(messages, (list, tuple)):
-        raise ValueError(f"messages must be a list of {{'role': ..., 'content': ...}} dicts, "
+        raise TemplateError(f"messages must be a list of {{'role': ..., 'content': ...}} dicts, "
                          f"got {type(messages).__name__}")
     for k, message in enumerate(messages):
         if not (isinstance(message, dict) and isinstance(message.get("role"), str)
                 and isinstance(message.get("content"), str)):
-            raise ValueError(f"message {k} must be a dict with string 'role' and 'content', got {message!r}")
+            raise TemplateError(f"message {k} must be a dict with string 'role' and 'content', got {message!r}")
 
 
 # ----- Jinja -----------------------------------------------------------------------------------
@@ -213,7 +217,7 @@ def _compile_jinja(source):
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     if not isinstance(source, str):
-        raise ValueError(f"a chat template must be a string, got {type(source).__name__}")
+        raise TemplateError(f"a chat template must be a string, got {type(source).__name__}")
     class StrictSandbox(ImmutableSandboxedEnvironment):
         """jinja2's sandbox answers `''.__class__` with an undefined value that prints as
         nothing; a template reaching for Python internals is hostile, so refuse at once."""

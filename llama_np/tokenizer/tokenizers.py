@@ -113,6 +113,7 @@ class Tokenizer:
         if kind is None or tokens is None:
             raise TokenizerError(f"{source}: the GGUF metadata has no tokenizer "
                                  f"(tokenizer.ggml.model / tokenizer.ggml.tokens missing)")
+        _check_gguf_tokenizer_fields(meta, source)
         token_types = meta.get("tokenizer.ggml.token_type") or [TOKEN_NORMAL] * len(tokens)
         if len(token_types) != len(tokens):
             raise TokenizerError(f"{source}: {len(tokens)} tokens but {len(token_types)} token types")
@@ -433,7 +434,10 @@ def _byte_level_bpe(tokens, merges, token_types, pre, source):
     bad = next((m for m, pair in zip(merges, merge_pairs) if len(pair) != 2), None)
     if bad is not None:
         raise TokenizerError(f"{source}: merge {bad!r} is not two tokens separated by a space")
-    backend = HFBackend(models.BPE(vocab=vocab, merges=merge_pairs, ignore_merges=pre in _LLAMA3_FAMILY))
+    try:
+        backend = HFBackend(models.BPE(vocab=vocab, merges=merge_pairs, ignore_merges=pre in _LLAMA3_FAMILY))
+    except Exception as e:  # tokenizers raises a bare Exception, e.g. for a merge of unknown tokens
+        raise TokenizerError(f"{source}: not a usable BPE vocabulary ({e})") from None
 
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     byte_level_only = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
@@ -501,3 +505,32 @@ def hf_backend(tokenizer):
     if backend is None:
         raise TokenizerError(f"{tokenizer.source}: not a byte-level BPE tokenizer")
     return backend
+
+
+# The tokenizer.ggml.* fields: what each must hold (a list of strings, …), checked before use.
+_GGUF_TOKENIZER_LISTS = {"tokenizer.ggml.tokens": str, "tokenizer.ggml.merges": str,
+                         "tokenizer.ggml.scores": (int, float), "tokenizer.ggml.token_type": int}
+_GGUF_TOKENIZER_IDS = ("tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id",
+                       "tokenizer.ggml.padding_token_id", "tokenizer.ggml.unknown_token_id")
+
+
+def _check_gguf_tokenizer_fields(meta, source):
+    """Raise TokenizerError naming the first tokenizer field of the wrong kind."""
+    n_tokens = len(meta["tokenizer.ggml.tokens"]) if isinstance(meta["tokenizer.ggml.tokens"], list) else 0
+    for key, kind in _GGUF_TOKENIZER_LISTS.items():
+        value = meta.get(key)
+        if value is not None and not (isinstance(value, list) and all(
+                isinstance(v, kind) and not isinstance(v, bool) for v in value)):
+            what = "strings" if kind is str else "integers" if kind is int else "numbers"
+            raise TokenizerError(f"{source}: {key} must be a list of {what}")
+    if not n_tokens:
+        raise TokenizerError(f"{source}: tokenizer.ggml.tokens is empty")
+    for key in _GGUF_TOKENIZER_IDS:
+        value = meta.get(key)
+        if value is not None and not (type(value) is int and 0 <= value < n_tokens):
+            raise TokenizerError(f"{source}: {key} = {value!r} is not a token id (0 … {n_tokens - 1})")
+    for key, kind in (("tokenizer.chat_template", str), ("tokenizer.ggml.model", str),
+                      ("tokenizer.ggml.pre", str), ("tokenizer.ggml.add_bos_token", bool)):
+        value = meta.get(key)
+        if value is not None and not isinstance(value, kind):
+            raise TokenizerError(f"{source}: {key} must be a {kind.__name__}, got {value!r}")

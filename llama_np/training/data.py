@@ -67,12 +67,16 @@ def read_alpaca(path):
                 record = json.loads(line)
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}:{line_no}: not valid JSON ({e.msg})") from None
+            except RecursionError:
+                raise DataError(f"{path}:{line_no}: JSON nested too deeply") from None
             records.append(_check_record(record, f"{path}:{line_no}"))
     else:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
             raise DataError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+        except RecursionError:
+            raise DataError(f"{path}: JSON nested too deeply") from None
         if not isinstance(data, list):
             raise DataError(f"{path}: expected a JSON list of {{instruction, input, output}} records")
         records = [_check_record(r, f"{path}: record {i}") for i, r in enumerate(data)]

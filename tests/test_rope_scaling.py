@@ -216,3 +216,17 @@ def test_gguf_with_an_unknown_scaling_type_is_an_error_naming_the_key(tmp_path):
     write_gguf(tmp_path / "m.gguf", config, weights, {"llama.rope.scaling.type": string("longrope")})
     with pytest.raises(ConfigError, match=r"llama\.rope\.scaling\.type 'longrope' is not supported"):
         load_gguf(str(tmp_path / "m.gguf"))
+
+
+def test_config_json_written_back_reads_the_same(scaled, tmp_path):
+    """save_hf's config.json (merge_lora, resize) keeps the scaling; transformers reads it."""
+    from llama_np.checkpoint.safetensors import save_hf
+    _, config, weights, folder = scaled
+    save_hf(str(tmp_path), config, weights)
+    assert load_hf(str(tmp_path))[0] == config
+    ids = prompt_ids(config, n=N_ORIGINAL + 8, seed=6)
+    np.testing.assert_allclose(hf_prefill(fresh(tmp_path), ids), hf_prefill(fresh(folder), ids), atol=1e-5)
+
+
+def test_config_json_of_an_unscaled_model_has_no_scaling_key():
+    assert "rope_scaling" not in LlamaConfig.from_hf_dict(tiny_config()).to_hf_dict()

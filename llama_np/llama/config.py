@@ -146,8 +146,14 @@ class LlamaConfig:
         return cls.from_hf_dict(cfg, source=str(path))
 
     def to_hf_dict(self):
-        """The fields of a transformers `LlamaConfig`, for writing `config.json`."""
+        """The fields of a transformers `LlamaConfig`, for writing `config.json` (RoPE scaling
+        as transformers' `rope_scaling`, left out when there is none)."""
         d = self.to_dict()
+        if d["rope_scaling"] is None:
+            del d["rope_scaling"]
+        elif d["rope_scaling"]["rope_type"] == "freq_factors":
+            raise ConfigError("RoPE frequencies read from a GGUF's rope_freqs.weight have no "
+                              "config.json form; write a .gguf instead")
         d.update(model_type="llama", architectures=["LlamaForCausalLM"], hidden_act="silu",
                  attention_bias=False, mlp_bias=False, torch_dtype="float32")
         return d

@@ -100,6 +100,15 @@ def test_rope_backward_matches_finite_differences(rng):
                 lambda dy: [ops.rope_backward(dy, ops.rope_forward(x, positions, 10000.0)[1])], rng)
 
 
+def test_scaled_rope_backward_matches_finite_differences(rng):
+    """With a scaled RoPE's own frequencies and YaRN's attention factor on cos and sin."""
+    x, positions = rand(rng, 5, 3, 8), np.arange(70, 75)
+    inv_freq = ops.rope_inverse_frequencies(8, 10000.0) / np.float32(4.0)
+    rope = (10000.0, inv_freq, 1.2)
+    check_grads(lambda x: ops.rope_forward(x, positions, *rope)[0], [x],
+                lambda dy: [ops.rope_backward(dy, ops.rope_forward(x, positions, *rope)[1])], rng)
+
+
 @pytest.mark.parametrize("n_tokens, n_keys", [(6, 6), (3, 7)], ids=["self", "with-cache"])
 def test_attention_backward_matches_finite_differences(rng, n_tokens, n_keys):
     """Grouped-query (4 query heads over 2 key/value heads), causal, and with queries that

@@ -230,3 +230,17 @@ def test_config_json_written_back_reads_the_same(scaled, tmp_path):
 
 def test_config_json_of_an_unscaled_model_has_no_scaling_key():
     assert "rope_scaling" not in LlamaConfig.from_hf_dict(tiny_config()).to_hf_dict()
+
+
+@pytest.mark.parametrize("n_tokens,n_heads", [(1, 1), (33, 3), (7, 5)])
+def test_c_rope_with_scaled_frequencies_matches_numpy(n_tokens, n_heads):
+    from llama_np import kernels, ops
+    if not kernels.AVAILABLE:
+        pytest.skip("C kernels not built")
+    rng = np.random.default_rng(n_tokens)
+    x = rng.standard_normal((n_tokens, n_heads, 24)).astype(np.float32)
+    positions = rng.integers(0, 5000, n_tokens).astype(np.int64)
+    inv_freq = (ops.rope_inverse_frequencies(24, 10000.0) / np.float32(3.0)).astype(np.float32)
+    expected = ops.rope_forward(x, positions, 10000.0, inv_freq, 1.25)[0]
+    np.testing.assert_allclose(kernels.rope_(x.copy(), positions, 10000.0, inv_freq, 1.25), expected,
+                               rtol=1e-4, atol=5e-5)

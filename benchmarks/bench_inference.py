@@ -3,6 +3,7 @@
     python benchmarks/bench_inference.py                         # default model, 1 and 2 threads, 5 runs
     python benchmarks/bench_inference.py --runs 3 --threads 2    # quicker
     python benchmarks/bench_inference.py --engines llama_np,llama_cpp --json results.json
+    python benchmarks/bench_inference.py --scan --threads 2 --runs 3   # the context-length scan
 
 What is measured (docs/benchmarks.md#anchors has the numbers measured so far):
 
@@ -14,6 +15,12 @@ What is measured (docs/benchmarks.md#anchors has the numbers measured so far):
   that loads the model, applies the chat template to a 16-token message and produces one
   token (`python -m llama_np.chat --prompt ... --max-new-tokens 1` for llama_np); its peak
   RSS is the memory of a short chat.
+
+`--scan` measures instead how speed depends on the context: prefill tok/s for prompts of
+128 / 512 / 1024 / 2000 tokens (each from an empty cache), and decode tok/s over 32 greedy
+steps after 16 / 512 / 1024 / 1900 positions have been filled; a table, and a plot
+(`--plot`, default docs/context_scan.png). llama_np runs with the tools' KV cache (f16;
+`--kv-cache` to change it).
 
 Engines: llama_np (this repository), llama.cpp through llama-cpp-python (same Q4_1 file;
 build recipe in docs/benchmarks.md#llamacpp) and transformers + torch in fp32. For
@@ -53,6 +60,11 @@ ENGINE_MODULES = {"llama_np": "llama_np", "llama_cpp": "llama_cpp", "transformer
                   "llama_np_int8": "llama_np"}
 PROMPT_TOKENS = 128
 NEW_TOKENS = 128
+CONTEXT = PROMPT_TOKENS + NEW_TOKENS + 16     # the cache every engine gets for that
+SCAN_PROMPTS = (128, 512, 1024, 2000)         # --scan: prompt lengths for prefill
+SCAN_FILLED = (16, 512, 1024, 1900)           # --scan: positions filled before decoding
+SCAN_DECODE_STEPS = 32
+SCAN_CONTEXT = 2048                            # the paper's context, as chat --ctx
 WARMUP_TOKENS = 8
 # A user message of 16 tokens in SmolLM2's vocabulary (the chat template adds its own)
 CHAT_MESSAGE = "Please explain in two short sentences why the sky looks blue during a clear day."
@@ -71,7 +83,7 @@ def prompt_ids(model_path, n_tokens):
 
     tokenizer = load_tokenizer(model_path)
     with open(hub.data_path(ALPACA_EN_FILE), encoding="utf-8") as f:
-        text = "\n\n".join(example["output"] for example in json.load(f)[:20])
+        text = "\n\n".join(example["output"] for example in json.load(f))   # the first 128: as before
     ids = tokenizer.encode(text)[:n_tokens]
     if len(ids) < n_tokens:
         raise SystemExit(f"the prompt text has only {len(ids)} tokens")
@@ -84,8 +96,9 @@ def peak_rss_mb():
 
 # ----- one engine in this process: load, warm up, prefill, decode ---------------------------
 
-def llama_np_steps(model_path, threads, int8_activations=False):
-    """(prefill(ids) → last logits, decode(id) → logits) for llama_np."""
+def llama_np_steps(model_path, threads, context, kv_cache, int8_activations=False):
+    """(prefill(ids) → last logits, decode(id) → logits) for llama_np, its KV cache of
+    `context` positions in the format `kv_cache`."""
     from llama_np import kernels
     from llama_np.checkpoint import load_model
 
@@ -95,7 +108,7 @@ def llama_np_steps(model_path, threads, int8_activations=False):
     state = {}
 
     def prefill(ids):
-        state["cache"] = model.new_cache(len(ids) + NEW_TOKENS + 1)
+        state["cache"] = model.new_cache(context, kv_cache)
         return model.forward(ids, state["cache"], last_only=True)[-1]
 
     def decode(token):
@@ -103,11 +116,12 @@ def llama_np_steps(model_path, threads, int8_activations=False):
     return prefill, decode
 
 
-def llama_cpp_steps(model_path, threads):
+def llama_cpp_steps(model_path, threads, context, kv_cache):
     import llama_cpp
     import numpy as np
 
-    llm = llama_cpp.Llama(model_path, n_ctx=PROMPT_TOKENS + NEW_TOKENS + 16, n_batch=PROMPT_TOKENS + 16,
+    # its default KV cache is F16, as llama_np's tools'
+    llm = llama_cpp.Llama(model_path, n_ctx=context, n_batch=context,
                           n_threads=threads, n_threads_batch=threads, verbose=False)
 
     def last_logits():
@@ -125,7 +139,7 @@ def llama_cpp_steps(model_path, threads):
     return prefill, decode
 
 
-def transformers_steps(hf_folder, threads):
+def transformers_steps(hf_folder, threads, context, kv_cache):
     import torch
     import transformers
 
@@ -148,14 +162,14 @@ def transformers_steps(hf_folder, threads):
 
 
 STEPS = {"llama_np": llama_np_steps, "llama_cpp": llama_cpp_steps, "transformers": transformers_steps,
-         "llama_np_int8": lambda model_path, threads: llama_np_steps(model_path, threads, int8_activations=True)}
+         "llama_np_int8": lambda *args: llama_np_steps(*args, int8_activations=True)}
 
 
-def speed_child(engine, model_path, threads, ids):
+def speed_child(engine, model_path, threads, ids, kv_cache):
     """Prefill `ids`, then NEW_TOKENS greedy steps; after a short warm-up of both."""
     import numpy as np
 
-    prefill, decode = STEPS[engine](model_path, threads)
+    prefill, decode = STEPS[engine](model_path, threads, CONTEXT, kv_cache)
     decode(int(np.argmax(prefill(ids[:WARMUP_TOKENS]))))  # warm-up: first-call costs, page-ins
     start = time.perf_counter()
     token = int(np.argmax(prefill(ids)))
@@ -168,6 +182,28 @@ def speed_child(engine, model_path, threads, ids):
     decode_seconds = time.perf_counter() - start
     return {"prefill_tok_s": len(ids) / prefill_seconds, "decode_tok_s": NEW_TOKENS / decode_seconds,
             "peak_rss_mb": peak_rss_mb(), "tokens": generated[:16]}
+
+
+def scan_child(engine, model_path, threads, ids, kv_cache):
+    """Prefill tok/s for each length of SCAN_PROMPTS (from an empty cache), and decode tok/s
+    of SCAN_DECODE_STEPS greedy steps after each number of positions of SCAN_FILLED."""
+    import numpy as np
+
+    prefill, decode = STEPS[engine](model_path, threads, SCAN_CONTEXT, kv_cache)
+    decode(int(np.argmax(prefill(ids[:WARMUP_TOKENS]))))  # warm-up: first-call costs, page-ins
+    record = {"prefill_tok_s": {}, "decode_tok_s": {}}
+    for n in SCAN_PROMPTS:
+        start = time.perf_counter()
+        prefill(ids[:n])
+        record["prefill_tok_s"][n] = n / (time.perf_counter() - start)
+    for n in SCAN_FILLED:
+        token = int(np.argmax(prefill(ids[:n])))
+        start = time.perf_counter()
+        for _ in range(SCAN_DECODE_STEPS):
+            token = int(np.argmax(decode(token)))
+        record["decode_tok_s"][n] = SCAN_DECODE_STEPS / (time.perf_counter() - start)
+    record["peak_rss_mb"] = peak_rss_mb()
+    return record
 
 
 def first_token_child(engine, model_path, threads):
@@ -211,9 +247,9 @@ def thread_env(threads):
     return env
 
 
-def run_speed(engine, model_path, threads, ids_arg):
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", "speed", "--engine", engine,
-           "--model", model_path, "--threads", str(threads), "--ids", ids_arg]
+def run_speed(engine, model_path, threads, ids_arg, kv_cache, child="speed"):
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", child, "--engine", engine,
+           "--model", model_path, "--threads", str(threads), "--ids", ids_arg, "--kv-cache", kv_cache]
     out = subprocess.run(cmd, capture_output=True, text=True, env=thread_env(threads))
     if out.returncode:
         raise SystemExit(f"{engine} ({threads} threads) failed:\n{out.stderr[-2000:]}")
@@ -261,7 +297,7 @@ def measure(engines, model_for, args, ids_arg):
         for threads in args.threads:
             for engine in engines:
                 loads.append(os.getloadavg()[0])
-                record = run_speed(engine, model_for[engine], threads, ids_arg)
+                record = run_speed(engine, model_for[engine], threads, ids_arg, args.kv_cache)
                 results[(engine, threads)].append(record)
                 print(f"run {run + 1}/{args.runs} {engine:12s} {threads} thr: prefill "
                       f"{record['prefill_tok_s']:6.0f} tok/s, decode {record['decode_tok_s']:5.1f} tok/s, "
@@ -273,6 +309,74 @@ def measure(engines, model_for, args, ids_arg):
             print(f"run {run + 1}/{args.runs} {engine:12s} first token after {seconds:.2f} s, "
                   f"RSS {rss:.0f} MiB (load {loads[-1]:.1f})", file=sys.stderr)
     return results, first_token, loads
+
+
+def measure_scan(engines, model_for, args, ids_arg):
+    """--scan: every run of every engine in a fresh process, engines alternating:
+    ({(engine, threads): [records]}, [load averages])."""
+    results = {(e, t): [] for e in engines for t in args.threads}
+    loads = []
+    for run in range(args.runs):
+        for threads in args.threads:
+            for engine in engines:
+                loads.append(os.getloadavg()[0])
+                record = run_speed(engine, model_for[engine], threads, ids_arg, args.kv_cache, child="scan")
+                results[(engine, threads)].append(record)
+                print(f"run {run + 1}/{args.runs} {engine:12s} {threads} thr: prefill "
+                      + " / ".join(f"{v:.0f}" for v in record["prefill_tok_s"].values()) + " tok/s, decode "
+                      + " / ".join(f"{v:.1f}" for v in record["decode_tok_s"].values())
+                      + f" tok/s (load {loads[-1]:.1f})", file=sys.stderr)
+    return results, loads
+
+
+def scan_medians(records, key):
+    """{length: median tok/s} over the runs, for key "prefill_tok_s" or "decode_tok_s"."""
+    lengths = records[0][key].keys()
+    return {int(n): statistics.median(r[key][n] for r in records) for n in lengths}
+
+
+def report_scan(results, engines, thread_counts, runs):
+    """The scan as markdown tables on stdout; returns {(engine, threads): (prefill, decode)} medians."""
+    medians = {k: (scan_medians(v, "prefill_tok_s"), scan_medians(v, "decode_tok_s")) for k, v in results.items()}
+    print(f"\n### Context-length scan (medians of {runs} runs, tok/s)\n")
+    print("| engine | threads | prefill, prompt of " + " / ".join(map(str, SCAN_PROMPTS))
+          + " tokens | decode, " + " / ".join(map(str, SCAN_FILLED)) + " positions filled |")
+    print("|---|---|---|---|")
+    for engine in engines:
+        for threads in thread_counts:
+            prefill, decode = medians[(engine, threads)]
+            print(f"| {engine} | {threads} | " + " / ".join(f"{prefill[n]:.0f}" for n in SCAN_PROMPTS) + " | "
+                  + " / ".join(f"{decode[n]:.1f}" for n in SCAN_FILLED) + " |")
+    if "llama_np" in engines:
+        print("\n| llama_np vs (ratio of medians) | threads | prefill | decode |")
+        print("|---|---|---|---|")
+        for other in (e for e in engines if e != "llama_np"):
+            for threads in thread_counts:
+                ours, theirs = medians[("llama_np", threads)], medians[(other, threads)]
+                print(f"| {other} | {threads} | "
+                      + " / ".join(ratio(ours[0][n], theirs[0][n]) for n in SCAN_PROMPTS) + " | "
+                      + " / ".join(ratio(ours[1][n], theirs[1][n]) for n in SCAN_FILLED) + " |")
+    return medians
+
+
+def plot_scan(medians, engines, threads, png_path, title):
+    """Prefill and decode tok/s against the context, one line per engine, as a PNG."""
+    from llama_np.files.figure import new_figure, save_figure
+
+    fig = new_figure((10, 4))
+    panels = fig.subplots(1, 2)
+    for engine in engines:
+        prefill, decode = medians[(engine, threads)]
+        panels[0].plot(SCAN_PROMPTS, [prefill[n] for n in SCAN_PROMPTS], marker="o", label=engine)
+        panels[1].plot(SCAN_FILLED, [decode[n] for n in SCAN_FILLED], marker="o", label=engine)
+    for panel, what, x in ((panels[0], "prefill", "prompt tokens"), (panels[1], "decode", "positions filled")):
+        panel.set_xlabel(x)
+        panel.set_ylabel(f"{what} tok/s")
+        panel.set_ylim(bottom=0)
+        panel.grid(alpha=0.3)
+        panel.legend()
+    fig.suptitle(title, fontsize=9)
+    save_figure(fig, png_path)
 
 
 def machine_description():
@@ -365,7 +469,14 @@ def main():
                    help="comma-separated, from " + ", ".join(ENGINES) + " (default: %(default)s)")
     p.add_argument("--no-first-token", action="store_true", help="skip the time-to-first-token runs")
     p.add_argument("--json", help="also write every measurement to this JSON file")
-    p.add_argument("--child", choices=["speed", "first_token", "convert"], help=argparse.SUPPRESS)  # internal
+    p.add_argument("--scan", action="store_true",
+                   help="the context-length scan: prefill of " + " / ".join(map(str, SCAN_PROMPTS))
+                        + "-token prompts, decode after " + " / ".join(map(str, SCAN_FILLED)) + " positions")
+    p.add_argument("--plot", default=os.path.join(REPO, "docs", "context_scan.png"),
+                   help="where --scan writes its plot (default: docs/context_scan.png)")
+    p.add_argument("--kv-cache", default="f16", choices=["f16", "f32", "q8_0"],
+                   help="llama_np's KV cache format (default: %(default)s, the tools' default)")
+    p.add_argument("--child", choices=["speed", "scan", "first_token", "convert"], help=argparse.SUPPRESS)  # internal
     p.add_argument("--engine", help=argparse.SUPPRESS)
     p.add_argument("--ids", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
@@ -375,7 +486,11 @@ def main():
         args.model = hub.default_model_path()
     if args.child == "speed":
         ids = [int(i) for i in args.ids.split(",")]
-        print(json.dumps(speed_child(args.engine, args.model, args.threads[0], ids)))
+        print(json.dumps(speed_child(args.engine, args.model, args.threads[0], ids, args.kv_cache)))
+        return
+    if args.child == "scan":
+        ids = [int(i) for i in args.ids.split(",")]
+        print(json.dumps(scan_child(args.engine, args.model, args.threads[0], ids, args.kv_cache)))
         return
     if args.child == "first_token":
         first_token_child(args.engine, args.model, args.threads[0])
@@ -392,12 +507,33 @@ def main():
         if not importable(engine):
             print(f"{engine}: not importable, skipped", file=sys.stderr)
             engines.remove(engine)
-    ids_arg = ",".join(map(str, prompt_ids(args.model, PROMPT_TOKENS)))
+    n_ids = max(SCAN_PROMPTS + SCAN_FILLED) if args.scan else PROMPT_TOKENS
+    ids_arg = ",".join(map(str, prompt_ids(args.model, n_ids)))
     with tempfile.TemporaryDirectory(prefix="bench_inference_") as scratch:
         model_for = {engine: args.model for engine in engines}
         if "transformers" in engines:
             model_for["transformers"] = convert_for_transformers(args.model, os.path.join(scratch, "hf"))
-        results, first_token, loads = measure(engines, model_for, args, ids_arg)
+        if args.scan:
+            results, loads = measure_scan(engines, model_for, args, ids_arg)
+        else:
+            results, first_token, loads = measure(engines, model_for, args, ids_arg)
+
+    if args.scan:
+        machine, software = machine_description(), versions(engines)
+        print(f"Machine: {machine}")
+        print(f"Software: {software}; llama_np KV cache {args.kv_cache}")
+        print(f"Load average (1 min) at the start of each measurement: median {statistics.median(loads):.1f}, "
+              f"range {min(loads):.1f}-{max(loads):.1f} (on {os.cpu_count()} cores)")
+        medians = report_scan(results, engines, args.threads, args.runs)
+        threads = max(args.threads)
+        plot_scan(medians, engines, threads, args.plot,
+                  f"{os.path.basename(args.model)}, {threads} threads, medians of {args.runs}; {machine}")
+        print(f"\nplot: {args.plot}")
+        if args.json:
+            with open(args.json, "w", encoding="utf-8") as f:
+                json.dump({"machine": machine, "software": software, "load": loads,
+                           "scan": {f"{e}/{t}": r for (e, t), r in results.items()}}, f, indent=1)
+        return
 
     print(f"Machine: {machine_description()}")
     print(f"Software: {versions(engines)}")

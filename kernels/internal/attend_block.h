@@ -40,6 +40,23 @@
  * float32 at hd = 64, which stays in a core's L2 while every query of a tile meets them;
  * and a query that sees ≤ 256 keys is computed as one block, exactly as before. */
 #define KEY_BLOCK 256
+#define SUB_BLOCK 32       /* keys a row group meets at a time within a block (L1) */
+
+#ifdef USE_AVX2
+/* [hsum_avx2(a), hsum_avx2(b), hsum_avx2(c), hsum_avx2(d)], the very same additions in the
+ * same order ((x0+x4) + (x2+x6)) + ((x1+x5) + (x3+x7)), four lanes' worth at once:
+ * halves added, then lanes 2 apart, then neighbours. */
+static inline __m128 hsum4_avx2(__m256 a, __m256 b, __m256 c, __m256 d)
+{
+    const __m256 ab = _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31));
+    const __m256 cd = _mm256_add_ps(_mm256_permute2f128_ps(c, d, 0x20), _mm256_permute2f128_ps(c, d, 0x31));
+    const __m256 t = _mm256_add_ps(_mm256_shuffle_ps(ab, cd, _MM_SHUFFLE(1, 0, 1, 0)),
+                                   _mm256_shuffle_ps(ab, cd, _MM_SHUFFLE(3, 2, 3, 2)));  /* [a c | b d] pairs */
+    const __m256 r = _mm256_add_ps(_mm256_shuffle_ps(t, t, _MM_SHUFFLE(2, 0, 2, 0)),
+                                   _mm256_shuffle_ps(t, t, _MM_SHUFFLE(3, 1, 3, 1)));  /* [a c . . | b d . .] */
+    return _mm_unpacklo_ps(_mm256_castps256_ps128(r), _mm256_extractf128_ps(r, 1));
+}
+#endif
 
 /* scores[r · KEY_BLOCK + j] = q_r · k_j / √hd, for rows r < n_rows and keys j < n_keys.
  * q_rows[r] is row r's query; key j is k + j · k_stride. Three rows and four keys at a time
@@ -73,12 +90,10 @@ static inline void block_scores(float *scores, const float *const *q_rows, int64
                     a20 = _mm256_fmadd_ps(y, x0, a20), a21 = _mm256_fmadd_ps(y, x1, a21);
                     a22 = _mm256_fmadd_ps(y, x2, a22), a23 = _mm256_fmadd_ps(y, x3, a23);
                 }
-                s0[j] = hsum_avx2(a00) * scale, s0[j + 1] = hsum_avx2(a01) * scale;
-                s0[j + 2] = hsum_avx2(a02) * scale, s0[j + 3] = hsum_avx2(a03) * scale;
-                s1[j] = hsum_avx2(a10) * scale, s1[j + 1] = hsum_avx2(a11) * scale;
-                s1[j + 2] = hsum_avx2(a12) * scale, s1[j + 3] = hsum_avx2(a13) * scale;
-                s2[j] = hsum_avx2(a20) * scale, s2[j + 1] = hsum_avx2(a21) * scale;
-                s2[j + 2] = hsum_avx2(a22) * scale, s2[j + 3] = hsum_avx2(a23) * scale;
+                const __m128 scale4 = _mm_set1_ps(scale);
+                _mm_storeu_ps(s0 + j, _mm_mul_ps(hsum4_avx2(a00, a01, a02, a03), scale4));
+                _mm_storeu_ps(s1 + j, _mm_mul_ps(hsum4_avx2(a10, a11, a12, a13), scale4));
+                _mm_storeu_ps(s2 + j, _mm_mul_ps(hsum4_avx2(a20, a21, a22, a23), scale4));
             }
             for (; j < n_keys; j++) {
                 const float *kj = k + j * k_stride;
@@ -119,9 +134,17 @@ static inline void block_scores(float *scores, const float *const *q_rows, int64
  * of the numerators in *total. */
 static inline float block_exp(float *p, int64_t n, float *total)
 {
-    float max_score = -INFINITY;
-    for (int64_t s = 0; s < n; s++) max_score = fmaxf(max_score, p[s]);
+    float max_score = -INFINITY;   /* a maximum is exact in any order; fmaxf would be a call */
     int64_t s = 0;
+#ifdef USE_AVX2
+    __m256 running = _mm256_set1_ps(-INFINITY);
+    for (; s + 8 <= n; s += 8) running = _mm256_max_ps(running, _mm256_loadu_ps(p + s));
+    __m128 half = _mm_max_ps(_mm256_castps256_ps128(running), _mm256_extractf128_ps(running, 1));
+    half = _mm_max_ps(half, _mm_movehl_ps(half, half));
+    max_score = _mm_cvtss_f32(_mm_max_ss(half, _mm_movehdup_ps(half)));
+#endif
+    for (; s < n; s++) max_score = p[s] > max_score ? p[s] : max_score;
+    s = 0;
     float sum = 0.0f;
 #ifdef USE_AVX2
     const __m256 max8 = _mm256_set1_ps(max_score);
@@ -143,19 +166,21 @@ static inline float block_exp(float *p, int64_t n, float *total)
 
 /* o_r = Σ_s p_r[s] v_s over s < n, for the n_rows (1 or 2) rows whose numerators start at
  * p (rows KEY_BLOCK apart) and whose sums go to o (rows head_dim apart); value s is
- * v + s · v_stride. Per output dimension the terms are added in the order of s, 32
- * dimensions at a time, as attend_one_query adds them; two rows share every load of v. */
+ * v + s · v_stride. Per output dimension the terms are added in the order of s, as
+ * attend_one_query adds them (32 or 64 dimensions at a time); two rows share every load of v. */
 static inline void block_values(float *o, const float *p, int64_t n_rows, const float *v,
-                                int64_t v_stride, int64_t n, int64_t head_dim)
+                                int64_t v_stride, int64_t n, int64_t head_dim, int accumulate)
 {
 #ifdef USE_AVX2
+#define START(at) (accumulate ? _mm256_loadu_ps(at) : _mm256_setzero_ps())
     if (head_dim % 8 == 0) {
         int64_t i = 0;
         if (n_rows == 2) {
             const float *p1 = p + KEY_BLOCK;
             for (; i + 32 <= head_dim; i += 32) {
-                __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-                __m256 b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+                __m256 a0 = START(o + i), a1 = START(o + i + 8), a2 = START(o + i + 16), a3 = START(o + i + 24);
+                const float *ob = o + head_dim + i;
+                __m256 b0 = START(ob), b1 = START(ob + 8), b2 = START(ob + 16), b3 = START(ob + 24);
                 for (int64_t s = 0; s < n; s++) {
                     const float *vs = v + s * v_stride + i;
                     const __m256 x0 = _mm256_loadu_ps(vs), x1 = _mm256_loadu_ps(vs + 8);
@@ -173,8 +198,29 @@ static inline void block_values(float *o, const float *p, int64_t n_rows, const 
                 _mm256_storeu_ps(o1 + 16, b2), _mm256_storeu_ps(o1 + 24, b3);
             }
         } else {
+            /* one row: 64 dimensions at a time, so that 8 chains of FMAs keep both FMA units busy */
+            for (; i + 64 <= head_dim; i += 64) {
+                __m256 a0 = START(o + i), a1 = START(o + i + 8), a2 = START(o + i + 16), a3 = START(o + i + 24);
+                __m256 a4 = START(o + i + 32), a5 = START(o + i + 40), a6 = START(o + i + 48), a7 = START(o + i + 56);
+                for (int64_t s = 0; s < n; s++) {
+                    const float *vs = v + s * v_stride + i;
+                    const __m256 w = _mm256_set1_ps(p[s]);
+                    a0 = _mm256_fmadd_ps(w, _mm256_loadu_ps(vs), a0);
+                    a1 = _mm256_fmadd_ps(w, _mm256_loadu_ps(vs + 8), a1);
+                    a2 = _mm256_fmadd_ps(w, _mm256_loadu_ps(vs + 16), a2);
+                    a3 = _mm256_fmadd_ps(w, _mm256_loadu_ps(vs + 24), a3);
+                    a4 = _mm256_fmadd_ps(w, _mm256_loadu_ps(vs + 32), a4);
+                    a5 = _mm256_fmadd_ps(w, _mm256_loadu_ps(vs + 40), a5);
+                    a6 = _mm256_fmadd_ps(w, _mm256_loadu_ps(vs + 48), a6);
+                    a7 = _mm256_fmadd_ps(w, _mm256_loadu_ps(vs + 56), a7);
+                }
+                _mm256_storeu_ps(o + i, a0), _mm256_storeu_ps(o + i + 8, a1);
+                _mm256_storeu_ps(o + i + 16, a2), _mm256_storeu_ps(o + i + 24, a3);
+                _mm256_storeu_ps(o + i + 32, a4), _mm256_storeu_ps(o + i + 40, a5);
+                _mm256_storeu_ps(o + i + 48, a6), _mm256_storeu_ps(o + i + 56, a7);
+            }
             for (; i + 32 <= head_dim; i += 32) {
-                __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+                __m256 a0 = START(o + i), a1 = START(o + i + 8), a2 = START(o + i + 16), a3 = START(o + i + 24);
                 for (int64_t s = 0; s < n; s++) {
                     const float *vs = v + s * v_stride + i;
                     const __m256 w = _mm256_set1_ps(p[s]);
@@ -189,17 +235,19 @@ static inline void block_values(float *o, const float *p, int64_t n_rows, const 
         }
         for (; i < head_dim; i += 8)                                   /* head_dim % 32 = 8, 16, 24 */
             for (int64_t r = 0; r < n_rows; r++) {
-                __m256 a = _mm256_setzero_ps();
+                __m256 a = START(o + r * head_dim + i);
                 for (int64_t s = 0; s < n; s++)
                     a = _mm256_fmadd_ps(_mm256_set1_ps(p[r * KEY_BLOCK + s]), _mm256_loadu_ps(v + s * v_stride + i), a);
                 _mm256_storeu_ps(o + r * head_dim + i, a);
             }
         return;
     }
+#undef START
 #endif
     for (int64_t r = 0; r < n_rows; r++) {
         float *out = o + r * head_dim;
-        for (int64_t i = 0; i < head_dim; i++) out[i] = 0.0f;
+        if (!accumulate)
+            for (int64_t i = 0; i < head_dim; i++) out[i] = 0.0f;
         for (int64_t s = 0; s < n; s++) {
             const float *vs = v + s * v_stride;
             const float weight = p[r * KEY_BLOCK + s];
@@ -260,7 +308,11 @@ static inline void block_partials(softmax_part *parts, float *o, const float *co
                                   const float *v, int64_t v_stride, int64_t n_keys, int64_t head_dim,
                                   float *scores)
 {
-    block_scores(scores, q_rows, n_rows, k, k_stride, n_keys, head_dim);
+    /* keys and values SUB_BLOCK at a time, so that each piece (8 KiB of f32 at hd = 64) is
+     * met by every row while it is in L1; per dimension the sums still run in order of s */
+    for (int64_t j0 = 0; j0 < n_keys; j0 += SUB_BLOCK)
+        block_scores(scores + j0, q_rows, n_rows, k + j0 * k_stride, k_stride,
+                     n_keys - j0 < SUB_BLOCK ? n_keys - j0 : SUB_BLOCK, head_dim);
     for (int64_t r = 0; r < n_rows; r++) {
         if (n_seen[r] <= 0) {
             parts[r] = EMPTY_PART;
@@ -268,12 +320,15 @@ static inline void block_partials(softmax_part *parts, float *o, const float *co
         }
         parts[r].max = block_exp(scores + r * KEY_BLOCK, n_seen[r], &parts[r].total);
     }
-    for (int64_t r = 0; r < n_rows;) {
-        const int pair = r + 1 < n_rows && n_seen[r + 1] == n_seen[r];
-        if (n_seen[r] > 0)
-            block_values(o + r * head_dim, scores + r * KEY_BLOCK, pair ? 2 : 1, v, v_stride, n_seen[r], head_dim);
-        r += pair ? 2 : 1;
-    }
+    for (int64_t s0 = 0; s0 < n_keys; s0 += SUB_BLOCK)
+        for (int64_t r = 0; r < n_rows;) {
+            const int pair = r + 1 < n_rows && n_seen[r + 1] == n_seen[r];
+            const int64_t n = (n_seen[r] < s0 + SUB_BLOCK ? n_seen[r] : s0 + SUB_BLOCK) - s0;
+            if (n > 0)
+                block_values(o + r * head_dim, scores + r * KEY_BLOCK + s0, pair ? 2 : 1, v + s0 * v_stride,
+                             v_stride, n, head_dim, s0 > 0);
+            r += pair ? 2 : 1;
+        }
 }
 
 #endif

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from llama_np.checkpoint.safetensors import load_hf
+from llama_np.ops import IGNORE_INDEX
 from llama_np.llama.config import ConfigError, LlamaConfig
 from llama_np.llama.kv_cache import KVCache
 from llama_np.llama.model import Llama
@@ -244,3 +245,27 @@ def test_c_rope_with_scaled_frequencies_matches_numpy(n_tokens, n_heads):
     expected = ops.rope_forward(x, positions, 10000.0, inv_freq, 1.25)[0]
     np.testing.assert_allclose(kernels.rope_(x.copy(), positions, 10000.0, inv_freq, 1.25), expected,
                                rtol=1e-4, atol=5e-5)
+
+
+def test_lora_training_gradients_match_peft(scaled):
+    """Training runs the same scaled RoPE (and its backward): loss and LoRA gradients of a batch
+    of 2 × 48 tokens equal torch autograd + peft's on the transformers model."""
+    pytest.importorskip("peft")
+    from test_lora_peft import our_name, peft_model
+    from llama_np.checkpoint.peft import load_adapter
+    from llama_np.training.trainable import TrainableLlama
+    _, config, weights, folder = scaled
+    model = peft_model(folder)
+    model.save_pretrained(folder / "adapter")
+    ids = np.random.default_rng(7).integers(3, config.vocab_size, (2, N_ORIGINAL + 16))
+    labels = ids.copy()
+    labels[:, :5] = IGNORE_INDEX                                             # a masked prompt
+    out = model(input_ids=torch.tensor(ids), labels=torch.tensor(labels))
+    out.loss.backward()
+    expected = {our_name(n): p.grad.numpy() for n, p in model.named_parameters() if p.requires_grad}
+    adapter = load_adapter(folder / "adapter", tied_base=config.tie_word_embeddings)
+    loss, _, grads = TrainableLlama(config, weights, adapter).loss_and_grads(ids, labels)
+    assert abs(loss - out.loss.item()) < 1e-5
+    assert set(grads) == set(expected)
+    for name, g in grads.items():
+        assert np.linalg.norm(g - expected[name]) / np.linalg.norm(expected[name]) < 1e-4, name

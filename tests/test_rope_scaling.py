@@ -169,6 +169,11 @@ def test_unknown_type_is_an_error_naming_the_field(field):
         LlamaConfig.from_hf_dict(tiny_config(**{field: {"rope_type": "longrope", "factor": 2.0}}))
 
 
+def test_partial_rotary_factor_is_refused():
+    with pytest.raises(ConfigError, match=r"rope_parameters\.partial_rotary_factor 0\.5 is not supported"):
+        LlamaConfig.from_hf_dict(tiny_config(rope_parameters={"rope_type": "default", "partial_rotary_factor": 0.5}))
+
+
 def test_missing_parameter_is_an_error_naming_it():
     with pytest.raises(ConfigError, match="'llama3' needs low_freq_factor"):
         LlamaConfig.from_hf_dict(tiny_config(rope_parameters={"rope_type": "llama3", "factor": 8.0}))

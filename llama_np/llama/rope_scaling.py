@@ -64,6 +64,9 @@ def rope_scaling_from_hf(cfg):
         return None
     if not isinstance(params, dict):
         raise RopeScalingError(f"{field} must be an object, got {params!r}")
+    partial = params.get("partial_rotary_factor", cfg.get("partial_rotary_factor", 1.0))
+    if partial not in (None, 1, 1.0):   # a LLaMA rotates the whole head
+        raise RopeScalingError(f"{field}.partial_rotary_factor {partial!r} is not supported (only 1.0)")
     rope_type = params.get("rope_type", params.get("type", "default"))
     if rope_type == "default":
         return None

@@ -11,9 +11,9 @@
  * The flash-attention idea (Dao et al. 2022) on a CPU: a tile is TILE_TOKENS consecutive
  * queries times the rep heads that share one key/value head. It walks the keys it may see
  * a block of KEY_BLOCK positions at a time: the block's keys and values are converted to
- * float32 once (read in place for F32), meet every query of the tile while they are in
- * cache, and each query's partial softmax over the block is merged into its running one
- * (online softmax, internal/attend_block.h). Blocks after a tile's last query are never
+ * float32 once (read in place for F32), SUB_BLOCK positions at a time, each piece meeting
+ * every query of the tile while it is in L1, and each query's partial softmax over the
+ * block is merged into its running one (online softmax, internal/attend_block.h). Blocks after a tile's last query are never
  * read: the masked half of the T × S score matrix is skipped, not computed and discarded.
  * Tiles are independent; threads take them largest first. The result does not depend on
  * the thread count.
@@ -40,10 +40,10 @@ int attention_forward(float *out, const float *q, const uint8_t *k, const uint8_
     const int64_t row_bytes = kv_bytes(kv_format, n_kv_heads * head_dim), head_bytes = kv_bytes(kv_format, head_dim);
     const int64_t n_tiles = (n_tokens + TILE_TOKENS - 1) / TILE_TOKENS, n_units = n_tiles * n_kv_heads;
 
-    /* per thread: keys and values of a block as float32 [KEY_BLOCK, hd] each (not for F32),
+    /* per thread: SUB_BLOCK keys or values as float32 [SUB_BLOCK, hd] (not for F32),
      * scores [rows, KEY_BLOCK], a block's and the running weighted values [rows, hd] each;
      * then the rows' query pointers, keys seen and partials */
-    const int64_t buffers = kv_format == F32 ? 0 : 2 * KEY_BLOCK * head_dim;
+    const int64_t buffers = kv_format == F32 ? 0 : SUB_BLOCK * head_dim;
     const int64_t floats = buffers + max_rows * KEY_BLOCK + 2 * max_rows * head_dim;
     const size_t own = floats * sizeof(float) + max_rows * (sizeof(const float *) + sizeof(int64_t)
                                                             + 3 * sizeof(softmax_part));
@@ -58,8 +58,7 @@ int attention_forward(float *out, const float *q, const uint8_t *k, const uint8_
 #else
         uint8_t *mine = scratch;
 #endif
-        float *k_buffer = (float *)mine, *v_buffer = k_buffer + KEY_BLOCK * head_dim;
-        float *scores = k_buffer + buffers, *o_block = scores + max_rows * KEY_BLOCK;
+        float *buffer = (float *)mine, *scores = buffer + buffers, *o_block = scores + max_rows * KEY_BLOCK;
         float *o_acc = o_block + max_rows * head_dim;
         const float **q_rows = (const float **)(mine + floats * sizeof(float));
         int64_t *limit = (int64_t *)(q_rows + max_rows), *seen = limit + max_rows;
@@ -79,17 +78,12 @@ int attention_forward(float *out, const float *q, const uint8_t *k, const uint8_
             const int64_t last = limit[n_rows - 1];          /* the tile's last query sees the most */
             for (int64_t b0 = 0; b0 < last; b0 += KEY_BLOCK) {
                 const int64_t n_block = last - b0 < KEY_BLOCK ? last - b0 : KEY_BLOCK;
-                int64_t k_stride, v_stride;
-                const float *keys = kv_load_rows(kv_format, k + g * head_bytes, row_bytes, b0, n_block,
-                                                 head_dim, k_buffer, &k_stride);
-                const float *values = kv_load_rows(kv_format, v + g * head_bytes, row_bytes, b0, n_block,
-                                                   head_dim, v_buffer, &v_stride);
                 for (int64_t r = 0; r < n_rows; r++) {
                     const int64_t n = limit[r] - b0;
                     seen[r] = n < 0 ? 0 : n > n_block ? n_block : n;
                 }
-                block_partials(parts, o_block, q_rows, seen, n_rows, keys, k_stride, values, v_stride,
-                               n_block, head_dim, scores);
+                block_partials_cached(parts, o_block, q_rows, seen, n_rows, kv_format, k + g * head_bytes,
+                               v + g * head_bytes, row_bytes, b0, n_block, head_dim, scores, buffer);
                 for (int64_t r = 0; r < n_rows; r++)
                     softmax_merge(&acc[r], o_acc + r * head_dim, parts[r], o_block + r * head_dim, head_dim);
             }

@@ -112,12 +112,12 @@ int decode_layer_f32(float *h, const block_weights *w, const block_shape *shape,
 
     const int64_t n_blocks = (n_seen + KEY_BLOCK - 1) / KEY_BLOCK, n_pieces = n_kv_heads * n_blocks;
     const int64_t row_bytes = kv_bytes(kv_format, n_kv), head_bytes = kv_bytes(kv_format, head_dim);
-    const int64_t buffers = kv_format == F32 ? 0 : 2 * KEY_BLOCK * head_dim;
+    const int64_t buffers = kv_format == F32 ? 0 : SUB_BLOCK * head_dim;
 
     /* shared: q [n_q], act [hidden], rope cos and sin [head_dim / 2] each, the new k and v
      * rows [n_kv] each, each piece's weighted values [rep, head_dim] and partials [rep];
      * per thread: x [dim], block sums [blocks], its copy of the attention output attn [n_q],
-     * scores [rep, KEY_BLOCK], a block's keys and values as float32 (not for F32), 8-bit blocks [blocks] */
+     * scores [rep, KEY_BLOCK], SUB_BLOCK keys or values as float32 (not for F32), 8-bit blocks [blocks] */
     const int64_t part_floats = (int64_t)(sizeof(softmax_part) / sizeof(float));
     const size_t shared = n_q + hidden + head_dim + 2 * n_kv + n_pieces * rep * (head_dim + part_floats);
     const size_t own = dim + blocks + n_q + rep * KEY_BLOCK + buffers;
@@ -142,7 +142,7 @@ int decode_layer_f32(float *h, const block_weights *w, const block_shape *shape,
         const int thread = 0;
 #endif
         float *x = scratch + shared + thread * own, *attn = x + dim + blocks, *scores = attn + n_q;
-        float *k_buffer = scores + rep * KEY_BLOCK, *v_buffer = k_buffer + KEY_BLOCK * head_dim;
+        float *kv_buffer = scores + rep * KEY_BLOCK;
         activations a = {x, x + dim, all_xq + thread * blocks};
 
         /* attention branch: h += attention(rope(x Wq), rope(x Wk), x Wv) Wo */
@@ -163,15 +163,12 @@ int decode_layer_f32(float *h, const block_weights *w, const block_shape *shape,
         for (int64_t piece = 0; piece < n_pieces; piece++) {
             const int64_t g = piece % n_kv_heads, b0 = piece / n_kv_heads * KEY_BLOCK;
             const int64_t n_block = n_seen - b0 < KEY_BLOCK ? n_seen - b0 : KEY_BLOCK;
-            int64_t k_stride, v_stride, seen[rep];
+            int64_t seen[rep];
             const float *q_rows[rep];
-            const float *keys = kv_load_rows(kv_format, k_cache + g * head_bytes, row_bytes, b0, n_block,
-                                             head_dim, k_buffer, &k_stride);
-            const float *values = kv_load_rows(kv_format, v_cache + g * head_bytes, row_bytes, b0, n_block,
-                                               head_dim, v_buffer, &v_stride);
             for (int64_t j = 0; j < rep; j++) q_rows[j] = q + (g * rep + j) * head_dim, seen[j] = n_block;
-            block_partials(parts + piece * rep, o_parts + piece * rep * head_dim, q_rows, seen, rep,
-                           keys, k_stride, values, v_stride, n_block, head_dim, scores);
+            block_partials_cached(parts + piece * rep, o_parts + piece * rep * head_dim, q_rows, seen, rep, kv_format,
+                           k_cache + g * head_bytes, v_cache + g * head_bytes, row_bytes, b0, n_block,
+                           head_dim, scores, kv_buffer);
         }
         for (int64_t head = 0; head < n_heads; head++) {   /* merged block by block, in order */
             const int64_t g = head / rep, j = head % rep;

@@ -34,6 +34,7 @@
 #include <string.h>
 
 #include "attend.h"
+#include "kv_rows.h"
 #include "simd.h"
 
 /* Positions per block: the keys and values of one head over 256 positions are 128 KiB as
@@ -299,20 +300,25 @@ static inline void softmax_finish(float *out, softmax_part acc, const float *o, 
 }
 
 /* The partials of one block for n_rows query rows: parts[r] and o[r · head_dim …] from
- * keys 0 … n_seen[r] - 1 of the block (rows that see none get EMPTY_PART). The keys are
- * k + j · k_stride, the values v + j · v_stride, j < n_keys (= the largest n_seen).
- * scores: scratch [n_rows, KEY_BLOCK]. Rows with equal n_seen side by side share their
- * reads of v two at a time. */
-static inline void block_partials(softmax_part *parts, float *o, const float *const *q_rows,
-                                  const int64_t *n_seen, int64_t n_rows, const float *k, int64_t k_stride,
-                                  const float *v, int64_t v_stride, int64_t n_keys, int64_t head_dim,
-                                  float *scores)
+ * keys 0 … n_seen[r] - 1 of the block (rows that see none get EMPTY_PART). The block is
+ * positions b0 … b0 + n_keys - 1 (n_keys = the largest n_seen) of one key/value head
+ * stored in `format`: k_head and v_head point at that head's slice of position 0,
+ * positions are row_bytes apart. scores: scratch [n_rows, KEY_BLOCK]; buffer: scratch
+ * [SUB_BLOCK, head_dim] (unused for F32, read in place). Keys and values are read
+ * SUB_BLOCK positions at a time (converted to float32 once, kv_load_rows), and every row
+ * meets each piece while it is in L1; per dimension the sums still run in the order of s.
+ * Rows with equal n_seen side by side share their reads of v two at a time. */
+static inline void block_partials_cached(softmax_part *parts, float *o, const float *const *q_rows,
+                                         const int64_t *n_seen, int64_t n_rows, int32_t format,
+                                         const uint8_t *k_head, const uint8_t *v_head, int64_t row_bytes,
+                                         int64_t b0, int64_t n_keys, int64_t head_dim, float *scores, float *buffer)
 {
-    /* keys and values SUB_BLOCK at a time, so that each piece (8 KiB of f32 at hd = 64) is
-     * met by every row while it is in L1; per dimension the sums still run in order of s */
-    for (int64_t j0 = 0; j0 < n_keys; j0 += SUB_BLOCK)
-        block_scores(scores + j0, q_rows, n_rows, k + j0 * k_stride, k_stride,
-                     n_keys - j0 < SUB_BLOCK ? n_keys - j0 : SUB_BLOCK, head_dim);
+    int64_t stride;
+    for (int64_t j0 = 0; j0 < n_keys; j0 += SUB_BLOCK) {
+        const int64_t n = n_keys - j0 < SUB_BLOCK ? n_keys - j0 : SUB_BLOCK;
+        const float *keys = kv_load_rows(format, k_head, row_bytes, b0 + j0, n, head_dim, buffer, &stride);
+        block_scores(scores + j0, q_rows, n_rows, keys, stride, n, head_dim);
+    }
     for (int64_t r = 0; r < n_rows; r++) {
         if (n_seen[r] <= 0) {
             parts[r] = EMPTY_PART;
@@ -320,15 +326,31 @@ static inline void block_partials(softmax_part *parts, float *o, const float *co
         }
         parts[r].max = block_exp(scores + r * KEY_BLOCK, n_seen[r], &parts[r].total);
     }
-    for (int64_t s0 = 0; s0 < n_keys; s0 += SUB_BLOCK)
+    for (int64_t s0 = 0; s0 < n_keys; s0 += SUB_BLOCK) {
+        const float *values = kv_load_rows(format, v_head, row_bytes, b0 + s0,
+                                           n_keys - s0 < SUB_BLOCK ? n_keys - s0 : SUB_BLOCK, head_dim,
+                                           buffer, &stride);
         for (int64_t r = 0; r < n_rows;) {
             const int pair = r + 1 < n_rows && n_seen[r + 1] == n_seen[r];
             const int64_t n = (n_seen[r] < s0 + SUB_BLOCK ? n_seen[r] : s0 + SUB_BLOCK) - s0;
             if (n > 0)
-                block_values(o + r * head_dim, scores + r * KEY_BLOCK + s0, pair ? 2 : 1, v + s0 * v_stride,
-                             v_stride, n, head_dim, s0 > 0);
+                block_values(o + r * head_dim, scores + r * KEY_BLOCK + s0, pair ? 2 : 1, values, stride,
+                             n, head_dim, s0 > 0);
             r += pair ? 2 : 1;
         }
+    }
+}
+
+/* The same from keys and values already float32 in memory: key j at k + j · stride, value j
+ * at v + j · stride (one stride for both, as kv_load_rows gives them). */
+static inline void block_partials(softmax_part *parts, float *o, const float *const *q_rows,
+                                  const int64_t *n_seen, int64_t n_rows, const float *k, int64_t k_stride,
+                                  const float *v, int64_t v_stride, int64_t n_keys, int64_t head_dim,
+                                  float *scores)
+{
+    (void)v_stride;                                                    /* = k_stride */
+    block_partials_cached(parts, o, q_rows, n_seen, n_rows, F32, (const uint8_t *)k, (const uint8_t *)v,
+                          k_stride * (int64_t)sizeof(float), 0, n_keys, head_dim, scores, NULL);
 }
 
 #endif

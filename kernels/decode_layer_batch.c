@@ -69,9 +69,7 @@ static void rows_dot(const weight_matrix *m, int64_t r0, int64_t n, const activa
     const int64_t row_bytes = n_blocks * BLOCK_BYTES[type];
     const uint8_t *rows = m->data + r0 * row_bytes;                         /* row r0 */
     if (int8_activations) {
-        for (int64_t t = 0; t < a->n_rows; t++)
-            for (int64_t i = 0; i < n; i++)
-                out[t * out_stride + i] = dot_row_int8(type, rows + i * row_bytes, a->xq + t * n_blocks, n_blocks);
+        dot_rows_int8_batch(type, rows, n, a->xq, n_blocks, a->n_rows, n_blocks, out, out_stride);
         return;
     }
     dot_rows_batch(type, rows, n, a->x, a->n, a->sums, n_blocks, a->n_rows, n_blocks, out, out_stride);

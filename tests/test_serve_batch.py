@@ -101,11 +101,12 @@ def test_batched_step_is_exact_with_any_thread_count(threads):
 
 
 @needs_kernels
-def test_batched_step_with_int8_activations_equals_alone():
+@pytest.mark.parametrize("n_sequences", [1, 5, 11])
+def test_batched_step_with_int8_activations_equals_alone(n_sequences):
     config = decode_config()
     model = Llama(config, decode_weights(config, ("Q4_1", "Q4_0", "Q8_0")))
     model.set_int8_activations(True)
-    check_batch_equals_alone(model, 5)
+    check_batch_equals_alone(model, n_sequences)
 
 
 def test_without_kernels_the_step_runs_each_sequence_through_forward():
@@ -116,12 +117,13 @@ def test_without_kernels_the_step_runs_each_sequence_through_forward():
 
 @needs_kernels
 @pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q8_0"])
-def test_batched_matvec_equals_the_one_row_product(qtype):
+@pytest.mark.parametrize("int8", [False, True])
+def test_batched_matvec_equals_the_one_row_product(qtype, int8):
     rng = np.random.default_rng(1)
     w = QuantizedMatrix.from_float(rng.standard_normal((37, 96)).astype(np.float32), qtype)
     x = rng.standard_normal((13, 96)).astype(np.float32)
-    expected = np.concatenate([kernels.quant_matmul(w.data, qtype, x[b:b + 1]) for b in range(13)])
-    np.testing.assert_array_equal(decode_batch.quant_matvec_batch(w.data, qtype, x), expected)
+    expected = np.concatenate([kernels.quant_matmul(w.data, qtype, x[b:b + 1], int8) for b in range(13)])
+    np.testing.assert_array_equal(decode_batch.quant_matvec_batch(w.data, qtype, x, int8), expected)
 
 
 @needs_kernels

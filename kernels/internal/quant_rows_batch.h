@@ -150,4 +150,82 @@ static inline void dot_rows_batch(quant_type type, const uint8_t *rows, int64_t 
     }
 }
 
+/* ---------------------------------------------------------------------------------------
+ * int8 activations (llama.cpp's arithmetic, --int8-activations): one weight row against
+ * n_x quantized activation rows, dot_row_int8 for each. The weights' integers are unpacked
+ * into one register once per block; each row then costs one multiply of bytes (maddubs),
+ * one widening add, one conversion and one FMA, in dot_row_int8's order. */
+static inline __attribute__((always_inline)) void
+dot_row_int8_batch_of(quant_type type, const uint8_t *row, const block_q8_act *xq, int64_t xq_stride,
+                      int64_t n_x, int64_t n_blocks, float *out, int64_t out_stride)
+{
+    float offset[BATCH_GROUP];   /* Σ over blocks of m · sx (Q4_1) or -8 dw · sx (Q4_0) */
+#ifdef USE_AVX2
+    __m256 acc[BATCH_GROUP];
+    for (int64_t t = 0; t < n_x; t++) acc[t] = _mm256_setzero_ps(), offset[t] = 0.0f;
+#else
+    float acc[BATCH_GROUP];
+    for (int64_t t = 0; t < n_x; t++) acc[t] = 0.0f, offset[t] = 0.0f;
+#endif
+    for (int64_t b = 0; b < n_blocks; b++) {
+        const uint8_t *block = row + b * BLOCK_BYTES[type];
+        PREFETCH(block + PREFETCH_BYTES);
+        const float dw = block_scale(block);
+        const float m = type == Q4_1 ? fp16_to_fp32(((const block_q4_1 *)block)->m) : 0.0f;
+#ifdef USE_AVX2
+        __m256i qw, w_sign;                               /* the weights' bytes, once */
+        if (type == Q8_0) {
+            const __m256i w = _mm256_loadu_si256((const __m256i *)((const block_q8_0 *)block)->qs);
+            qw = _mm256_sign_epi8(w, w), w_sign = w;
+        } else {
+            const __m128i packed = _mm_loadu_si128((const __m128i *)nibbles_of(type, block));
+            const __m128i low_nibble = _mm_set1_epi8(0x0F);
+            qw = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(packed, 4), low_nibble),
+                                  _mm_and_si128(packed, low_nibble));
+            w_sign = qw;
+        }
+#endif
+        for (int64_t t = 0; t < n_x; t++) {
+            const block_q8_act *x = xq + t * xq_stride + b;
+            if (type == Q4_0) offset[t] -= 8.0f * dw * x->s;
+            if (type == Q4_1) offset[t] += m * x->s;
+#ifdef USE_AVX2
+            __m256i xv = _mm256_loadu_si256((const __m256i *)x->qs);
+            if (type == Q8_0) xv = _mm256_sign_epi8(xv, w_sign);
+            const __m256i sums = _mm256_madd_epi16(_mm256_maddubs_epi16(qw, xv), _mm256_set1_epi16(1));
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * x->d), _mm256_cvtepi32_ps(sums), acc[t]);
+#else
+            acc[t] += dw * x->d * (float)dot_block_int8(type, block, x->qs);
+#endif
+        }
+    }
+    for (int64_t t = 0; t < n_x; t++) {
+#ifdef USE_AVX2
+        out[t * out_stride] = hsum_avx2(acc[t]) + offset[t];
+#else
+        out[t * out_stride] = acc[t] + offset[t];
+#endif
+    }
+}
+
+/* out[t · out_stride + i] = dot_row_int8(type, row i, xq + t · xq_stride), i < n_rows, t < n_x. */
+static inline void dot_rows_int8_batch(quant_type type, const uint8_t *rows, int64_t n_rows,
+                                       const block_q8_act *xq, int64_t xq_stride, int64_t n_x,
+                                       int64_t n_blocks, float *out, int64_t out_stride)
+{
+    const int64_t row_bytes = n_blocks * BLOCK_BYTES[type];
+    for (int64_t t0 = 0; t0 < n_x; t0 += BATCH_GROUP) {
+        const int64_t n = n_x - t0 < BATCH_GROUP ? n_x - t0 : BATCH_GROUP;
+        for (int64_t i = 0; i < n_rows; i++) {
+            const uint8_t *row = rows + i * row_bytes;
+            float *o = out + t0 * out_stride + i;
+            switch (type) {
+            case Q4_0: dot_row_int8_batch_of(Q4_0, row, xq + t0 * xq_stride, xq_stride, n, n_blocks, o, out_stride); break;
+            case Q4_1: dot_row_int8_batch_of(Q4_1, row, xq + t0 * xq_stride, xq_stride, n, n_blocks, o, out_stride); break;
+            default:   dot_row_int8_batch_of(Q8_0, row, xq + t0 * xq_stride, xq_stride, n, n_blocks, o, out_stride);
+            }
+        }
+    }
+}
+
 #endif

@@ -64,9 +64,10 @@ def decode_layer_batch(layer: DecodeLayer, h, k_caches, v_caches, positions, rot
         raise MemoryError(f"no scratch memory for a decode step of {n_rows} sequences")
 
 
-def quant_matvec_batch(data, qtype, x):
+def quant_matvec_batch(data, qtype, x, int8_activations=False):
     """x @ W.T for B rows x [B, in] float32, W quantized (data uint8 [out, row_bytes] of
-    `qtype` blocks) → [B, out], each row exactly `native.quant_matmul(data, qtype, x[b:b+1])`."""
+    `qtype` blocks) → [B, out], each row exactly `native.quant_matmul(data, qtype, x[b:b+1],
+    int8_activations)`."""
     if qtype not in BLOCK_BYTES:
         raise ValueError(f"no quantized kernel for {qtype!r}; expected one of {', '.join(BLOCK_BYTES)}")
     require_array(data, "data", np.uint8, 2)
@@ -81,6 +82,7 @@ def quant_matvec_batch(data, qtype, x):
     out = np.empty((n_rows, out_features), dtype=np.float32)                  # [B, out]
     if native.lib.quant_matvec_batch_f32(FORMATS[qtype], native.ffi.from_buffer("float[]", out, require_writable=True),
                                          w_buffer, native.ffi.from_buffer("float[]", x), n_rows,
-                                         out_features, in_features, get_num_threads()) != 0:
+                                         out_features, in_features, bool(int8_activations),
+                                         get_num_threads()) != 0:
         raise MemoryError(f"no scratch memory for {n_rows} x {in_features} activations")
     return out

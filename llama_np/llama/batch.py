@@ -45,9 +45,9 @@ def decode_step(model, tokens, caches):
     for cache in caches:
         cache.length += 1
     head = model.lm_head
-    if isinstance(head, QuantizedMatrix) and not model.int8_activations:
+    if isinstance(head, QuantizedMatrix):
         h = model.backend.rmsnorm(h, model.weights["model.norm.weight"], model.config.rms_norm_eps)  # [B, D]
-        return decode_batch.quant_matvec_batch(head.data, head.qtype, h)    # [B, V]
+        return decode_batch.quant_matvec_batch(head.data, head.qtype, h, model.int8_activations)   # [B, V]
     # otherwise the head one row at a time, as each row alone gets it (BLAS for float32)
     return np.concatenate([model._head(h[b:b + 1]) for b in range(len(h))])
 

@@ -141,9 +141,14 @@ def run_recipe(config: RecipeConfig, stop_before=None):
     evaluate("base", base)
     if not os.path.exists(pretrain_text):
         corpus.write_text_file(corpus.chinese_documents("train", config.pretrain_text)[:config.documents], pretrain_text)
-    if not os.path.exists(os.path.join(tokenizer_dir, "tokenizer.gguf")):
+    # A step is done when its output exists and results.json records it: a kill between the
+    # two (the output renamed into place, the record not yet written) redoes the step.
+    def done(name, path):
+        return os.path.exists(path) and name in results["steps"]
+
+    if not done("tokenizer", os.path.join(tokenizer_dir, "tokenizer.gguf")):
         _timed(record, "tokenizer", lambda: extend(base, pretrain_text, tokenizer_dir, config.new_tokens))
-    if not os.path.exists(resized):
+    if not done("resized", resized):
         _timed(record, "resized", lambda: resize(base, tokenizer_dir, resized))
     evaluate("resized", resized)
 
@@ -153,7 +158,8 @@ def run_recipe(config: RecipeConfig, stop_before=None):
         if stage == stop_before:
             return stages
         folder = os.path.join(out, stage)
-        if not os.path.exists(os.path.join(folder, "adapter_model.safetensors")):
+        trained = "steps" in results["steps"].get(stage, {})  # recorded after the stage's last write
+        if not (trained and os.path.exists(os.path.join(folder, "adapter_model.safetensors"))):
             settings = stages[stage]
             resume = os.path.exists(os.path.join(folder, LATEST))
             if not resume and os.path.isdir(folder):

@@ -33,10 +33,14 @@ def finetune(settings, resume=False):
     if "lora" in trainable_parts(settings.trainable):  # a mistake in these ends the run before loading
         lora.parse_target_modules(settings.target_modules)
     out = settings.out
-    if not resume and os.path.exists(os.path.join(out, LATEST)) or (
-            not resume and os.path.exists(os.path.join(out, LOG_FILE))):
+    if not resume and os.path.exists(os.path.join(out, LATEST)):
         raise ValueError(f"{out} already holds a training run: add --resume to continue it, "
                          f"or choose another --out")
+    if not resume and os.path.exists(os.path.join(out, LOG_FILE)):
+        # a run stopped before its first checkpoint: nothing to resume, so it starts again
+        print(f"note: {out} holds the log of a run stopped before its first checkpoint; "
+              f"starting it again", file=sys.stderr)
+        os.remove(os.path.join(out, LOG_FILE))
 
     started = time.perf_counter()
     config, weights, tokenizer = load_base(settings)

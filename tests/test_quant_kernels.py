@@ -256,3 +256,28 @@ def test_portable_fp16_decoder_is_exact(portable_lib):
                          ffi.from_buffer("uint8_t[]", data), ffi.from_buffer("float[]", x),
                          1, data.shape[0], QK, 0, 1)
     np.testing.assert_array_equal(y, expected)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast")   # 70000 → inf, on purpose
+@pytest.mark.parametrize("name", ["f16", "q8_0"])
+def test_portable_kv_cache_rows_and_attention_match_numpy(portable_lib, name, monkeypatch):
+    """Without F16C the halves are rounded and widened in plain C (kernels/internal/kv_rows.h):
+    the same bytes as NumPy's astype(float16) / Q8_0, and attention over them agrees."""
+    from test_kv_cache import hard_values
+    from llama_np.quant import kv_rows
+
+    ffi, lib = portable_lib.ffi, portable_lib.lib
+    fmt = kv_rows.KV_FORMATS[name]
+    x = hard_values(32 * 9) if name == "f16" else np.clip(hard_values(32 * 9), -100, 100)
+    expected = kv_rows.encode(x, fmt)
+    stored = np.zeros_like(expected)
+    lib.kv_rows_store(fmt.kernel_format, ffi.from_buffer("uint8_t[]", stored, require_writable=True),
+                      ffi.from_buffer("float[]", x), len(x))
+    np.testing.assert_array_equal(stored.view(np.uint8), expected.view(np.uint8))
+    monkeypatch.setattr(kernels, "ffi", ffi)
+    monkeypatch.setattr(kernels, "lib", lib)
+    rng = np.random.default_rng(7)
+    q = rng.standard_normal((5, 6, 32)).astype(np.float32)
+    k, v = (kv_rows.encode(rng.standard_normal((300, 3, 32)).astype(np.float32), fmt) for _ in range(2))
+    reference_out = NUMPY.attention(q, k, v)                              # over the dequantized rows
+    np.testing.assert_allclose(kernels.attention_forward(q, k, v), reference_out, rtol=1e-5, atol=2e-6)

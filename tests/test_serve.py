@@ -51,10 +51,11 @@ def tiny(tiny_folder):
 
 
 @contextlib.contextmanager
-def serving(model, tokenizer, *, slots=8, queue=32, ctx=128, step_delay=0.0):
+def serving(model, tokenizer, *, slots=8, queue=32, ctx=128, step_delay=0.0, kv_cache="f16"):
     """A server on a free loopback port, in this process; yields (base URL, engine).
-    `step_delay` slows every scheduler step, so that requests overlap on a tiny model."""
-    engine = Engine(model, tokenizer, n_slots=slots, ctx=ctx, max_waiting=queue)
+    `step_delay` slows every scheduler step, so that requests overlap on a tiny model;
+    `kv_cache` is the tools' default, as `python -m llama_np.serve` (and chat) would use."""
+    engine = Engine(model, tokenizer, n_slots=slots, ctx=ctx, max_waiting=queue, kv_cache=kv_cache)
     if step_delay:
         step = engine._step
         engine._step = lambda: (time.sleep(step_delay), step())
@@ -114,7 +115,7 @@ def chat_cli(model, message, *extra):
 
 
 def test_greedy_chat_equals_the_chat_tool(tiny_folder, tiny):
-    expected = chat_cli(tiny_folder, MESSAGE, "--ctx", "128", "--max-new-tokens", "40")
+    expected = chat_cli(tiny_folder, MESSAGE, "--ctx", "128", "--max-new-tokens", "40", "--kv-cache", "f16")
     with serving(*tiny) as (base, _):
         reply = chat(client(base), max_tokens=40, **GREEDY)
     assert reply.choices[0].message.content == expected
@@ -125,7 +126,7 @@ def test_greedy_chat_equals_the_chat_tool(tiny_folder, tiny):
 @pytest.mark.slow
 def test_greedy_chat_equals_the_chat_tool_on_the_real_model(real_model_path, real_model):
     question = "What is the capital of France?"
-    expected = chat_cli(real_model_path, question, "--max-new-tokens", "64")
+    expected = chat_cli(real_model_path, question, "--max-new-tokens", "64", "--kv-cache", "f16")
     with serving(*real_model, slots=2, ctx=2048) as (base, _):
         reply = chat(client(base), question, max_tokens=64, **GREEDY)
     assert reply.choices[0].message.content == expected
@@ -303,12 +304,12 @@ def test_clients_that_hang_up_free_their_slots(tiny):
                     break
             stream.close()
 
-        start = time.monotonic()
+        steps = engine.steps
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             list(pool.map(hang_up, range(8)))
-        status = wait_idle(base, timeout=1.0)
+        status = wait_idle(base, timeout=3.0)
         assert status["busy"] == 0, status
-        assert time.monotonic() - start < 1.8                   # cancelled, not generated to the end
+        assert engine.steps - steps < 50                        # cancelled, not generated to the end
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             replies = list(pool.map(lambda i: chat(c, f"{MESSAGE} {i}", max_tokens=5), range(8)))
         assert all(r.choices[0].finish_reason in ("stop", "length") for r in replies)
@@ -316,11 +317,12 @@ def test_clients_that_hang_up_free_their_slots(tiny):
 
 
 def test_a_client_that_hangs_up_before_its_answer_is_cancelled(tiny):
-    with serving(*tiny, slots=1, step_delay=0.02) as (base, _):
+    with serving(*tiny, slots=1, step_delay=0.02) as (base, engine):
         body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 100, "temperature": 1.0}
         with pytest.raises(httpx.TimeoutException):
             httpx.post(base + "/v1/chat/completions", json=body, timeout=0.3)
-        assert wait_idle(base, timeout=1.0)["busy"] == 0
+        assert wait_idle(base, timeout=3.0)["busy"] == 0
+        assert engine.steps < 60                                # 100 steps if it had not been cancelled
 
 
 def test_bounded_load_nothing_lost_no_slot_leaked(tiny):
@@ -491,7 +493,7 @@ def test_the_chat_page_streams_two_turns_in_a_headless_browser(tiny, tmp_path):
     """Chromium loads the page, which asks two questions in turn (/?q=..&q=..), streaming
     each reply; the page then holds both turns, the replies, and a tokens/s figure. While a
     reply streams, the page shows it growing."""
-    with serving(*tiny, step_delay=0.02) as (base, _):
+    with serving(*tiny, step_delay=0.05) as (base, _):
         browser = Chromium(tmp_path / "profile")
         try:
             page = browser.open(base + "/?q=Hello%20there&q=And%20then%3F")

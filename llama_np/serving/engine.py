@@ -74,8 +74,8 @@ class Job:
 class Slot:
     """One sequence being served: its KV cache, its job, and where it is."""
 
-    def __init__(self, model, ctx):
-        self.cache = model.new_cache(ctx)
+    def __init__(self, model, ctx, kv_cache=None):
+        self.cache = model.new_cache(ctx, kv_cache=kv_cache)
         self.job = None
 
     def start(self, job, tokenizer):
@@ -107,10 +107,12 @@ class Slot:
 class Engine:
     """`n_slots` sequences served together by one scheduler thread (see the module doc)."""
 
-    def __init__(self, model, tokenizer, *, n_slots=4, ctx=2048, max_waiting=32):
+    def __init__(self, model, tokenizer, *, n_slots=4, ctx=2048, max_waiting=32, kv_cache=None):
+        """`kv_cache`: the slots' KV cache format ("f16", "f32", "q8_0"; None: the model's
+        `kv_cache_format`, which the tools set from --kv-cache)."""
         self.model, self.tokenizer = model, tokenizer
         self.ctx = ctx
-        self.slots = [Slot(model, ctx) for _ in range(n_slots)]
+        self.slots = [Slot(model, ctx, kv_cache) for _ in range(n_slots)]
         self.max_waiting = max_waiting
         self.waiting = collections.deque()
         self.eos_ids = {tokenizer.eos_id} if tokenizer.eos_id is not None else set()

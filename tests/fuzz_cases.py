@@ -310,14 +310,15 @@ def mutate_safetensors(data, rng):
         name = rng.choice(names)
         entry = header.get(name)
         kind = rng.randrange(6)
-        if entry is None:
+        if not isinstance(entry, dict):
             continue
+        shape, offsets = entry.get("shape"), entry.get("data_offsets")
         if kind == 0:
             entry["dtype"] = rng.choice(["F16", "BF16", "F64", "I64", "I8", "BOOL", "U8", "F8_E4M3", "Q4", ""])
-        elif kind == 1:
-            entry["shape"] = rng.choice([[], [0], [1], entry["shape"][::-1], entry["shape"] + [1], [2**40]])
-        elif kind == 2:
-            begin, end = entry["data_offsets"]
+        elif kind == 1 and isinstance(shape, list):
+            entry["shape"] = rng.choice([[], [0], [1], shape[::-1], shape + [1], [2**40]])
+        elif kind == 2 and isinstance(offsets, list) and len(offsets) == 2 and all(type(n) is int for n in offsets):
+            begin, end = offsets
             entry["data_offsets"] = rng.choice([[begin, end - 2], [begin + 4, end], [end, begin], [0, end], [begin, 2**62]])
         elif kind == 3:
             del header[name]
@@ -439,7 +440,8 @@ def case_tokenizer_json(fx, work, rng):
     if rng.random() < 0.5:  # the vocabulary and merges are most of the file: aim there too
         model = value["model"]
         target = rng.choice(["vocab", "merges"])
-        value["model"][target] = mutate_json({"x": model[target]}, rng).get("x", model[target])
+        mutated = mutate_json({"x": model[target]}, rng)
+        value["model"][target] = mutated.get("x", model[target]) if isinstance(mutated, dict) else mutated
     else:
         value = mutate_json(value, rng)
     open(os.path.join(folder, "tokenizer.json"), "w", encoding="utf-8").write(json_text(value, rng))

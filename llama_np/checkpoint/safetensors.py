@@ -101,6 +101,9 @@ def checkpoint_files(folder):
     single = os.path.join(folder, SINGLE_FILE)
     if os.path.exists(single):
         return [single]
+    if any(os.path.exists(os.path.join(folder, name)) for name in ("pytorch_model.bin", "pytorch_model.bin.index.json")):
+        raise CheckpointError(f"{folder}: pytorch_model.bin (a pickle) is not read; save the model "
+                              f"as safetensors (save_pretrained(..., safe_serialization=True))")
     raise CheckpointError(f"{folder}: no {SINGLE_FILE} or {INDEX_FILE}")
 
 

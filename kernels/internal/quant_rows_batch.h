@@ -31,10 +31,12 @@ dot_two_rows_batch(quant_type type, const uint8_t *row0, const uint8_t *row1, co
 {
     const int64_t block_bytes = BLOCK_BYTES[type];
     __m256 acc0[BATCH_GROUP], acc1[BATCH_GROUP];         /* Σ d · Σ q x, per activation row */
-    __m128 offset0[BATCH_GROUP], offset1[BATCH_GROUP];   /* Σ (d, m, ·, ·) · Σ x */
+    /* Σ (d0, m0, d1, m1) · Σ x: dot_two_rows' two offset accumulators' lanes 0 and 1 side by
+     * side in one register, lane by lane the same sums, one FMA for both rows */
+    __m128 offset01[BATCH_GROUP];
     for (int64_t t = 0; t < n_x; t++) {
         acc0[t] = acc1[t] = _mm256_setzero_ps();
-        offset0[t] = offset1[t] = _mm_setzero_ps();
+        offset01[t] = _mm_setzero_ps();
     }
     for (int64_t b = 0; b < n_blocks; b++) {
         const uint8_t *block0 = row0 + b * block_bytes, *block1 = row1 + b * block_bytes;
@@ -50,6 +52,7 @@ dot_two_rows_batch(quant_type type, const uint8_t *row0, const uint8_t *row1, co
         }
         const __m128 scales0 = block_scales_avx2(block0), scales1 = block_scales_avx2(block1);
         const __m256 d0 = _mm256_broadcastss_ps(scales0), d1 = _mm256_broadcastss_ps(scales1);
+        const __m128 scales01 = _mm_movelh_ps(scales0, scales1);           /* (d0, m0, d1, m1) */
         for (int64_t t = 0; t < n_x; t++) {
             const float *xb = x + t * x_stride + b * QK;
             __m256 sum0 = _mm256_setzero_ps(), sum1 = _mm256_setzero_ps();
@@ -60,19 +63,16 @@ dot_two_rows_batch(quant_type type, const uint8_t *row0, const uint8_t *row1, co
             }
             acc0[t] = _mm256_fmadd_ps(d0, sum0, acc0[t]);
             acc1[t] = _mm256_fmadd_ps(d1, sum1, acc1[t]);
-            const __m128 x_sum = _mm_broadcast_ss(x_sums + t * sums_stride + b);
-            offset0[t] = _mm_fmadd_ps(scales0, x_sum, offset0[t]);
-            offset1[t] = _mm_fmadd_ps(scales1, x_sum, offset1[t]);
+            offset01[t] = _mm_fmadd_ps(scales01, _mm_broadcast_ss(x_sums + t * sums_stride + b), offset01[t]);
         }
     }
     const int lane = type == Q4_1 ? 1 : 0;
     const float factor = type == Q4_1 ? 1.0f : -8.0f;
     for (int64_t t = 0; t < n_x; t++) {
-        float lanes0[4], lanes1[4];
-        _mm_storeu_ps(lanes0, offset0[t]);
-        _mm_storeu_ps(lanes1, offset1[t]);
-        out0[t * out_stride] = hsum_avx2(acc0[t]) + factor * lanes0[lane];
-        out1[t * out_stride] = hsum_avx2(acc1[t]) + factor * lanes1[lane];
+        float lanes[4];
+        _mm_storeu_ps(lanes, offset01[t]);
+        out0[t * out_stride] = hsum_avx2(acc0[t]) + factor * lanes[lane];
+        out1[t * out_stride] = hsum_avx2(acc1[t]) + factor * lanes[2 + lane];
     }
 }
 

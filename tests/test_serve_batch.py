@@ -149,3 +149,28 @@ def test_batched_layer_refuses_bad_arguments_before_c():
 def test_batched_step_on_the_real_model(real_model):
     model, _ = real_model
     check_batch_equals_alone(model, 6, steps=2, kv_cache="f16")
+
+
+@needs_kernels
+@pytest.mark.parametrize("kv_cache", ["f32", "f16"])
+def test_a_prompt_filled_in_chunks_equals_the_prompt_at_once(kv_cache):
+    """The server fills prompts in chunks of any size >= 2 (its budget is shared between
+    prompts): a 600-token prompt so filled — past two key blocks — leaves the same cache and
+    the same last logits as the prompt in one call."""
+    config = decode_config()
+    model = Llama(config, decode_weights(config, ("Q4_1", "Q8_0")))
+    rng = np.random.default_rng(3)
+    ids = list(rng.integers(0, config.vocab_size, size=600))
+    whole = model.new_cache(640, kv_cache=kv_cache)
+    expected = model.forward(ids, whole, last_only=True)
+    chunked = model.new_cache(640, kv_cache=kv_cache)
+    start = 0
+    while start < len(ids):
+        size = int(rng.integers(2, 70))
+        if len(ids) - (start + size) == 1:
+            size += 1
+        logits = model.forward(ids[start:start + size], chunked, last_only=True)
+        start += size
+    np.testing.assert_array_equal(logits, expected)
+    np.testing.assert_array_equal(chunked.k[:, :600], whole.k[:, :600])
+    np.testing.assert_array_equal(chunked.v[:, :600], whole.v[:, :600])

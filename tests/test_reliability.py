@@ -265,3 +265,11 @@ def test_a_pickled_checkpoint_is_not_read(tmp_path):
     (tmp_path / "pytorch_model.bin").write_bytes(b"\x80\x04K\x01.")   # pickle.dumps(1)
     with pytest.raises(CheckpointError, match="a pickle\\) is not read"):
         checkpoint_files(str(tmp_path))
+
+
+def test_nan_logits_are_an_error_not_a_result():
+    from llama_np.llama.sampling import Sampler, SamplingSettings
+    logits = np.zeros(8, np.float32)
+    logits[3] = np.nan
+    with pytest.raises(ValueError, match="logits are NaN"):
+        Sampler(SamplingSettings(temperature=0))(logits)

@@ -73,6 +73,9 @@ def perplexity(model, tokenizer, ids, n_ctx, max_windows=None, progress=True):
             inputs[0] = bos
         logits = model.forward(inputs, model.new_cache(n_ctx))                     # [n_ctx, V]
         nll = token_nll(logits[first:n_ctx - 1], window[first + 1:])               # [n_ctx - 1 - first]
+        if not np.isfinite(nll).all():  # a perplexity of NaN is no result: say so instead
+            raise ValueError(f"the model's logits are not finite (NaN or infinity) in window {w}: "
+                             f"its weights are broken")
         nll_sum += float(nll.sum())
         nll_sq_sum += float(np.square(nll).sum())
         count += len(nll)

@@ -118,8 +118,10 @@ class Sampler:
     def __call__(self, logits, seen_ids=()):
         """One token id from logits [V] given the ids already in the context."""
         s = self.settings
-        logits = apply_repetition_penalty(np.asarray(logits, dtype=np.float32), seen_ids,
-                                          s.repetition_penalty)
+        logits = np.asarray(logits, dtype=np.float32)
+        if np.isnan(logits).any():  # argmax would pick token 0 for ever (often end-of-text)
+            raise ValueError("the model's logits are NaN: its weights are broken")
+        logits = apply_repetition_penalty(logits, seen_ids, s.repetition_penalty)
         if s.greedy:
             return int(np.argmax(logits))
         logits = top_p_filter(top_k_filter(logits / s.temperature, s.top_k), s.top_p)

@@ -208,6 +208,21 @@ def test_concurrent_requests_equal_the_same_requests_alone(server):
     assert wait_idle(base)["busy"] == 0
 
 
+@pytest.mark.slow
+def test_concurrent_requests_on_the_real_model_equal_the_same_requests_alone(real_model):
+    """The default model, the paper's sampling with seeds and greedy: 12 requests over 6
+    slots at once, each the answer it gets alone."""
+    with serving(*real_model, slots=6, ctx=512) as (base, _):
+        c = client(base)
+        requests = [dict(content=f"Name {i + 2} animals that live in {place}.", max_tokens=12 + i % 5,
+                         **({"temperature": 0} if i % 3 == 0 else {"seed": i}))
+                    for i, place in enumerate(["the sea", "forests", "deserts", "the arctic", "rivers", "caves"] * 2)]
+        alone = [chat(c, **r).choices[0].message.content for r in requests]
+        with concurrent.futures.ThreadPoolExecutor(12) as pool:
+            together = list(pool.map(lambda r: chat(c, **r).choices[0].message.content, requests))
+    assert together == alone
+
+
 # ----- faults ------------------------------------------------------------------------
 
 BAD = [
@@ -514,3 +529,33 @@ def test_the_chat_page_streams_two_turns_in_a_headless_browser(tiny, tmp_path):
                                      for tokens, finish, text in replies), replies
     assert float(rate) > 0
     assert len(lengths) > 2                          # the first reply was seen growing, not all at once
+
+
+@pytest.mark.skipif(chromium() is None, reason="no Chromium installed")
+def test_the_stop_button_ends_a_reply_and_frees_its_slot(tiny, tmp_path):
+    with serving(*tiny, slots=1, step_delay=0.05) as (base, engine):
+        browser = Chromium(tmp_path / "profile")
+        try:
+            page = browser.open(base + "/")
+            deadline = time.monotonic() + 30
+            while browser.evaluate(page, "document.getElementById('model').textContent") != "tiny":
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            browser.evaluate(page, "document.getElementById('system').value = ''; "
+                                   "document.getElementById('max_tokens').value = '100'; "
+                                   "document.getElementById('temperature').value = '1'; "
+                                   "document.getElementById('input').value = 'Tell me a long story'; "
+                                   "document.getElementById('form').requestSubmit()")
+            while not browser.evaluate(page, "(document.querySelector('.assistant') || {textContent: ''}).textContent"):
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            steps = engine.steps
+            browser.evaluate(page, "document.getElementById('stop').click()")
+            while browser.evaluate(page, "(document.querySelector('.assistant').dataset.finish || '')") != "stopped":
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            assert wait_idle(base, timeout=3.0)["busy"] == 0
+            assert engine.steps - steps < 40                      # not the 100 steps of the whole reply
+            assert browser.evaluate(page, "document.getElementById('send').disabled") is False
+        finally:
+            browser.close()

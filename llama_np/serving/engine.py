@@ -3,17 +3,20 @@ loop on its own thread (continuous batching).
 
     loop:
         admit    waiting requests take free slots (each slot's cache starts empty)
-        prefill  up to PREFILL_BUDGET prompt tokens, the oldest waiting prompts first, so
-                 that a long prompt never stalls the running streams for more than a chunk
+        prefill  prompt chunks of up to PREFILL_BUDGET tokens, the oldest waiting prompts
+                 first, until the step has filled PREFILL_BUDGET, so that a long prompt never
+                 stalls the running streams for more than a chunk or two
         decode   every slot past its prompt brings its last token; one batched step
                  (`llama.batch.decode_step`) gives each its next logits; each samples (the
                  rows in parallel threads), streams its text, and leaves when it is done
         a finished or cancelled request frees its slot for the next step
 
 A request's tokens never depend on what else is served: the batched step computes each row
-exactly as the row alone, each request samples with its own generator, and prompts are
-filled in chunks of at least two tokens (the prompt-sized products then sum as for the
-whole prompt at once). So a response equals the one it gets alone, and the chat CLI's.
+exactly as the row alone, each request samples with its own generator, and a prompt is
+cut into chunks at places that depend on it alone, each of at least two tokens (the
+prompt-sized products then sum as for the whole prompt at once). So a response equals the
+one it gets alone, and the chat CLI's — except, for the CLI, with dynamic-NTK RoPE and a
+prompt past the model's original context, whose frequencies depend on where a call ends.
 
 The web side talks to the engine through `Job`: `Engine.submit(job)` queues it (or raises
 QueueFull), the engine calls `job.emit(event)` from its thread — ("text", str) pieces,
@@ -93,12 +96,14 @@ class Slot:
     def prefilling(self):
         return self.job is not None and self.filled < len(self.job.prompt_ids)
 
-    def next_chunk(self, budget):
-        """The next prompt chunk: up to `budget` tokens (at least 2), taking a lone remainder
-        along, so that no chunk but a one-token prompt is a single token (one token would
-        take the one-token kernels, whose sums run in another order than a prompt's)."""
+    def next_chunk(self):
+        """The next prompt chunk: up to the next multiple of PREFILL_BUDGET positions, taking
+        a lone remainder along, so that no chunk but a one-token prompt is a single token
+        (one token would take the one-token kernels, whose sums run in another order than a
+        prompt's). Where a prompt is cut depends on the prompt alone, never on what else is
+        waiting (RoPE scaled by dynamic NTK depends on where a call ends)."""
         ids = self.job.prompt_ids
-        end = self.filled + max(budget, 2)
+        end = (self.filled // PREFILL_BUDGET + 1) * PREFILL_BUDGET
         if len(ids) - end == 1:
             end += 1
         return ids[self.filled:end]
@@ -198,14 +203,15 @@ class Engine:
                 self._finish(slot, "cancelled")
         budget = PREFILL_BUDGET                      # prompt chunks, the oldest requests first
         for slot in sorted((s for s in self.slots if s.prefilling), key=lambda s: s.job.submitted):
-            if budget <= 0:
-                break
-            chunk = slot.next_chunk(budget)
-            logits = self.model.forward(chunk, slot.cache, last_only=True)[-1]   # [V]
-            slot.filled += len(chunk)
-            budget -= len(chunk)
+            while budget > 0 and slot.prefilling:
+                chunk = slot.next_chunk()
+                logits = self.model.forward(chunk, slot.cache, last_only=True)[-1]   # [V]
+                slot.filled += len(chunk)
+                budget -= len(chunk)
             if not slot.prefilling:
                 self._advance(slot, self._sample(slot, logits))
+            if budget <= 0:
+                break
         decoding = [s for s in self.slots if s.job is not None and s.last_token is not None]
         if decoding:
             logits = decode_step(self.model, [s.last_token for s in decoding],

@@ -273,3 +273,12 @@ def test_nan_logits_are_an_error_not_a_result():
     logits[3] = np.nan
     with pytest.raises(ValueError, match="logits are NaN"):
         Sampler(SamplingSettings(temperature=0))(logits)
+
+
+def test_a_diverged_adapter_is_not_saved(tiny, tmp_path):
+    _, model = tiny
+    adapter = Adapter.init(model.config, model.weights, LoraConfig(r=2), np.random.default_rng(0))
+    next(iter(adapter.params.values()))[0, 0] = np.inf
+    with pytest.raises(AdapterError, match="the training diverged"):
+        save_adapter(str(tmp_path / "a"), adapter)
+    assert not (tmp_path / "a").exists()

@@ -64,6 +64,10 @@ def save_adapter(folder, adapter):
     into place, so an interrupted save never leaves a half-written file."""
     from safetensors.numpy import save_file
 
+    for name, p in adapter.params.items():  # what load_adapter would refuse is not written
+        if not np.isfinite(p).all():
+            raise AdapterError(f"{folder}: not saved, {name} holds non-finite values (NaN or "
+                               f"infinity): the training diverged (a lower --lr?)")
     os.makedirs(folder, exist_ok=True)
     tensors = {PREFIX + name: np.ascontiguousarray(p, dtype=np.float32)
                for name, p in adapter.params.items()}

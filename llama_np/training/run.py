@@ -113,6 +113,9 @@ def training_batches(settings, tokenizer):
 
 def total_steps(settings, batches):
     """Optimizer steps of the run: settings.steps, or settings.epochs (one) of the data."""
+    if settings.grad_accum > len(batches):  # 10⁹ would be one step over the data 10⁹ times
+        raise ValueError(f"--grad-accum {settings.grad_accum} exceeds the {len(batches)} micro-batches "
+                         f"of --batch-size {settings.batch_size} one pass over the data makes")
     steps_per_epoch = math.ceil(len(batches) / settings.grad_accum)
     return settings.steps or max(1, round((settings.epochs or 1.0) * steps_per_epoch))
 

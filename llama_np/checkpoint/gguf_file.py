@@ -164,8 +164,9 @@ class GGUFFile:
                 raise GGUFError(f"{self.path}: tensor {name!r} has {n_dims} dimensions (corrupt header?)")
             dims = [cur.scalar("<Q") for _ in range(n_dims)]
             ggml_type, offset = cur.scalar("<I"), cur.scalar("<Q")
-            # at least half a byte per weight (4 bits), so a file holds at most 2 weights per byte
-            if min(dims) < 1 or int(np.prod(dims, dtype=object)) > 2 * len(buf):
+            # no ggml type stores less than a bit per weight (IQ1_S: 1.56), so a file holds at
+            # most 8 weights per byte, whatever types llama_np itself reads
+            if min(dims) < 1 or int(np.prod(dims, dtype=object)) > 8 * len(buf):
                 raise GGUFError(f"{self.path}: tensor {name!r} has shape {dims}, more than "
                                 f"the file's {len(buf)} bytes can hold (corrupt header?)")
             if offset % alignment:

@@ -282,3 +282,13 @@ def test_a_diverged_adapter_is_not_saved(tiny, tmp_path):
     with pytest.raises(AdapterError, match="the training diverged"):
         save_adapter(str(tmp_path / "a"), adapter)
     assert not (tmp_path / "a").exists()
+
+
+def test_a_training_log_line_cut_by_a_kill_is_dropped(tmp_path):
+    from llama_np.training.trainer import read_log
+    log = tmp_path / "train_log.jsonl"
+    log.write_text('{"step": 1, "loss": 2.5}\n{"step": 2, "lo')
+    assert read_log(log) == [{"step": 1, "loss": 2.5}]
+    log.write_text('{"step": 1, "lo\n{"step": 2, "loss": 2.5}\n')
+    with pytest.raises(ValueError, match="line 1 is not JSON"):
+        read_log(log)

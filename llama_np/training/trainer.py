@@ -315,8 +315,7 @@ class Trainer:
         path = os.path.join(self.out_dir, LOG_FILE)
         if not os.path.exists(path):
             return
-        with open(path, encoding="utf-8") as f:
-            kept = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= self.step]
+        kept = [json.dumps(r) + "\n" for r in read_log(path) if r.get("step", 0) <= self.step]
         atomic_write_text(path, "".join(kept))
 
     def plot(self, path=None):
@@ -344,8 +343,18 @@ def latest_checkpoint(out_dir):
 
 
 def read_log(path):
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """The records of train_log.jsonl, without a last line that a kill cut short (the log is
+    appended to, one line per step, so that is the only way a line can be broken)."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        lines = [line for line in f if line.strip()]
+    records = []
+    for k, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            if k < len(lines) - 1:
+                raise ValueError(f"{path}: line {k + 1} is not JSON") from None
+    return records
 
 
 def plot_log(log_path, png_path):

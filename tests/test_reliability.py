@@ -52,6 +52,7 @@ def test_gguf_metadata_is_checked(change, words):
     (dict(HF_CONFIG, num_attention_heads=True), "num_attention_heads must be a positive integer"),
     (dict(HF_CONFIG, eos_token_id=[]), "eos_token_id"),
     (dict(HF_CONFIG, rope_scaling=[1]), "rope_scaling"),
+    (dict(HF_CONFIG, tie_word_embeddings="no"), "tie_word_embeddings must be true or false"),
 ])
 def test_hf_config_is_checked(config, words):
     with pytest.raises(ConfigError, match=words):

@@ -64,6 +64,8 @@ class LlamaConfig:
             value = getattr(self, name)
             if not (_is_real(value) and math.isfinite(value) and value > 0):
                 raise ConfigError(f"{name} must be a finite number > 0, got {value!r}")
+        if not isinstance(self.tie_word_embeddings, bool):
+            raise ConfigError(f"tie_word_embeddings must be true or false, got {self.tie_word_embeddings!r}")
         for name in ("bos_token_id", "eos_token_id"):
             value = getattr(self, name)
             if value is not None and not (_is_integer(value) and value >= 0):
@@ -124,7 +126,7 @@ class LlamaConfig:
                 rms_norm_eps=cfg.get("rms_norm_eps", 1e-6),
                 rope_theta=cfg.get("rope_theta", rope_parameters.get("rope_theta", 10000.0)),
                 max_position_embeddings=cfg.get("max_position_embeddings", 2048),
-                tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+                tie_word_embeddings=cfg.get("tie_word_embeddings", False),
                 bos_token_id=cfg.get("bos_token_id", 1),
                 eos_token_id=eos[0] if isinstance(eos, list) and eos else eos,
                 rope_scaling=rope_scaling,

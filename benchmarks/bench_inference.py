@@ -527,7 +527,8 @@ def main():
         medians = report_scan(results, engines, args.threads, args.runs)
         threads = max(args.threads)
         plot_scan(medians, engines, threads, args.plot,
-                  f"{os.path.basename(args.model)}, {threads} threads, medians of {args.runs}; {machine}")
+                  f"{os.path.basename(args.model)}, {threads} threads, medians of {args.runs}, "
+                  f"load {statistics.median(loads):.1f}; {machine}")
         print(f"\nplot: {args.plot}")
         if args.json:
             with open(args.json, "w", encoding="utf-8") as f:

@@ -135,8 +135,13 @@ static inline const float *kv_load_rows(int32_t format, const uint8_t *head, int
         *stride = row_bytes / (int64_t)sizeof(float);
         return (const float *)(head + b0 * row_bytes);
     }
-    for (int64_t s = 0; s < n_rows; s++)
+    const int64_t bytes = kv_bytes(format, head_dim);
+    for (int64_t s = 0; s < n_rows; s++) {
+        /* ask for the row n_rows positions on (the next piece; a prefetch never faults) */
+        const uint8_t *ahead = head + (b0 + s + n_rows) * row_bytes;
+        for (int64_t at = 0; at < bytes; at += 64) __builtin_prefetch(ahead + at);
         kv_to_f32(format, buffer + s * head_dim, head + (b0 + s) * row_bytes, head_dim);
+    }
     *stride = head_dim;
     return buffer;
 }

@@ -42,16 +42,20 @@ def hf_gguf_model(real_model_path):
 
 
 def save_tiny_llama(folder, *, tied, vocab=97, hidden=64, layers=2, heads=4, kv_heads=2,
-                    ffn=96, seed=0):
-    """A tiny random LLaMA saved by transformers; returns the torch model (eval, float32)."""
+                    ffn=96, seed=0, max_positions=128, rope_parameters=None):
+    """A tiny random LLaMA saved by transformers; returns the torch model (eval, float32).
+    `rope_parameters` (transformers 5's dict, e.g. {"rope_type": "linear", "factor": 4.0})
+    gives it RoPE scaling."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(seed)
+    rope = (dict(rope_theta=10000.0) if rope_parameters is None
+            else dict(rope_parameters=dict(rope_parameters, rope_theta=10000.0)))
     cfg = transformers.LlamaConfig(
         vocab_size=vocab, hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=layers,
-        num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=128,
-        rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=tied,
-        bos_token_id=1, eos_token_id=2, pad_token_id=0)
+        num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=max_positions,
+        rms_norm_eps=1e-5, tie_word_embeddings=tied, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+        **rope)
     model = transformers.LlamaForCausalLM(cfg).eval()
     with torch.no_grad():  # larger-than-default weights so differences are not hidden by tiny values
         for p in model.parameters():

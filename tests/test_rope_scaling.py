@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import save_tiny_llama
 from llama_np.checkpoint.safetensors import load_hf
 from llama_np.ops import IGNORE_INDEX
 from llama_np.llama.config import ConfigError, LlamaConfig
@@ -32,18 +33,8 @@ SCALINGS = {
 
 def save_scaled_llama(folder, rope_parameters, max_positions, seed=0):
     """A tiny random LLaMA with RoPE scaling, saved by transformers; returns it (eval, float32)."""
-    torch.manual_seed(seed)
-    cfg = transformers.LlamaConfig(
-        vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=max_positions,
-        rms_norm_eps=1e-5, rope_parameters=dict(rope_parameters, rope_theta=10000.0),
-        bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    model = transformers.LlamaForCausalLM(cfg).eval()
-    with torch.no_grad():  # larger-than-default weights so differences are not hidden by tiny values
-        for p in model.parameters():
-            p.normal_(0.0, 0.3 if p.dim() > 1 else 1.0)
-    model.save_pretrained(folder)
-    return model
+    return save_tiny_llama(folder, tied=False, heads=2, kv_heads=1, seed=seed, max_positions=max_positions,
+                           rope_parameters=rope_parameters)
 
 
 @pytest.fixture(scope="module", params=list(SCALINGS))

@@ -33,6 +33,9 @@ setup(
             "torch==2.13.0",
             "transformers==5.24.0",
             "peft==0.21.2",
+            # the export's ZeRO-2 config, checked by DeepSpeed itself (tests/test_export.py); a
+            # source package that builds in seconds without a compiler (no ops, torch left as is)
+            "deepspeed==0.19.8",
             "nbclient>=0.10",
             "nbformat>=5.10",
             "ipykernel>=6.29",

@@ -160,23 +160,51 @@ def test_finetune_export_torch_writes_the_run_its_flags_describe(alpaca_root, tm
     assert code == 2 and "--export-torch" in err
 
 
-def test_deepspeed_config_passes_deepspeeds_own_check(tmp_path):
-    """transformers fills the "auto" values from the TrainingArguments (as train.py's Trainer
-    does), then DeepSpeed checks the result."""
-    pytest.importorskip("deepspeed")
+def deepspeed_checked(export_dir, world_size, per_device_batch_size, monkeypatch):
+    """The export's ds_zero2.json as train.py's Trainer hands it to DeepSpeed on `world_size`
+    processes with --per-device-batch-size: transformers fills the "auto" values from the
+    TrainingArguments that train.py builds from train_config.json, then DeepSpeed checks it
+    (told by a stand-in for torch.distributed, which is not started here, that it is rank 0
+    of `world_size`)."""
+    from deepspeed.runtime import config as ds_config
     from deepspeed.runtime.config import DeepSpeedConfig
     from transformers import TrainingArguments
     from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
-    path = tmp_path / "ds_zero2.json"
-    path.write_text(json.dumps(export.deepspeed_zero2_config()))
-    args = TrainingArguments(output_dir=str(tmp_path / "out"), per_device_train_batch_size=2,
-                             gradient_accumulation_steps=4, max_grad_norm=0.5, report_to="none")
-    filled = HfTrainerDeepSpeedConfig(str(path))
+
+    class OnProcesses(TrainingArguments):      # as torchrun's environment would make it
+        @property
+        def world_size(self):
+            return world_size
+
+    run = json.loads((export_dir / "train_config.json").read_text())
+    args = OnProcesses(output_dir=str(export_dir / "output"), per_device_train_batch_size=per_device_batch_size,
+                       gradient_accumulation_steps=run["global_batch_size"] // (per_device_batch_size * world_size),
+                       max_grad_norm=run["max_grad_norm"], report_to="none", use_cpu=True)
+    filled = HfTrainerDeepSpeedConfig(str(export_dir / export.DEEPSPEED_FILE))
     filled.trainer_config_process(args)
-    checked = DeepSpeedConfig(filled.config)
-    assert checked.zero_optimization_stage == 2
-    assert checked.train_batch_size == 8 and checked.gradient_accumulation_steps == 4
-    assert checked.gradient_clipping == 0.5
+    monkeypatch.setattr(ds_config.dist, "get_rank", lambda: 0)
+    monkeypatch.setattr(ds_config.dist, "get_world_size", lambda *group: world_size)
+    return DeepSpeedConfig(filled.config), run
+
+
+def test_deepspeed_config_passes_deepspeeds_own_check(alpaca_root, tmp_path, monkeypatch):
+    """The exported config, with the export's batch (2 examples × 2 micro-batches = 4 a step)
+    split as the README's commands split it: DeepSpeed accepts it, with the global batch
+    llama_np trains on, ZeRO stage 2 and llama_np's clipping."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("deepspeed")
+    export.export_torch(alpaca_run(alpaca_root, tmp_path / "export"), tmp_path / "export")
+    for world_size, per_device in [(1, 1), (2, 1), (2, 2), (4, 1)]:
+        checked, run = deepspeed_checked(tmp_path / "export", world_size, per_device, monkeypatch)
+        assert checked.train_batch_size == run["global_batch_size"] == 4
+        assert checked.train_micro_batch_size_per_gpu == per_device
+        assert checked.gradient_accumulation_steps == 4 // (world_size * per_device)
+        assert checked.zero_optimization_stage == 2 and checked.gradient_clipping == run["max_grad_norm"] == 0.5
+        assert not checked.float16_config.enabled and not checked.bfloat16_config.enabled   # fp32 unless --fp16/--bf16
+    # the check has teeth: a batch that does not add up over the 4 processes is refused
+    from deepspeed.runtime.config import DeepSpeedConfig
+    with pytest.raises(AssertionError, match="batch"):
+        DeepSpeedConfig(dict(checked._param_dict, train_batch_size=6))
 
 
 def test_recipe_export_torch_writes_stage2_after_what_it_starts_from(tiny_gguf, tmp_path, capsys):  # noqa: F811

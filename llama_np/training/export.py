@@ -50,10 +50,12 @@ class ExportError(ValueError):
 def deepspeed_zero2_config():
     """ZeRO stage 2 without offload, as the paper's ds_zero2_no_offload.json: optimizer state
     and gradients partitioned over the processes, fp16 when train.py is given --fp16. "auto"
-    is filled by transformers from train.py's TrainingArguments (batch sizes, clipping)."""
+    is filled by transformers from train.py's TrainingArguments (batch sizes, clipping). The
+    paper's min_loss_scale of 1e-10 is 1 here: DeepSpeed (0.19) takes only a whole number ≥ 1
+    there, and refuses the paper's file."""
     return {
         "fp16": {"enabled": "auto", "loss_scale": 0, "loss_scale_window": 100, "initial_scale_power": 16,
-                 "hysteresis": 2, "min_loss_scale": 1e-10},
+                 "hysteresis": 2, "min_loss_scale": 1},
         "bf16": {"enabled": "auto"},
         "zero_optimization": {"stage": 2, "allgather_partitions": True, "allgather_bucket_size": 100_000_000,
                               "overlap_comm": True, "reduce_scatter": True, "reduce_bucket_size": 100_000_000,

@@ -9,6 +9,7 @@ paragraphs):
 
     tokens per character = tokens / characters          (BOS not counted)
     length ratio         = tokens / tokens of the first tokenizer in the table
+    chars/2,048 tokens   = 2,048 / tokens per character  (how much such text a context holds)
 
     python -m llama_np.tokenizer_stats tokenizer.model merged.model
     python -m llama_np.tokenizer_stats default smollm2-zh/ --part held_out
@@ -22,6 +23,7 @@ import os
 
 from llama_np.chinese.tokenizer_stats import PAPER_TABLE_1_SENTENCE
 from llama_np.cli import common as cli
+from llama_np.llama.decoding_defaults import PAPER_CONTEXT
 
 # ----- the command line -----------------------------------------------------------------------
 
@@ -42,10 +44,16 @@ def parse_args(argv=None):
                       help="which of llama_np's corpora (default: %(default)s, the Chinese Wikipedia text)")
     parser.add_argument("--part", choices=corpus.PARTS, default="all",
                         help="which part of llama_np's corpus (default: %(default)s)")
+    parser.add_argument("--context", type=int, default=PAPER_CONTEXT, metavar="TOKENS",
+                        help="the context whose capacity in characters the table shows (default: "
+                             "%(default)s, the paper's)")
     parser.add_argument("--example", default=PAPER_TABLE_1_SENTENCE,
                         help="a text to show tokenized by each tokenizer (default: the sentence of "
                              "the paper's Table 1); '' for none")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.context < 1:
+        parser.error(f"--context must be at least 1 token, not {args.context}")
+    return args
 
 
 def main(argv=None):
@@ -66,7 +74,7 @@ def main(argv=None):
     tokenizers = [load_tokenizer(hub.resolve_model(path)) for path in args.tokenizers]
     rows = [measure(tok, documents, name) for tok, name in zip(tokenizers, names)]
     print(f"text: {described} ({len(documents):,} documents, {rows[0].n_characters:,} characters)\n")
-    print(format_table(rows))
+    print(format_table(rows, args.context))
     if args.example:
         print(f"\n{args.example}\n")
         print(format_example(tokenizers, names, args.example))

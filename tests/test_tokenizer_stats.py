@@ -44,10 +44,15 @@ def test_format_table_gives_ratios_to_the_first_row():
     table = format_table([TokenizerStats("original", 32000, 1000, 1420),
                           TokenizerStats("extended", 49953, 1000, 721)])
     header, rule, first, second = table.splitlines()
-    assert header.split() == ["tokenizer", "vocab", "tokens", "tokens/char", "length", "ratio"]
-    assert first.split() == ["original", "32,000", "1,420", "1.420", "1.000"]
-    assert second.split() == ["extended", "49,953", "721", "0.721", "0.508"]
+    assert header.split() == ["tokenizer", "vocab", "tokens", "tokens/char", "length", "ratio", "chars/2,048", "tokens"]
+    assert first.split() == ["original", "32,000", "1,420", "1.420", "1.000", "1,442"]    # 2048 / 1.42
+    assert second.split() == ["extended", "49,953", "721", "0.721", "0.508", "2,840"]
     assert len({len(header), len(rule), len(first), len(second)}) == 1
+    assert format_table([TokenizerStats("original", 32000, 1000, 1420)], context=512).split()[6] == "chars/512"
+
+
+def test_a_context_holds_characters_in_proportion_to_characters_per_token():
+    assert TokenizerStats("t", 100, 1000, 500).characters_per_context(2048) == 4096
 
 
 def test_token_texts_show_bytes_where_a_character_is_split(llama, real_model_path):
@@ -74,9 +79,17 @@ def test_cli_prints_the_table_and_the_example(merged_path):
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == "text: song_ci, held_out (28 documents, 3,348 characters)"
-    assert lines[4].split()[:2] == ["tokenizer.model", "32,000"] and lines[4].split()[-1] == "1.000"
-    assert lines[5].split()[:2] == ["merged.model", "49,953"] and float(lines[5].split()[-1]) < 0.7
+    assert lines[4].split()[:2] == ["tokenizer.model", "32,000"] and lines[4].split()[-2] == "1.000"
+    assert lines[5].split()[:2] == ["merged.model", "49,953"] and float(lines[5].split()[-2]) < 0.7
+    assert int(lines[5].split()[-1].replace(",", "")) > 1.4 * int(lines[4].split()[-1].replace(",", ""))
     assert "(35 tokens)" in result.stdout and "(16 tokens)" in result.stdout
+    assert lines[2].split()[-2:] == ["chars/2,048", "tokens"]
+
+
+def test_cli_refuses_a_context_of_no_tokens():
+    result = run_cli("default", "--context", "0")
+    assert result.returncode == 2 and "--context must be at least 1" in result.stderr
+    assert len(result.stderr.strip().splitlines()[-1]) < 200
 
 
 @pytest.mark.parametrize("content, message", [

@@ -1,8 +1,14 @@
 """The paper's Table 1: how many tokens a tokenizer spends per character of Chinese text,
-the original tokenizer against the extended one, and tokenizations side by side."""
+the original tokenizer against the extended one, and tokenizations side by side.
+
+Fewer tokens per character is the paper's efficiency claim: a context of C tokens holds
+C / (tokens per character) characters, so the extended tokenizer fits about twice the
+Chinese text in the same 2,048-token context (decoding speed in characters per second, the
+claim's other half, is measured by benchmarks/bench_chinese.py)."""
 from dataclasses import dataclass
 
 from llama_np.chinese.vocab_bpe import SYMBOL_BYTES, readable_token
+from llama_np.llama.decoding_defaults import PAPER_CONTEXT
 from llama_np.tokenizer.tokenizers import SentencePieceTokenizer
 
 PAPER_TABLE_1_SENTENCE = "人工智能是计算机科学、心理学、哲学等学科融合的交叉学科。"
@@ -20,6 +26,10 @@ class TokenizerStats:
     def tokens_per_character(self):
         return self.n_tokens / self.n_characters
 
+    def characters_per_context(self, context=PAPER_CONTEXT):
+        """How many characters of such text a context of `context` tokens holds."""
+        return context / self.tokens_per_character
+
 
 def measure(tokenizer, documents, name=None):
     """Tokens `tokenizer` spends on `documents` (each encoded on its own, without BOS)."""
@@ -30,11 +40,13 @@ def measure(tokenizer, documents, name=None):
     return TokenizerStats(name or tokenizer.source, tokenizer.vocab_size, n_characters, n_tokens)
 
 
-def format_table(rows):
-    """The rows as a text table; the length ratio is relative to the first row."""
-    headers = ("tokenizer", "vocab", "tokens", "tokens/char", "length ratio")
+def format_table(rows, context=PAPER_CONTEXT):
+    """The rows as a text table; the length ratio is relative to the first row, and
+    "chars/context" is how many characters of the text a `context`-token context holds."""
+    headers = ("tokenizer", "vocab", "tokens", "tokens/char", "length ratio", f"chars/{context:,} tokens")
     cells = [(row.name, f"{row.vocab_size:,}", f"{row.n_tokens:,}", f"{row.tokens_per_character:.3f}",
-              f"{row.n_tokens / rows[0].n_tokens:.3f}") for row in rows]
+              f"{row.n_tokens / rows[0].n_tokens:.3f}", f"{row.characters_per_context(context):,.0f}")
+             for row in rows]
     widths = [max(len(line[k]) for line in [headers] + cells) for k in range(len(headers))]
 
     def line(values):  # the name left-aligned, the numbers right-aligned

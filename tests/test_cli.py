@@ -54,3 +54,14 @@ def test_bad_flags_fail_with_one_line(flags, message):
     result = run("llama_np.chat", "--prompt", "hi", *flags)
     assert result.returncode != 0
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("tool", ["llama_np.chat", "llama_np.generate"])
+def test_a_prompt_that_is_not_utf8_fails_with_one_line(tool):
+    """Bytes that are not UTF-8 reach Python's argv as lone surrogates (PEP 383): the
+    tokenizer must refuse them with a sentence, not a traceback from its backend."""
+    result = subprocess.run([sys.executable, "-m", tool, "--prompt", b"caf\xc3 au lait", "--max-new-tokens", "2"],
+                            capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert result.returncode != 0
+    assert "not valid Unicode" in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -241,13 +241,15 @@ BAD = [
     ("stop of numbers", {"messages": [{"role": "user", "content": "hi"}], "stop": [1]}, "stop"),
     ("content a number", {"messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
     ("a completion without prompt", {"max_tokens": 3}, "prompt"),
+    ("a lone surrogate", b'{"messages": [{"role": "user", "content": "hi \\ud800"}]}', "messages"),
+    ("a completion with a lone surrogate", b'{"prompt": "hi \\udc80"}', "prompt"),
 ]
 
 
 @pytest.mark.parametrize("what, body, param", BAD, ids=[b[0] for b in BAD])
 def test_a_bad_request_gets_a_4xx_with_a_json_error(server, what, body, param):
     base, _ = server
-    path = "/v1/completions" if what == "a completion without prompt" else "/v1/chat/completions"
+    path = "/v1/completions" if what.startswith("a completion") else "/v1/chat/completions"
     kw = {"content": body, "headers": {"content-type": "application/json"}} if isinstance(body, bytes) else {"json": body}
     r = httpx.post(base + path, timeout=30, **kw)
     assert 400 <= r.status_code < 500, r.text

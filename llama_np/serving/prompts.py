@@ -21,7 +21,11 @@ class PromptBuilder:
         return self._fits(ids, "messages")
 
     def completion_ids(self, prompt):
-        return self._fits(self.tokenizer.encode(prompt), "prompt")
+        try:
+            ids = self.tokenizer.encode(prompt)
+        except ValueError as e:             # text with no UTF-8 spelling (a lone surrogate)
+            raise RequestError(f"prompt: {e}", "prompt") from None
+        return self._fits(ids, "prompt")
 
     def _fits(self, ids, param):
         if not ids:

@@ -75,6 +75,17 @@ _QWEN2_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 
 
+def _check_encodable(text):
+    """Text holding a lone UTF-16 surrogate (from bytes that are not UTF-8, which Python
+    keeps as surrogates in command-line arguments, or a JSON escape such as "\\ud800") has
+    no UTF-8 spelling, so no tokens: say where, instead of failing inside the backend."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"the text is not valid Unicode at character {e.start} "
+                         f"(U+{ord(text[e.start]):04X}, a lone surrogate: bytes that are not UTF-8?)") from None
+
+
 class TokenizerError(ValueError):
     """A file or folder that holds no usable tokenizer, or ids the tokenizer cannot decode."""
 
@@ -208,6 +219,8 @@ class Tokenizer:
         their single id. `add_bos=None` follows the model (`self.add_bos`)."""
         if not isinstance(text, str):
             raise TypeError(f"encode expects a str, got {type(text).__name__}")
+        if not text.isascii():
+            _check_encodable(text)
         ids = self._encode_text(text)
         if (self.add_bos if add_bos is None else add_bos) and self.bos_id is not None:
             ids = [self.bos_id] + ids

@@ -77,8 +77,8 @@ def test_truncated_header(tmp_path):
 
 
 def test_unsupported_tensor_type_names_type_and_tensor(tmp_path):
-    path = write_tiny_gguf(tmp_path / "q5.gguf", odd_tensor_type=gguf.GGMLQuantizationType.Q5_0)
-    with pytest.raises(GGUFError, match=r"tensor 'blk\.0\.attn_v\.weight' has type Q5_0"):
+    path = write_tiny_gguf(tmp_path / "iq4.gguf", odd_tensor_type=gguf.GGMLQuantizationType.IQ4_NL)
+    with pytest.raises(GGUFError, match=r"tensor 'blk\.0\.attn_v\.weight' has type IQ4_NL"):
         load_gguf(path)
 
 

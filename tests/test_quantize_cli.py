@@ -34,10 +34,11 @@ PROMPT = "The quick brown fox, in 1969"
 MEAN_LOGIT_ERROR = {"Q8_0": 0.02, "Q4_1": 0.25, "Q4_0": 0.25}
 
 
-def save_tiny_bpe_model(folder, *, tied, seed=0, extra_rows=0):
+def save_tiny_bpe_model(folder, *, tied, seed=0, extra_rows=0, **shape):
     """A tiny random LLaMA with a byte-level BPE tokenizer trained here on a few sentences,
     SmolLM's kind (digits split off, then GPT-2's regex), ChatML special tokens and template.
-    The embedding has `extra_rows` more rows than the tokenizer has tokens (negative: fewer)."""
+    The embedding has `extra_rows` more rows than the tokenizer has tokens (negative: fewer);
+    `shape` (hidden=, layers=, heads=, kv_heads=, ffn=) goes to conftest.save_tiny_llama."""
     import torch
     from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -48,7 +49,7 @@ def save_tiny_bpe_model(folder, *, tied, seed=0, extra_rows=0):
     trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=SPECIAL_TOKENS, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(CORPUS * 5, trainer)
-    model = save_tiny_llama(folder, tied=tied, vocab=tok.get_vocab_size() + extra_rows, seed=seed)
+    model = save_tiny_llama(folder, tied=tied, vocab=tok.get_vocab_size() + extra_rows, seed=seed, **shape)
     # save_tiny_llama's weights (std 0.3) make every layer amplify by ~2.4, so the smallest
     # rounding grows chaotically; std 1/sqrt(fan_in), as a trained network keeps its
     # activations, lets the logits show the quantization error itself
@@ -232,8 +233,12 @@ def test_bad_inputs_say_why(tmp_path, capsys):
     save_tiny_bpe_model(too_few_rows, tied=True, extra_rows=-3)
     not_gguf = tmp_path / "notes.txt"
     not_gguf.write_text("hello")
+    width_64 = tmp_path / "width_64"                 # rows of 64: no whole 256-weight super-block
+    save_tiny_bpe_model(width_64, tied=True)
     out = tmp_path / "out.gguf"
     cases = [
+        ([str(width_64), "--type", "Q4_K_M", "--embed-type", "Q4_K", "--out", str(out)],
+         "not whole 256-weight blocks"),
         ([str(tmp_path / "missing"), "--type", "Q4_0", "--out", str(out)], "no such model"),
         ([str(no_tokenizer), "--type", "Q4_0", "--out", str(out)], "neither tokenizer.json nor tokenizer.model"),
         ([str(not_gguf), "--type", "Q4_0", "--out", str(out)], "not a GGUF file"),

@@ -30,7 +30,7 @@ from llama_np.tokenizer.sentencepiece_model import adds_dummy_prefix, parse_mode
 from llama_np.checkpoint.gguf import gguf_name, permute_qk
 from llama_np.llama import rope_scaling
 from llama_np.llama.weights import expected_shapes
-from llama_np.quant import BLOCK_BYTES, QK, QuantizedMatrix, dequantize, quantize, tensor_nbytes
+from llama_np.quant import BLOCK_BYTES, FORMATS, QuantizedMatrix, dequantize, quantize, tensor_nbytes
 from llama_np.tokenizer.tokenizers import (TOKEN_CONTROL, TOKEN_NORMAL, TOKEN_UNKNOWN, TOKEN_UNUSED,
                                 TOKEN_USER_DEFINED, Tokenizer)
 
@@ -270,7 +270,7 @@ def write_llama_gguf(path, config, weights, tensor_types, metadata, progress=Tru
     config:        the LlamaConfig (its `llama.*` keys are written from it)
     weights:       Hugging Face name → float array or QuantizedMatrix, in HF row order
                    (tied models: no lm_head.weight)
-    tensor_types:  Hugging Face name → "F32", "F16", "Q8_0", "Q4_1" or "Q4_0"
+    tensor_types:  Hugging Face name → "F32", "F16" or a block format ("Q4_0", "Q4_K", …)
     metadata:      key → MetadataValue: general.* and tokenizer.* entries (llama.* from
                    `config` and general.architecture are added, and override)
     progress:      show a tqdm bar on stderr, counting weights
@@ -283,9 +283,10 @@ def write_llama_gguf(path, config, weights, tensor_types, metadata, progress=Tru
     for name, shape in expected_shapes(config).items():
         if tensor_types[name] not in TENSOR_TYPES:
             raise GGUFWriteError(f"{name}: cannot write type {tensor_types[name]!r}; one of {TENSOR_TYPES}")
-        if tensor_types[name] in BLOCK_BYTES and shape[-1] % QK:
+        block_weights = FORMATS[tensor_types[name]].block_weights
+        if shape[-1] % block_weights:
             raise GGUFWriteError(f"{name}: rows of {shape[-1]} weights cannot be cut into "
-                                 f"{QK}-weight blocks for {tensor_types[name]}")
+                                 f"{block_weights}-weight blocks for {tensor_types[name]}")
         plan.append((name, gguf_name(name), shape, tensor_types[name]))
     extra = rope_scaling.gguf_tensors(config)        # llama3's rope_freqs.weight: not a weight
     plan += [(None, name, tensor.shape, "F32") for name, tensor in extra.items()]

@@ -1,6 +1,6 @@
 """Quantizing a checkpoint: which type each tensor gets, and the GGUF it is written to.
 
-Which tensor becomes what:
+Which tensor becomes what, for --type F32, F16, Q8_0, Q4_1 and Q4_0:
 
     norms (1-D)                       F32 always: 0.02% of the weights, and every
                                       activation is multiplied by them
@@ -11,8 +11,11 @@ Which tensor becomes what:
                                       (what a 4-bit one costs: docs/benchmarks.md#quantize)
     every other matrix                --type (F32, F16, Q8_0, Q4_1, Q4_0)
 
-A matrix whose rows are not whole 32-weight blocks stays F32. Q/K rows are permuted to
-llama.cpp's order, and the tokenizer (from the GGUF's metadata, or built from the folder's
+A matrix whose rows are not whole 32-weight blocks stays F32. For the 5-bit types and the
+K-quant mixes (Q5_0, Q5_1, Q2_K, Q3_K_S/M/L, Q4_K_S/M, Q5_K_S/M, Q6_K) each tensor gets the
+type llama.cpp's quantizer gives it (`llama_np.checkpoint.type_mix`), so the file has the
+same types and, block for block, the same bytes; --embed-type, when given, still sets the
+vocabulary matrices. Q/K rows are permuted to llama.cpp's order, and the tokenizer (from the GGUF's metadata, or built from the folder's
 tokenizer.model / tokenizer.json) and chat template travel with the weights.
 
 Quantizing what is already quantized: a tensor already of its target type is copied block
@@ -28,8 +31,9 @@ from collections import Counter
 from llama_np.checkpoint import gguf_writer
 from llama_np.checkpoint.gguf import load_gguf
 from llama_np.checkpoint.safetensors import load_hf
+from llama_np.checkpoint.type_mix import MIXES, mix_tensor_types
 from llama_np.llama.weights import expected_shapes
-from llama_np.quant import FORMATS, QK, QuantizedMatrix
+from llama_np.quant import FORMATS, QuantizedMatrix
 
 VOCABULARY_MATRICES = ("model.embed_tokens.weight", "lm_head.weight")
 # recomputed for the new file rather than copied from a GGUF source
@@ -38,16 +42,38 @@ RECOMPUTED_KEYS = ("general.architecture", "general.file_type", "general.quantiz
 
 
 def tensor_types(config, weight_type, embed_type):
-    """Hugging Face tensor name → the type it is written as (see the module docstring)."""
+    """Hugging Face tensor name → the type it is written as (see the module docstring);
+    embed_type None: the default for weight_type."""
+    if weight_type in MIXES:
+        types = mix_tensor_types(config, weight_type)
+        if embed_type is not None:
+            for name in VOCABULARY_MATRICES:
+                if name in types:
+                    check_fits(name, config, embed_type)
+                    types[name] = embed_type
+        return types
     types = {}
     for name, shape in expected_shapes(config).items():
         if len(shape) == 1:
             types[name] = "F32"
             continue
         wanted = embed_type if name in VOCABULARY_MATRICES else weight_type
-        blocks_fit = shape[-1] % QK == 0
+        blocks_fit = shape[-1] % FORMATS[wanted].block_weights == 0
         types[name] = wanted if blocks_fit or wanted in ("F32", "F16") else "F32"
     return types
+
+
+def check_fits(name, config, type_name):
+    cols = expected_shapes(config)[name][-1]
+    block_weights = FORMATS[type_name].block_weights
+    if cols % block_weights:
+        raise ValueError(f"--embed-type {type_name}: {name} has rows of {cols} weights, not whole "
+                         f"{block_weights}-weight blocks; choose a type whose blocks fit")
+
+
+def file_type(weight_type):
+    """general.file_type (llama.h's llama_ftype) of a file quantized with --type weight_type."""
+    return MIXES[weight_type][0] if weight_type in MIXES else FORMATS[weight_type].file_type
 
 
 def check_requantization(weights, types, source, allowed):
@@ -89,12 +115,13 @@ def summary(types, weights, out_path, seconds):
 
 def quantize_checkpoint(source, out, weight_type, embed_type, allow_requantize=False, progress=True):
     """Write the model at `source` (a HF folder or a GGUF file) to the GGUF `out`, its
-    matrices as `weight_type` and the vocabulary matrices as `embed_type`. Returns the
-    tensor types and the weights written."""
+    matrices as `weight_type` (a type, or a llama.cpp mix such as Q4_K_M) and the vocabulary
+    matrices as `embed_type` (None: weight_type's default). Returns the tensor types and the
+    weights written."""
     config, weights, metadata = load_source(source)
     types = tensor_types(config, weight_type, embed_type)
     check_requantization(weights, types, source, allow_requantize)
-    metadata["general.file_type"] = gguf_writer.u32(FORMATS[weight_type].file_type)
+    metadata["general.file_type"] = gguf_writer.u32(file_type(weight_type))
     metadata["general.quantization_version"] = gguf_writer.u32(gguf_writer.QUANTIZATION_VERSION)
     gguf_writer.write_llama_gguf(out, config, weights, types, metadata, progress=progress)
     return types, weights

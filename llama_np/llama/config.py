@@ -16,10 +16,10 @@ from llama_np.llama.rope_scaling import RopeScalingError, max_context, rope_scal
 COUNT_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                 "num_attention_heads", "num_key_value_heads", "head_dim", "max_position_embeddings")
 MAX_COUNT = 2**31 - 1
-# A lower bound on the bytes a file needs per weight: 4-bit blocks (Q4_0: 18 bytes for 32
-# weights) are the smallest format read. A config promising more weights than its file can
-# hold is refused before anything is allocated or looped over.
-MIN_BYTES_PER_WEIGHT = 18 / 32
+# A lower bound on the bytes a file needs per weight: Q2_K (84 bytes for 256 weights) is the
+# smallest format read. A config promising more weights than its file can hold is refused
+# before anything is allocated or looped over.
+MIN_BYTES_PER_WEIGHT = 84 / 256
 
 
 class ConfigError(ValueError):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from llama_np.quant.formats import BLOCK_BYTES, FORMATS, QK
-from llama_np.quant.rtn import dequantize, quantize
+from llama_np.quant.codec import dequantize, quantize
 
 
 @dataclass(frozen=True)

@@ -1,14 +1,17 @@
 """NumPy references of the quantized matrix products the C kernels compute
 (kernels/quant_matmul.c): x @ W.T with W kept as blocks, dequantized a tile of rows at a
-time so that at most one fp32 tile exists at once; its transpose for gradients; and
-llama.cpp's arithmetic with activations rounded to 8 bits.
+time so that at most one fp32 tile exists at once (any block format, 32-weight blocks or
+256-weight K-quant super-blocks); its transpose for gradients; and llama.cpp's arithmetic
+with activations rounded to 8 bits (Q4_0, Q4_1, Q8_0).
 """
 import numpy as np
 
-from llama_np.quant.formats import BLOCK_BYTES, QK, as_blocks, unpack_nibbles
-from llama_np.quant.rtn import dequantize, reciprocal
+from llama_np.quant.formats import FORMATS, QK, as_blocks, unpack_nibbles
+from llama_np.quant.codec import dequantize
+from llama_np.quant.rtn import reciprocal
 
 MATMUL_TILE_ROWS = 256      # weight rows dequantized at once by the NumPy matmul
+INT8_PRODUCT_FORMATS = ("Q4_0", "Q4_1", "Q8_0")  # what quant_matmul_int8 multiplies
 
 
 def quant_matmul(data, qtype, x):
@@ -30,7 +33,7 @@ def quant_matmul(data, qtype, x):
 def quant_matmul_t(data, qtype, dy):
     """dy [T, out] float32 @ W → [T, in]: the input gradient of y = x @ W.T, tile by tile."""
     out_features = data.shape[0]
-    in_features = data.shape[1] // BLOCK_BYTES[qtype] * QK
+    in_features = data.shape[1] // FORMATS[qtype].block_bytes * FORMATS[qtype].block_weights
     dx = np.zeros((dy.shape[0], in_features), dtype=np.float32)           # [T, in]
     for start in range(0, out_features, MATMUL_TILE_ROWS):
         stop = min(start + MATMUL_TILE_ROWS, out_features)
@@ -63,6 +66,8 @@ def quant_matmul_int8(data, qtype, x):
     are from float32 ones (docs/benchmarks.md#agreement-between-engines); the measurements
     are in docs/benchmarks.md#int8-activations.
     """
+    if qtype not in INT8_PRODUCT_FORMATS:
+        raise ValueError(f"no int8-activation product for {qtype}; expected one of {', '.join(INT8_PRODUCT_FORMATS)}")
     dx, qx = quantize_activations_int8(x)                                 # [T, nb], [T, nb, 32]
     sx = dx * qx.sum(axis=-1, dtype=np.int32).astype(np.float32)          # [T, nb]
     qx_by_block = qx.transpose(1, 0, 2).astype(np.float32)                # [nb, T, 32]

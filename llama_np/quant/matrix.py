@@ -1,9 +1,9 @@
 """`QuantizedMatrix`: a weight matrix kept as quantized blocks, never dequantized whole."""
 import numpy as np
 
-from llama_np.quant.formats import BLOCK_BYTES, QK, check_cols, check_qtype
-from llama_np.quant.matmul import quant_matmul, quant_matmul_int8, quant_matmul_t
-from llama_np.quant.rtn import dequantize, quantize
+from llama_np.quant.formats import check_cols, check_qtype, row_bytes
+from llama_np.quant.matmul import INT8_PRODUCT_FORMATS, quant_matmul, quant_matmul_int8, quant_matmul_t
+from llama_np.quant.codec import dequantize, quantize
 
 
 class QuantizedMatrix:
@@ -24,16 +24,16 @@ class QuantizedMatrix:
         check_qtype(qtype)
         out_features, in_features = (int(n) for n in shape)
         check_cols(in_features, qtype)
-        row_bytes = in_features // QK * BLOCK_BYTES[qtype]
+        bytes_per_row = row_bytes(in_features, qtype)
         if not isinstance(data, np.ndarray) or data.dtype != np.uint8:
             raise TypeError(f"quantized data must be a uint8 numpy array, got "
                             f"{getattr(data, 'dtype', type(data).__name__)}")
-        if data.size != out_features * row_bytes:
+        if data.size != out_features * bytes_per_row:
             raise ValueError(f"{qtype} matrix of shape {(out_features, in_features)} needs "
-                             f"{out_features * row_bytes} bytes, got {data.size}")
+                             f"{out_features * bytes_per_row} bytes, got {data.size}")
         if not data.flags.c_contiguous:
             raise ValueError("quantized data must be C-contiguous")
-        self.data = data.reshape(out_features, row_bytes)                 # [out, row_bytes], a view
+        self.data = data.reshape(out_features, bytes_per_row)             # [out, row_bytes], a view
         self.qtype = qtype
         self.shape = (out_features, in_features)
 
@@ -76,10 +76,12 @@ class QuantizedMatrix:
 
     def matmul(self, x, int8_activations=False):
         """y = x @ W.T: x [..., in] float32 → [..., out]; with int8_activations, x is rounded
-        to 8 bits per block first, as llama.cpp does (`quant_matmul_int8`)."""
+        to 8 bits per block first, as llama.cpp does (`quant_matmul_int8`), for the formats
+        that have that product (INT8_PRODUCT_FORMATS); the others multiply in float32."""
         out_features, in_features = self.shape
         x2 = self.check_input(x, in_features, "x")                        # [T, in]
-        product = quant_matmul_int8 if int8_activations else quant_matmul
+        int8 = int8_activations and self.qtype in INT8_PRODUCT_FORMATS
+        product = quant_matmul_int8 if int8 else quant_matmul
         return product(self.data, self.qtype, x2).reshape(*x.shape[:-1], out_features)
 
     def matmul_t(self, dy):

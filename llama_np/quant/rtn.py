@@ -1,30 +1,33 @@
-"""Round-to-nearest (RTN) block quantization into the llama.cpp formats Q4_0, Q4_1 and Q8_0.
+"""Round-to-nearest (RTN) block quantization into the 32-weight llama.cpp formats Q4_0, Q4_1,
+Q5_0, Q5_1 and Q8_0.
 
 The idea (used by the paper for its 4-bit Chinese-LLaMA/Alpaca models via llama.cpp):
 cut every weight row into blocks of QK = 32 consecutive weights, give each block its own
-scale `d` (and, for Q4_1, its own offset `m`), and store every weight as a small integer
-`q` — the nearest grid point, no calibration data, no error feedback. A block of 32 fp32
-weights (128 bytes) becomes 18 (Q4_0), 20 (Q4_1) or 34 (Q8_0) bytes:
+scale `d` (and, for Q4_1/Q5_1, its own offset `m`), and store every weight as a small
+integer `q` — the nearest grid point, no calibration data, no error feedback. A block of 32
+fp32 weights (128 bytes) becomes 18 (Q4_0), 20 (Q4_1), 22 (Q5_0), 24 (Q5_1) or 34 (Q8_0) bytes:
 
     Q4_0   w ≈ (q - 8) · d        q ∈ 0..15     d chosen so the largest |w| lands on q = 0
     Q4_1   w ≈ q · d + m          q ∈ 0..15     m = min(w), d = (max(w) - min(w)) / 15
+    Q5_0   w ≈ (q - 16) · d       q ∈ 0..31     as Q4_0 with twice the levels
+    Q5_1   w ≈ q · d + m          q ∈ 0..31     as Q4_1, d = (max - min) / 31
     Q8_0   w ≈ q · d              q ∈ -127..127 d = max|w| / 127
+
+The 5-bit formats store the low four bits of q as Q4's nibbles do and the fifth bits of the
+block's 32 weights in one little-endian u32 `qh` (bit j: weight j).
 
 Because blocks run along the input dimension of a weight matrix [out_features, in_features],
 each row is quantized independently: permuting rows (as GGUF does for attn_q/attn_k) is
 exact, and `x @ W.T` needs one block of weights against 32 consecutive activations.
 
-This module is the NumPy reference: `quantize` / `dequantize` are bit-identical to
-llama.cpp's reference quantizer (ggml-quants.c, `quantize_row_q4_0_ref` etc.) as mirrored
-by the `gguf` package's `gguf.quants`, and `QuantizedMatrix` keeps the blocks (possibly a
-read-only memory map of a GGUF file) and multiplies by them without ever materialising the
-whole fp32 matrix. The C kernels in `kernels/quant_matmul.c` compute the same products.
+These are the NumPy references, bit-identical to llama.cpp's reference quantizers
+(ggml-quants.c, `quantize_row_q4_0_ref` etc., which its quantizer runs when no importance
+matrix is given) and to its dequantizers as mirrored by `gguf.quants`. `quant.codec` applies
+them to whole matrices.
 """
 import numpy as np
 
-from llama_np.quant.formats import BLOCK_DTYPES, QK, as_blocks, check_cols, check_qtype, pack_nibbles, unpack_nibbles
-
-QUANTIZE_CHUNK_ROWS = 1024  # rows quantized at once: bounds the fp32 temporaries
+from llama_np.quant.formats import QK, pack_nibbles, unpack_nibbles
 
 
 def reciprocal(d):
@@ -33,7 +36,7 @@ def reciprocal(d):
         return np.where(d == 0, np.float32(0), np.float32(1) / d)
 
 
-def _round_half_away(v):
+def round_half_away(v):
     """C's roundf: round to nearest, ties away from zero (np.round would tie to even).
 
     Computed as floor(|v|) + [frac(|v|) >= 0.5], which is exact in float32; the shortcut
@@ -43,6 +46,18 @@ def _round_half_away(v):
     whole = np.floor(magnitude)
     rounded = whole + (magnitude - whole >= np.float32(0.5))
     return np.copysign(rounded, v)
+
+
+def pack_fifth_bits(q):
+    """q [..., 32] uint8 in 0..31 → qh [...] uint32: bit j is bit 4 of q[j]."""
+    bits = (q >> np.uint8(4)).astype(np.uint32) << np.arange(QK, dtype=np.uint32)  # [..., 32]
+    return np.bitwise_or.reduce(bits, axis=-1)
+
+
+def unpack_fifth_bits(qh):
+    """qh [...] uint32 → [..., 32] uint8 holding 16 where bit j of qh is set, else 0."""
+    bits = (qh[..., None] >> np.arange(QK, dtype=np.uint32)) & np.uint32(1)    # [..., 32]
+    return bits.astype(np.uint8) << np.uint8(4)
 
 
 # ---------------------------------------------------------------------------------------
@@ -78,60 +93,54 @@ def _quantize_blocks_q4_1(x, blocks):
 def _quantize_blocks_q8_0(x, blocks):
     """Q8_0: symmetric 8-bit, d = max|x| / 127 and q = roundf(x / d) in -127..127."""
     d = np.abs(x).max(axis=-1, keepdims=True) / np.float32(127)          # [..., n_blocks, 1]
-    q = _round_half_away(x * reciprocal(d))                              # [..., n_blocks, 32]
+    q = round_half_away(x * reciprocal(d))                              # [..., n_blocks, 32]
     blocks["d"] = d[..., 0]
     blocks["qs"] = q.astype(np.int8)
 
 
-_QUANTIZE_BLOCKS = {"Q4_0": _quantize_blocks_q4_0, "Q4_1": _quantize_blocks_q4_1,
-                    "Q8_0": _quantize_blocks_q8_0}
+def _quantize_blocks_q5_0(x, blocks):
+    """Q5_0: Q4_0's rule on 32 levels: d = extreme / -16, q = min(31, int(x/d + 16.5))."""
+    largest_at = np.abs(x).argmax(axis=-1)[..., None]                     # [..., n_blocks, 1]
+    extreme = np.take_along_axis(x, largest_at, axis=-1)                  # [..., n_blocks, 1]
+    d = extreme / np.float32(-16)                                         # [..., n_blocks, 1]
+    q = np.minimum(np.trunc(x * reciprocal(d) + np.float32(16.5)), 31).astype(np.uint8)  # [..., n_blocks, 32]
+    blocks["d"] = d[..., 0]
+    blocks["qh"] = pack_fifth_bits(q)
+    blocks["qs"] = pack_nibbles(q & np.uint8(0x0F))
 
 
-def quantize(w, qtype):
-    """Quantize a weight matrix w [rows, cols] (cols a multiple of 32) to `qtype`.
-
-    Returns uint8 [rows, cols // 32 * BLOCK_BYTES[qtype]]: each row is its blocks back to
-    back, exactly the bytes a GGUF file stores for that tensor.
-    """
-    check_qtype(qtype)
-    w = np.asarray(w, dtype=np.float32)
-    if w.ndim != 2:
-        raise ValueError(f"quantize expects a 2-D weight matrix [rows, cols], got shape {w.shape}")
-    rows, cols = w.shape
-    check_cols(cols, qtype)
-    n_blocks = cols // QK
-    blocks = np.empty((rows, n_blocks), dtype=BLOCK_DTYPES[qtype])        # [rows, n_blocks]
-    for start in range(0, rows, QUANTIZE_CHUNK_ROWS):
-        stop = min(start + QUANTIZE_CHUNK_ROWS, rows)
-        x = w[start:stop].reshape(stop - start, n_blocks, QK)            # [chunk, n_blocks, 32]
-        _QUANTIZE_BLOCKS[qtype](x, blocks[start:stop])
-    return blocks.view(np.uint8)                                          # [rows, row_bytes]
+def _quantize_blocks_q5_1(x, blocks):
+    """Q5_1: Q4_1's rule on 32 levels: m = min, d = (max - min) / 31."""
+    low = x.min(axis=-1, keepdims=True)                                   # [..., n_blocks, 1]
+    high = x.max(axis=-1, keepdims=True)                                  # [..., n_blocks, 1]
+    d = (high - low) / np.float32(31)                                     # [..., n_blocks, 1]
+    q = np.minimum(np.trunc((x - low) * reciprocal(d) + np.float32(0.5)), 31).astype(np.uint8)
+    blocks["d"] = d[..., 0]
+    blocks["m"] = low[..., 0]
+    blocks["qh"] = pack_fifth_bits(q)
+    blocks["qs"] = pack_nibbles(q & np.uint8(0x0F))
 
 
-def dequantize(data, qtype):
-    """Expand quantized rows data uint8 [rows, row_bytes] back to float32 [rows, cols]."""
-    blocks = as_blocks(data, qtype)                                      # [rows, n_blocks]
-    d = blocks["d"].astype(np.float32)[..., None]                         # [rows, n_blocks, 1]
-    if qtype == "Q8_0":
-        w = d * blocks["qs"].astype(np.float32)                           # [rows, n_blocks, 32]
-    else:
-        q = unpack_nibbles(blocks["qs"]).astype(np.float32)              # [rows, n_blocks, 32]
-        if qtype == "Q4_0":
-            w = d * (q - np.float32(8))
-        else:
-            w = d * q + blocks["m"].astype(np.float32)[..., None]
-    return w.reshape(blocks.shape[0], -1)                                 # [rows, cols]
+QUANTIZE_BLOCKS = {"Q4_0": _quantize_blocks_q4_0, "Q4_1": _quantize_blocks_q4_1,
+                   "Q5_0": _quantize_blocks_q5_0, "Q5_1": _quantize_blocks_q5_1,
+                   "Q8_0": _quantize_blocks_q8_0}
 
 
-def quantization_error(w, qtype):
-    """How much RTN loses on w [rows, cols]: root-mean-square and largest absolute error,
-    and the signal-to-noise ratio 10·log10(Σw² / Σ(w - ŵ)²) in dB (higher is better;
-    each extra bit of precision adds about 6 dB)."""
-    w = np.asarray(w, dtype=np.float32)
-    error = dequantize(quantize(w, qtype), qtype).astype(np.float64) - w  # [rows, cols]
-    signal_power = np.sum(np.square(w, dtype=np.float64))
-    noise_power = np.sum(error * error)
-    snr_db = np.inf if noise_power == 0 else 10 * np.log10(signal_power / noise_power)
-    return dict(rmse=float(np.sqrt(np.mean(error * error))),
-                max_abs=float(np.max(np.abs(error), initial=0.0)),
-                snr_db=float(snr_db))
+# ---------------------------------------------------------------------------------------
+# The dequantizers: blocks [..., n_blocks] of a format → float32 [..., n_blocks, 32].
+
+def _scale(blocks, field="d"):
+    return blocks[field].astype(np.float32)[..., None]                   # [..., n_blocks, 1]
+
+
+def _five_bit_q(blocks):
+    return (unpack_nibbles(blocks["qs"]) | unpack_fifth_bits(blocks["qh"])).astype(np.float32)
+
+
+DEQUANTIZE_BLOCKS = {
+    "Q4_0": lambda b: _scale(b) * (unpack_nibbles(b["qs"]).astype(np.float32) - np.float32(8)),
+    "Q4_1": lambda b: _scale(b) * unpack_nibbles(b["qs"]).astype(np.float32) + _scale(b, "m"),
+    "Q5_0": lambda b: _scale(b) * (_five_bit_q(b) - np.float32(16)),
+    "Q5_1": lambda b: _scale(b) * _five_bit_q(b) + _scale(b, "m"),
+    "Q8_0": lambda b: _scale(b) * b["qs"].astype(np.float32),
+}

@@ -1,10 +1,9 @@
 """`python -m llama_np.recipe --out DIR`: the Chinese-LLaMA/Alpaca recipe, end to end.
 
-    python -m llama_np.recipe --out runs/recipe          # the defaults: ≈ 30 min on 2 cores
+    python -m llama_np.recipe --out runs/recipe          # the default budget: about an hour on 2 cores
     python -m llama_np.recipe --out runs/recipe          # again: finishes what is missing
-    python -m llama_np.recipe --out runs/long --stage2-target-modules all --stage2-steps 1400
-        --pretrain-text cmrc2018,song_ci,cmrc2018_questions,alpaca_zh
-                                                         # the README's full run (one line): ≈ 2.3 h
+    python -m llama_np.recipe --out runs/quick --budget quick   # every step in a few minutes, on a sliver
+    python -m llama_np.recipe --out runs/long --budget long     # the README's long run: ≈ 2.3 h
     python -m llama_np.recipe --out runs/recipe --export-torch runs/stage2_torch
                                                          # stage 2 for Trainer + peft + DeepSpeed (GPUs)
 
@@ -34,13 +33,14 @@ A step whose output exists is skipped, and a training stage resumes from its lat
 checkpoint (one every --save-every steps), so an interrupted recipe continues where it
 stopped; the checkpoints kept are scored too, and draw each stage's learning curve. The
 paper's scale (tens of GB of text, 7B parameters, GPU weeks) becomes, by default, 10k
-tokens for stage 1, 100k for stage 2 and 13k for SFT: steps, lengths and learning rates
-are flags.
+tokens for stage 1, 256k for stage 2 and 20k for SFT; --budget scales the steps (and, for a
+quick look, the text), and steps, lengths and learning rates are flags of their own.
 """
 import argparse
 import sys
 
-from llama_np.chinese.defaults import DEFAULT_EMBEDDING_LR, DEFAULT_LR, DEFAULT_STEPS, STAGES
+from llama_np.chinese.defaults import (BUDGETED, BUDGETS, DEFAULT_BUDGET, DEFAULT_EMBEDDING_LR, DEFAULT_LR,
+                                       DEFAULT_PRETRAIN_TEXT, DEFAULT_STAGE2_TARGETS, STAGES)
 from llama_np.cli import common as cli
 
 # One home for the defaults: llama_np.chinese.defaults (the reasons are written there).
@@ -53,32 +53,38 @@ def parse_args(argv=None):
                     "in two stages, instruction-tune; bits per character after each step.")
     p.add_argument("--model", default="default", help=".gguf base model; 'default' = SmolLM2-135M-Instruct Q4_1")
     cli.required_group(p).add_argument("--out", required=True, metavar="DIR", help="folder for every step's output")
-    p.add_argument("--new-tokens", type=cli.positive_int, default=4000,
-                   help="tokens added to the vocabulary (default: %(default)s)")
-    p.add_argument("--pretrain-text", type=_sources, default="cmrc2018,song_ci", metavar="SOURCES",
+    p.add_argument("--budget", choices=list(BUDGETS), default=DEFAULT_BUDGET,
+                   help="how much to train: hour (about an hour on 2 cores), quick (every step in a few "
+                        "minutes, on a sliver of the text: a look, not a result) or long (the README's "
+                        "long run); the flags below marked 'from --budget' override it one by one "
+                        "(default: %(default)s)")
+    p.add_argument("--new-tokens", type=cli.positive_int, default=None,
+                   help=f"tokens added to the vocabulary (default: {_by_budget('new_tokens')})")
+    p.add_argument("--pretrain-text", type=_sources, default=DEFAULT_PRETRAIN_TEXT, metavar="SOURCES",
                    help="the Chinese text the new vocabulary and pre-training learn from (its training "
                         "part): comma-separated, of cmrc2018, song_ci (the corpus) and cmrc2018_questions, "
-                        "alpaca_zh (more text; see llama_np.chinese.corpus) (default: %(default)s)")
+                        "alpaca_zh (more text; see llama_np.chinese.corpus) "
+                        f"(default: {','.join(DEFAULT_PRETRAIN_TEXT)})")
     p.add_argument("--documents", type=cli.positive_int, default=None,
                    help="use only the first N training documents, for the new vocabulary and for "
-                        "pre-training (default: all; 1,016 of the default --pretrain-text)")
+                        f"pre-training (default: {_by_budget('documents', 'all')})")
     p.add_argument("--stage1-rows", choices=["new", "all"], default="new",
                    help="stage 1 trains the new tokens' rows only, or the whole embedding (default: %(default)s)")
     for stage in STAGES:
-        p.add_argument(f"--{stage}-steps", type=cli.positive_int, default=DEFAULT_STEPS[stage],
-                       help=f"optimizer steps of {stage} (default: %(default)s)")
+        p.add_argument(f"--{stage}-steps", type=cli.positive_int, default=None,
+                       help=f"optimizer steps of {stage} (default: {_by_budget('steps', stage=stage)})")
         p.add_argument(f"--{stage}-lr", type=cli.positive_float, default=DEFAULT_LR[stage],
                        help=f"peak learning rate of {stage} (default: %(default)s)")
         if stage != "stage1":  # stage 1 trains nothing else
             p.add_argument(f"--{stage}-embedding-lr", type=cli.positive_float, default=DEFAULT_EMBEDDING_LR[stage],
                            help=f"peak learning rate of the embedding (= tied head) in {stage}; "
                                 f"default: %(default)s (None: --{stage}-lr)")
-    p.add_argument("--stage2-target-modules", default="attention", metavar="MODULES",
-                   help="projections that get LoRA in stage 2: attention (the paper's text), all (its "
-                        "released scripts; learnt faster here, see the README) or a list like q,k,v,o "
+    p.add_argument("--stage2-target-modules", default=DEFAULT_STAGE2_TARGETS, metavar="MODULES",
+                   help="projections that get LoRA in stage 2: all (the paper's released scripts; learnt "
+                        "faster here, see the README), attention (the paper's text) or a list like q,k,v,o "
                         "(default: %(default)s)")
-    p.add_argument("--max-seq-len", type=cli.positive_int, default=256,
-                   help="tokens per training example (the paper: 512; default: %(default)s)")
+    p.add_argument("--max-seq-len", type=cli.positive_int, default=None,
+                   help=f"tokens per training example (the paper: 512; default: {_by_budget('max_seq_len')})")
     p.add_argument("--batch-size", type=cli.positive_int, default=2, help="examples per step (default: %(default)s)")
     p.add_argument("--save-every", type=cli.positive_int, default=100,
                    help="each training stage saves a checkpoint every N steps: an interrupted recipe "
@@ -87,10 +93,10 @@ def parse_args(argv=None):
     p.add_argument("--keep-checkpoints", type=cli.positive_int, default=2,
                    help="checkpoints kept per stage; more = more points on the curve, ~0.5 GB each "
                         "for the default model (default: %(default)s)")
-    p.add_argument("--eval-ctx", type=cli.positive_int, default=256,
-                   help="window of the bits-per-character evaluation (default: %(default)s)")
-    p.add_argument("--eval-windows", type=cli.positive_int, default=16,
-                   help="windows of held-out text scored (default: %(default)s)")
+    p.add_argument("--eval-ctx", type=cli.positive_int, default=None,
+                   help=f"window of the bits-per-character evaluation (default: {_by_budget('eval_ctx')})")
+    p.add_argument("--eval-windows", type=cli.positive_int, default=None,
+                   help=f"windows of held-out text scored (default: {_by_budget('eval_windows')})")
     export = p.add_argument_group("scaling out: the stage for Hugging Face Trainer + peft + DeepSpeed, on GPUs")
     export.add_argument("--export-torch", metavar="DIR", default=None,
                         help="instead of training --export-stage, write it into DIR for PyTorch (the resized "
@@ -101,6 +107,14 @@ def parse_args(argv=None):
                         help="the stage --export-torch writes (default: %(default)s)")
     cli.add_threads_arg(p)
     return p.parse_args(argv)
+
+
+def _by_budget(name, unset="-", stage=None):
+    """'from --budget: quick 3, hour 500, long 1,400' for a --help text."""
+    def value(budget):
+        chosen = BUDGETS[budget]["steps"][stage] if stage else BUDGETS[budget][name]
+        return unset if chosen is None else f"{chosen:,}"
+    return "from --budget: " + ", ".join(f"{budget} {value(budget)}" for budget in BUDGETS)
 
 
 def _sources(text):
@@ -115,17 +129,18 @@ def _sources(text):
 def main(argv=None):
     args = parse_args(argv)
     cli.set_threads(args.threads)
-    from llama_np.chinese.recipe import RecipeConfig, export_stage, run_recipe   # after the threads are set
+    from llama_np.chinese.recipe import budget_config, export_stage, run_recipe   # after the threads are set
 
-    config = RecipeConfig(
-        out=args.out, model=args.model, new_tokens=args.new_tokens, pretrain_text=args.pretrain_text,
-        documents=args.documents, stage1_rows=args.stage1_rows,
-        steps={stage: getattr(args, f"{stage}_steps") for stage in STAGES},
+    given = {name: getattr(args, name) for name in BUDGETED if getattr(args, name) is not None}
+    config = budget_config(
+        args.budget, out=args.out, model=args.model, pretrain_text=args.pretrain_text,
+        stage1_rows=args.stage1_rows,
+        steps={stage: getattr(args, f"{stage}_steps") for stage in STAGES if getattr(args, f"{stage}_steps")},
         lr={stage: getattr(args, f"{stage}_lr") for stage in STAGES},
         embedding_lr={stage: getattr(args, f"{stage}_embedding_lr", None) for stage in STAGES},
-        stage2_target_modules=args.stage2_target_modules, max_seq_len=args.max_seq_len,
+        stage2_target_modules=args.stage2_target_modules,
         batch_size=args.batch_size, save_every=args.save_every, keep_checkpoints=args.keep_checkpoints,
-        eval_ctx=args.eval_ctx, eval_windows=args.eval_windows, threads=args.threads)
+        threads=args.threads, **given)
     if args.export_torch:
         run = export_stage(config, args.export_stage, args.export_torch)
         print(f"{args.export_stage} for Trainer + peft: {run['steps']} steps of {run['global_batch_size']} "

@@ -217,7 +217,8 @@ def test_recipe_export_torch_writes_stage2_after_what_it_starts_from(tiny_gguf, 
     run = json.loads((export_dir / "train_config.json").read_text())
     assert run["steps"] == 3 and run["global_batch_size"] == 2 and run["max_seq_len"] == 128
     assert run["lr"] == pipeline.DEFAULT_LR["stage2"] and run["lora"]["lora_dropout"] == 0.05
-    assert run["lora"]["target_modules"] == ["q_proj", "k_proj", "v_proj", "o_proj"]
+    assert run["lora"]["target_modules"] == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                             "down_proj"]                # the recipe's default: all seven
     stage1 = load_adapter(out / "stage1", tied_base=True)
     start = load_adapter(export_dir / "adapter", tied_base=True)
     np.testing.assert_array_equal(start.params["model.embed_tokens.weight"],
@@ -232,7 +233,7 @@ def test_recipe_export_torch_writes_stage2_after_what_it_starts_from(tiny_gguf, 
 
 @pytest.mark.slow
 def test_recipe_stage2_on_two_torch_processes_has_llama_np_losses(tiny_gguf, tmp_path):  # noqa: F811
-    """The recipe's stage 2 (tied embedding and head, packed Chinese text, LoRA on attention)
+    """The recipe's stage 2 (tied embedding and head, packed Chinese text, LoRA on all seven)
     with dropout 0: llama_np's finetune and train.py under torchrun, 2 processes."""
     config = pipeline.RecipeConfig(out=str(tmp_path / "recipe"), model=tiny_gguf, new_tokens=30, documents=40,
                                    max_seq_len=128, eval_ctx=16, eval_windows=1, threads=1,

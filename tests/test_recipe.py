@@ -121,8 +121,35 @@ def test_relative_change_says_higher_or_lower():
 def test_pretrain_text_names_corpus_sources(capsys):
     args = recipe.parse_args(["--out", "x", "--pretrain-text", "cmrc2018, alpaca_zh"])
     assert args.pretrain_text == ("cmrc2018", "alpaca_zh")
-    assert recipe.parse_args(["--out", "x"]).pretrain_text == ("cmrc2018", "song_ci")
+    assert recipe.parse_args(["--out", "x"]).pretrain_text == ("cmrc2018", "song_ci", "cmrc2018_questions", "alpaca_zh")
     for bad, message in [("cmrc2018,wiki", "unknown text source 'wiki'"), (",", "no source given")]:
         with pytest.raises(SystemExit) as e:
             recipe.parse_args(["--out", "x", "--pretrain-text", bad])
         assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_budget_sets_the_steps_and_a_flag_beside_it_wins(monkeypatch, tmp_path):
+    """--budget picks a row of defaults.BUDGETS; a step count or length given beside it
+    replaces that one value only; the default budget is RecipeConfig's own defaults."""
+    from llama_np.chinese.defaults import BUDGETS
+    configs = []
+    monkeypatch.setattr(pipeline, "run_recipe", lambda config: configs.append(config))
+    out = str(tmp_path / "r")
+    assert recipe.main(["--out", out, "--threads", "1"]) == 0
+    assert recipe.main(["--out", out, "--budget", "quick", "--stage2-steps", "7", "--eval-windows", "5",
+                        "--threads", "1"]) == 0
+    assert recipe.main(["--out", out, "--budget", "long", "--threads", "1"]) == 0
+    default, quick, long = configs
+    assert default == pipeline.RecipeConfig(out=out, threads=1)
+    assert quick.steps == {**BUDGETS["quick"]["steps"], "stage2": 7}
+    assert (quick.documents, quick.new_tokens, quick.max_seq_len, quick.eval_windows) == (300, 1000, 64, 5)
+    assert long.steps["stage2"] > default.steps["stage2"] > quick.steps["stage2"]
+    assert long.documents is None and long.pretrain_text == default.pretrain_text
+
+
+def test_an_unknown_budget_is_refused(capsys):
+    with pytest.raises(SystemExit) as e:
+        recipe.parse_args(["--out", "x", "--budget", "day"])
+    assert e.value.code == 2 and "invalid choice: 'day'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="unknown budget 'day'"):
+        pipeline.budget_config("day", out="x")

@@ -29,8 +29,8 @@ from llama_np.checkpoint.gguf_file import GGUFFile
 from llama_np.checkpoint.peft import load_adapter
 from llama_np.chinese import corpus
 from llama_np.chinese.bits_per_char import held_out_bits_per_char
-from llama_np.chinese.defaults import (DEFAULT_EMBEDDING_LR, DEFAULT_INIT, DEFAULT_LR, DEFAULT_STEPS, STAGE_SEEDS,
-                                       STAGES)
+from llama_np.chinese.defaults import (BUDGETS, DEFAULT_BUDGET, DEFAULT_EMBEDDING_LR, DEFAULT_INIT, DEFAULT_LR,
+                                       DEFAULT_PRETRAIN_TEXT, DEFAULT_STAGE2_TARGETS, STAGE_SEEDS, STAGES)
 from llama_np.chinese.resize import resize_checkpoint
 from llama_np.chinese.vocab_bpe import extend_tokenizer, extension_summary
 from llama_np.files import hub
@@ -46,26 +46,40 @@ from llama_np.training.trainer import LATEST, LOG_FILE, checkpoints, read_log
 PLOT_FILE = "bits_per_char.png"
 
 
+_DEFAULT = BUDGETS[DEFAULT_BUDGET]
+
+
 @dataclass
 class RecipeConfig:
-    """Everything the recipe's run depends on (the recipe tool's flags)."""
+    """Everything the recipe's run depends on (the recipe tool's flags); the defaults are the
+    default budget's (defaults.BUDGETS)."""
     out: str
     model: str = "default"
-    new_tokens: int = 4000
-    pretrain_text: tuple = corpus.SOURCES
-    documents: int | None = None            # only the first N training documents
+    new_tokens: int = _DEFAULT["new_tokens"]
+    pretrain_text: tuple = DEFAULT_PRETRAIN_TEXT
+    documents: int | None = _DEFAULT["documents"]   # only the first N training documents
     stage1_rows: str = "new"                # "new": stage 1 trains the new tokens' rows only
-    steps: dict = field(default_factory=lambda: dict(DEFAULT_STEPS))
+    steps: dict = field(default_factory=lambda: dict(_DEFAULT["steps"]))
     lr: dict = field(default_factory=lambda: dict(DEFAULT_LR))
     embedding_lr: dict = field(default_factory=lambda: dict(DEFAULT_EMBEDDING_LR))
-    stage2_target_modules: str = "attention"
-    max_seq_len: int = 256
+    stage2_target_modules: str = DEFAULT_STAGE2_TARGETS
+    max_seq_len: int = _DEFAULT["max_seq_len"]
     batch_size: int = 2
     save_every: int = 100
     keep_checkpoints: int = 2
-    eval_ctx: int = 256
-    eval_windows: int = 16
+    eval_ctx: int = _DEFAULT["eval_ctx"]
+    eval_windows: int = _DEFAULT["eval_windows"]
     threads: int = os.cpu_count() or 1
+
+
+def budget_config(budget, steps=None, **settings):
+    """The RecipeConfig of `budget` (a key of defaults.BUDGETS): the budget's settings over
+    RecipeConfig's defaults, then `settings` and `steps` ({stage: steps}, stage by stage) over
+    both — what the recipe tool's --budget and the flags given beside it mean."""
+    if budget not in BUDGETS:
+        raise ValueError(f"unknown budget {budget!r}; expected one of {', '.join(BUDGETS)}")
+    chosen = {name: value for name, value in BUDGETS[budget].items() if name != "steps"}
+    return RecipeConfig(**{**chosen, **settings}, steps={**BUDGETS[budget]["steps"], **(steps or {})})
 
 
 def extend(base, text_path, tokenizer_dir, new_tokens):

@@ -19,7 +19,9 @@
  * wait for the slowest thread (fewer barriers, faster decoding:
  * docs/benchmarks.md#decode-kernels).
  *
- * Weights: any mix of Q4_0, Q4_1, Q8_0 (dot_rows, internal/quant_rows.h) and F32.
+ * Weights: any mix of F32 and the block formats of internal/formats.h (dot_rows,
+ * internal/quant_rows.h), one format per matrix: a K-quant file's Q4_K and Q6_K matrices
+ * beside its Q5_0 / Q8_0 fall-backs for rows that are not multiples of 256.
  * With int8_activations every activation row is rounded to 8 bits per block first
  * (llama.cpp's arithmetic); F32 weights always see fp32 activations.
  * h [dim] is updated in place; k_cache, v_cache [max_len, n_kv_heads, head_dim] are this
@@ -66,13 +68,13 @@ static void prepare(activations *a, const float *x, int64_t n, int int8_activati
 static void rows_dot(const weight_matrix *m, int64_t r0, int64_t n, const activations *a,
                      int int8_activations, float *out)
 {
-    const int64_t cols = m->cols, n_blocks = cols / QK;
+    const int64_t cols = m->cols;
     if (m->format == F32) {
         for (int64_t i = 0; i < n; i++) out[i] = dot_f32((const float *)m->data + (r0 + i) * cols, a->x, cols);
         return;
     }
     const quant_type type = (quant_type)m->format;
-    const int64_t row_bytes = n_blocks * BLOCK_BYTES[type];
+    const int64_t n_blocks = cols / BLOCK_WEIGHTS[type], row_bytes = n_blocks * BLOCK_BYTES[type];
     const uint8_t *rows = m->data + r0 * row_bytes;                         /* row r0 */
     if (int8_activations) {
         for (int64_t i = 0; i < n; i++) out[i] = dot_row_int8(type, rows + i * row_bytes, a->xq, n_blocks);

@@ -58,7 +58,7 @@ static void prepare(activations *a, const float *x, int64_t n, int64_t n_rows, i
 static void rows_dot(const weight_matrix *m, int64_t r0, int64_t n, const activations *a,
                      int int8_activations, float *out, int64_t out_stride)
 {
-    const int64_t cols = m->cols, n_blocks = cols / QK;
+    const int64_t cols = m->cols;
     if (m->format == F32) {
         for (int64_t t = 0; t < a->n_rows; t++)
             for (int64_t i = 0; i < n; i++)
@@ -66,13 +66,13 @@ static void rows_dot(const weight_matrix *m, int64_t r0, int64_t n, const activa
         return;
     }
     const quant_type type = (quant_type)m->format;
-    const int64_t row_bytes = n_blocks * BLOCK_BYTES[type];
+    const int64_t n_blocks = cols / BLOCK_WEIGHTS[type], row_bytes = n_blocks * BLOCK_BYTES[type];
     const uint8_t *rows = m->data + r0 * row_bytes;                         /* row r0 */
     if (int8_activations) {
-        dot_rows_int8_batch(type, rows, n, a->xq, n_blocks, a->n_rows, n_blocks, out, out_stride);
+        dot_rows_int8_batch(type, rows, n, a->xq, cols / QK, a->n_rows, n_blocks, out, out_stride);
         return;
     }
-    dot_rows_batch(type, rows, n, a->x, a->n, a->sums, n_blocks, a->n_rows, n_blocks, out, out_stride);
+    dot_rows_batch(type, rows, n, a->x, a->n, a->sums, cols / QK, a->n_rows, n_blocks, out, out_stride);
 }
 
 static inline int64_t chunk_rows(const weight_matrix *m, int64_t r0)

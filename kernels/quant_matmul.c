@@ -1,6 +1,6 @@
 /* Quantized weights times fp32 activations: out [T, out_features] = x [T, in_features] @ W.T,
- * W stored row by row as llama.cpp blocks of QK = 32 weights: Q4_0, Q4_1 or Q8_0 (layouts
- * in internal/formats.h).
+ * W stored row by row as llama.cpp blocks: Q4_0, Q4_1, Q8_0, Q5_0, Q5_1 (32 weights a block)
+ * or the K-quants Q4_K, Q5_K, Q6_K (256; layouts in internal/formats.h).
  *
  * NumPy reference: llama_np.quant.quant_matmul. The row dot products come from
  * internal/quant_rows.h. Two regimes:
@@ -123,6 +123,10 @@ static inline void decode_block(quant_type type, const uint8_t *block, float w[Q
 
 static void decode_row(quant_type type, float *w, const uint8_t *row, int64_t n_blocks)
 {
+    if (is_piece_format(type)) {       /* internal/piece_rows.h */
+        decode_row_pieces(type, w, row, n_blocks);
+        return;
+    }
     for (int64_t b = 0; b < n_blocks; b++) {
 #ifdef USE_AVX2
         const f32x32 wb = decode_block_avx2(type, row + b * BLOCK_BYTES[type]);
@@ -201,27 +205,28 @@ static void pack_panels(float *panels, const float *x, int64_t n_tokens, int64_t
 /* ---------------------------------------------------------------------------------------
  * The driver shared by the three formats. */
 
-/* out[t, r] for rows r0 <= r < r1, every token, decoding each block once per token. */
+/* out[t, r] for rows r0 <= r < r1, every token, decoding each block once per token;
+ * x_sums [T, in / 32]: the Σ x of every 32 activations. */
 static void gemv_rows(quant_type type, float *out, const uint8_t *w, const float *x,
                       const float *x_sums, int64_t n_tokens, int64_t out_features,
                       int64_t in_features, int64_t r0, int64_t r1)
 {
-    const int64_t n_blocks = in_features / QK;
+    const int64_t n_blocks = in_features / BLOCK_WEIGHTS[type];
     const int64_t row_bytes = n_blocks * BLOCK_BYTES[type];
     for (int64_t t = 0; t < n_tokens; t++)
-        dot_rows(type, w + r0 * row_bytes, r1 - r0, x + t * in_features, x_sums + t * n_blocks, n_blocks,
-                 out + t * out_features + r0);
+        dot_rows(type, w + r0 * row_bytes, r1 - r0, x + t * in_features, x_sums + t * (in_features / QK),
+                 n_blocks, out + t * out_features + r0);
 }
 
 /* Returns 0, or -1 when there is no memory for the block sums of x. */
 static int quant_matmul(quant_type type, float *out, const uint8_t *w, const float *x,
                         int64_t n_tokens, int64_t out_features, int64_t in_features, int n_threads)
 {
-    const int64_t n_blocks = in_features / QK;
+    const int64_t n_blocks = in_features / BLOCK_WEIGHTS[type], n_sums = in_features / QK;
     const int64_t row_bytes = n_blocks * BLOCK_BYTES[type];
-    float *x_sums = malloc((n_tokens * n_blocks + 1) * sizeof(float));  /* [T, n_blocks]: Σ x per block */
+    float *x_sums = malloc((n_tokens * n_sums + 1) * sizeof(float));  /* [T, in / 32]: Σ x per 32 */
     if (x_sums == NULL) return -1;
-    block_sums(x_sums, x, n_tokens * n_blocks);
+    block_sums(x_sums, x, n_tokens * n_sums);
 
     if (n_tokens < GEMM_MIN_TOKENS) {
         #pragma omp parallel for num_threads(n_threads) schedule(static)
@@ -273,24 +278,24 @@ static int quant_matmul(quant_type type, float *out, const uint8_t *w, const flo
 static int quant_matmul_int8(quant_type type, float *out, const uint8_t *w, const float *x,
                              int64_t n_tokens, int64_t out_features, int64_t in_features, int n_threads)
 {
-    const int64_t n_blocks = in_features / QK;
+    const int64_t n_blocks = in_features / BLOCK_WEIGHTS[type], n_x_blocks = in_features / QK;
     const int64_t row_bytes = n_blocks * BLOCK_BYTES[type];
     if (n_tokens == 0 || n_blocks == 0) {
         for (int64_t i = 0; i < n_tokens * out_features; i++) out[i] = 0.0f;
         return 0;
     }
-    block_q8_act *xq = malloc(n_tokens * n_blocks * sizeof(block_q8_act));  /* [T, n_blocks] */
+    block_q8_act *xq = malloc(n_tokens * n_x_blocks * sizeof(block_q8_act));  /* [T, in / 32] */
     if (xq == NULL) return -1;
     #pragma omp parallel num_threads(n_threads)
     {
         #pragma omp for schedule(static)
         for (int64_t t = 0; t < n_tokens; t++)
-            quantize_activations(xq + t * n_blocks, x + t * in_features, n_blocks);
+            quantize_activations(xq + t * n_x_blocks, x + t * in_features, n_x_blocks);
         /* every token against a weight row while the row is in L1 */
         #pragma omp for schedule(static)
         for (int64_t r = 0; r < out_features; r++)
             for (int64_t t = 0; t < n_tokens; t++)
-                out[t * out_features + r] = dot_row_int8(type, w + r * row_bytes, xq + t * n_blocks, n_blocks);
+                out[t * out_features + r] = dot_row_int8(type, w + r * row_bytes, xq + t * n_x_blocks, n_blocks);
     }
     free(xq);
     return 0;

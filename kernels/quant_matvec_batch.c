@@ -21,27 +21,28 @@ int quant_matvec_batch_f32(int format, float *out, const uint8_t *w, const float
                            int64_t out_features, int64_t in_features, int int8_activations, int n_threads)
 {
     const quant_type type = (quant_type)format;
-    const int64_t n_blocks = in_features / QK;
+    const int64_t n_blocks = in_features / BLOCK_WEIGHTS[type], n_x_blocks = in_features / QK;
     const int64_t row_bytes = n_blocks * BLOCK_BYTES[type];
     if (int8_activations) {
-        block_q8_act *xq = malloc((n_rows_x * n_blocks + 1) * sizeof(block_q8_act));  /* [B, n_blocks] */
+        block_q8_act *xq = malloc((n_rows_x * n_x_blocks + 1) * sizeof(block_q8_act));  /* [B, in / 32] */
         if (xq == NULL) return -1;
-        for (int64_t t = 0; t < n_rows_x; t++) quantize_activations(xq + t * n_blocks, x + t * in_features, n_blocks);
+        for (int64_t t = 0; t < n_rows_x; t++)
+            quantize_activations(xq + t * n_x_blocks, x + t * in_features, n_x_blocks);
         #pragma omp parallel for num_threads(n_threads) schedule(static)
         for (int64_t r0 = 0; r0 < out_features; r0 += MATVEC_ROWS) {
             const int64_t n = out_features - r0 < MATVEC_ROWS ? out_features - r0 : MATVEC_ROWS;
-            dot_rows_int8_batch(type, w + r0 * row_bytes, n, xq, n_blocks, n_rows_x, n_blocks, out + r0, out_features);
+            dot_rows_int8_batch(type, w + r0 * row_bytes, n, xq, n_x_blocks, n_rows_x, n_blocks, out + r0, out_features);
         }
         free(xq);
         return 0;
     }
-    float *x_sums = malloc((n_rows_x * n_blocks + 1) * sizeof(float));  /* [B, n_blocks] */
+    float *x_sums = malloc((n_rows_x * n_x_blocks + 1) * sizeof(float));  /* [B, in / 32] */
     if (x_sums == NULL) return -1;
-    for (int64_t t = 0; t < n_rows_x; t++) block_sums(x_sums + t * n_blocks, x + t * in_features, n_blocks);
+    for (int64_t t = 0; t < n_rows_x; t++) block_sums(x_sums + t * n_x_blocks, x + t * in_features, n_x_blocks);
     #pragma omp parallel for num_threads(n_threads) schedule(static)
     for (int64_t r0 = 0; r0 < out_features; r0 += MATVEC_ROWS) {
         const int64_t n = out_features - r0 < MATVEC_ROWS ? out_features - r0 : MATVEC_ROWS;
-        dot_rows_batch(type, w + r0 * row_bytes, n, x, in_features, x_sums, n_blocks, n_rows_x, n_blocks,
+        dot_rows_batch(type, w + r0 * row_bytes, n, x, in_features, x_sums, n_x_blocks, n_rows_x, n_blocks,
                        out + r0, out_features);
     }
     free(x_sums);

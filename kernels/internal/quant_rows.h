@@ -1,6 +1,8 @@
 /* One row of quantized weights against one row of activations: the dot products that
  * every kernel multiplying by llama.cpp blocks is built from (quant_matmul.c for whole
- * matrices, decode_layer.c for one token through a transformer block).
+ * matrices, decode_layer.c for one token through a transformer block). This file holds the
+ * loops of Q4_0, Q4_1 and Q8_0; those of Q5_0, Q5_1 and the K-quants are in piece_rows.h,
+ * and dot_rows / dot_row_int8 (at the end) pick the one of a format.
  *
  * The block layouts, the formats' numbers and their block sizes: formats.h. NumPy
  * references: llama_np/quant/. A header of static inline functions
@@ -15,10 +17,8 @@
 #include <string.h>
 
 #include "formats.h"
+#include "half.h"
 #include "simd.h"
-#if !defined(USE_AVX2) && defined(__F16C__)
-#include <immintrin.h>     /* _cvtsh_ss, for the scales */
-#endif
 
 /* How far ahead of the block being multiplied to ask for memory, where a loop reads one row
  * at a time (the two-row loop asks for the next pair's block instead, see dot_rows). A
@@ -27,32 +27,7 @@
  * the wait, and longer ones gained nothing (docs/benchmarks.md#decode-kernels). */
 #define PREFETCH_BYTES 512
 
-typedef weight_format quant_type;  /* one of the block formats Q4_0, Q4_1, Q8_0 (not F32) */
-
-/* IEEE half → float. F16C does it in one instruction; the portable version rebuilds the
- * bits: sign, exponent rebiased from 15 to 127, mantissa widened from 10 to 23 bits. */
-static inline float fp16_to_fp32(uint16_t h)
-{
-#if defined(__F16C__)
-    return _cvtsh_ss(h);
-#else
-    const uint32_t sign = (uint32_t)(h & 0x8000) << 16;
-    const uint32_t exponent = (h >> 10) & 0x1F;
-    const uint32_t mantissa = h & 0x3FF;
-    uint32_t bits;
-    if (exponent == 0x1F) {                 /* infinity or NaN */
-        bits = sign | 0x7F800000u | (mantissa << 13);
-    } else if (exponent != 0) {             /* normal number */
-        bits = sign | ((exponent + 127 - 15) << 23) | (mantissa << 13);
-    } else {                                /* zero or subnormal: mantissa * 2^-24, exact */
-        const float magnitude = (float)mantissa * 0x1p-24f;
-        return sign ? -magnitude : magnitude;
-    }
-    float f;
-    memcpy(&f, &bits, sizeof f);
-    return f;
-#endif
-}
+typedef weight_format quant_type;  /* one of the block formats: any but F32 and F16 */
 
 /* The scale d: the first two bytes of every block format. */
 static inline float block_scale(const uint8_t *block)
@@ -265,16 +240,6 @@ dot_rows_of(quant_type type, const uint8_t *rows, int64_t n_rows, const float *x
     }
 }
 
-static inline void dot_rows(quant_type type, const uint8_t *rows, int64_t n_rows, const float *x,
-                            const float *x_sums, int64_t n_blocks, float *out)
-{
-    switch (type) {
-    case Q4_0: dot_rows_of(Q4_0, rows, n_rows, x, x_sums, n_blocks, out); break;
-    case Q4_1: dot_rows_of(Q4_1, rows, n_rows, x, x_sums, n_blocks, out); break;
-    default:   dot_rows_of(Q8_0, rows, n_rows, x, x_sums, n_blocks, out);
-    }
-}
-
 /* One dot product of two fp32 rows of length n (a multiple of 32): fp32 weights in the fused
  * decode step. Four accumulators, so that consecutive FMAs do not wait for each other. */
 static inline float dot_f32(const float *a, const float *b, int64_t n)
@@ -403,12 +368,31 @@ dot_row_int8_of(quant_type type, const uint8_t *row, const block_q8_act *xq, int
 #endif
 }
 
+/* =======================================================================================
+ * Which loop each format runs: Q4_0, Q4_1 and Q8_0 the loops above; Q5_0, Q5_1 and the
+ * K-quants those of internal/piece_rows.h (32 weights decoded at a time). n_blocks counts
+ * the format's own blocks (256 weights for a K-quant); x_sums, the Σ x of every 32 weights,
+ * only Q4_0 and Q4_1 read. */
+#include "piece_rows.h"
+
+static inline void dot_rows(quant_type type, const uint8_t *rows, int64_t n_rows, const float *x,
+                            const float *x_sums, int64_t n_blocks, float *out)
+{
+    switch (type) {
+    case Q4_0: dot_rows_of(Q4_0, rows, n_rows, x, x_sums, n_blocks, out); break;
+    case Q4_1: dot_rows_of(Q4_1, rows, n_rows, x, x_sums, n_blocks, out); break;
+    case Q8_0: dot_rows_of(Q8_0, rows, n_rows, x, x_sums, n_blocks, out); break;
+    default:   dot_rows_pieces(type, rows, n_rows, x, x_sums, n_blocks, out);
+    }
+}
+
 static inline float dot_row_int8(quant_type type, const uint8_t *row, const block_q8_act *xq, int64_t n_blocks)
 {
     switch (type) {
     case Q4_0: return dot_row_int8_of(Q4_0, row, xq, n_blocks);
     case Q4_1: return dot_row_int8_of(Q4_1, row, xq, n_blocks);
-    default:   return dot_row_int8_of(Q8_0, row, xq, n_blocks);
+    case Q8_0: return dot_row_int8_of(Q8_0, row, xq, n_blocks);
+    default:   return dot_row_pieces_int8(type, row, xq, n_blocks);
     }
 }
 

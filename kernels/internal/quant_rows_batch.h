@@ -13,7 +13,9 @@
  *   dot_rows_batch(type, rows, n_rows, x, x_stride, x_sums, sums_stride, n_x, n_blocks, out, out_stride)
  *     out[t · out_stride + i] = dot_rows(type, rows, n_rows, x + t · x_stride, ...)[i],  t < n_x
  *
- * Activation rows go BATCH_GROUP at a time, so that their accumulators stay in L1.
+ * Activation rows go BATCH_GROUP at a time, so that their accumulators stay in L1. This file
+ * holds Q4_0, Q4_1 and Q8_0; Q5_0, Q5_1 and the K-quants go to internal/piece_rows.h, whose
+ * one-row and batched loops are one function.
  */
 #ifndef LLAMA_NP_QUANT_ROWS_BATCH_H
 #define LLAMA_NP_QUANT_ROWS_BATCH_H
@@ -125,6 +127,10 @@ static inline void dot_rows_batch(quant_type type, const uint8_t *rows, int64_t 
                                   int64_t x_stride, const float *x_sums, int64_t sums_stride, int64_t n_x,
                                   int64_t n_blocks, float *out, int64_t out_stride)
 {
+    if (is_piece_format(type)) {    /* Q5_0, Q5_1, K-quants: internal/piece_rows.h */
+        dot_rows_pieces_batch(type, rows, n_rows, x, x_stride, x_sums, sums_stride, n_x, n_blocks, out, out_stride);
+        return;
+    }
     for (int64_t t0 = 0; t0 < n_x; t0 += BATCH_GROUP) {
         const int64_t n = n_x - t0 < BATCH_GROUP ? n_x - t0 : BATCH_GROUP;
         const float *xg = x + t0 * x_stride, *sums_g = x_sums + t0 * sums_stride;
@@ -213,6 +219,10 @@ static inline void dot_rows_int8_batch(quant_type type, const uint8_t *rows, int
                                        const block_q8_act *xq, int64_t xq_stride, int64_t n_x,
                                        int64_t n_blocks, float *out, int64_t out_stride)
 {
+    if (is_piece_format(type)) {
+        dot_rows_pieces_int8_batch(type, rows, n_rows, xq, xq_stride, n_x, n_blocks, out, out_stride);
+        return;
+    }
     const int64_t row_bytes = n_blocks * BLOCK_BYTES[type];
     for (int64_t t0 = 0; t0 < n_x; t0 += BATCH_GROUP) {
         const int64_t n = n_x - t0 < BATCH_GROUP ? n_x - t0 : BATCH_GROUP;

@@ -13,7 +13,7 @@ from the embedding to the logits. Plain float32 products are NumPy's (BLAS) in b
 import numpy as np
 
 from llama_np import ops
-from llama_np.quant import QuantizedMatrix, kv_rows
+from llama_np.quant import kv_rows
 from llama_np.kernels import native
 from llama_np.kernels.decode_layer import DecodeLayer
 
@@ -61,11 +61,11 @@ class CBackend(NumpyBackend):
         return native.attention_forward(q, k, v)
 
     def matmul(self, x, weight, int8_activations=False):
-        """As NumPy's, in C for the block formats that have a kernel (`native.FORMATS`); the
-        others run their NumPy product."""
+        """As NumPy's, in C for every block format that has a kernel (`native.BLOCK_FORMATS`);
+        a format without one (Q2_K, Q3_K) runs its NumPy product."""
         if isinstance(weight, np.ndarray):
             return x @ weight.T
-        if weight.qtype not in native.FORMATS:
+        if weight.qtype not in native.BLOCK_FORMATS:
             return weight.matmul(x, int8_activations)
         x_rows = weight.check_input(x, weight.shape[1], "x")              # [T, in]
         y = native.quant_matmul(weight.data, weight.qtype, x_rows, int8_activations)
@@ -74,9 +74,6 @@ class CBackend(NumpyBackend):
     def decode_layers(self, layers, config, int8_activations=False):
         """A `DecodeLayer` per layer, or None when some layer's weights are of a kind the
         fused kernel does not take (the model then runs `block_forward`)."""
-        if any(w.qtype not in native.FORMATS for layer in layers for w in layer.values()
-               if isinstance(w, QuantizedMatrix)):
-            return None                                  # a format without a C kernel
         try:
             return [DecodeLayer(layer, config, int8_activations) for layer in layers]
         except (TypeError, ValueError):

@@ -6,10 +6,10 @@ and every row is computed exactly as the one-token kernels compute it (`DecodeLa
 batch (tests/test_serve_batch.py)."""
 import numpy as np
 
+from llama_np import quant
 from llama_np.kernels import native
 from llama_np.kernels.decode_layer import DecodeLayer
-from llama_np.kernels.native import FORMATS, get_num_threads, require_array
-from llama_np.quant import BLOCK_BYTES, QK
+from llama_np.kernels.native import FORMATS, check_blocks, get_num_threads, require_array
 
 
 def decode_layer_batch(layer: DecodeLayer, h, k_caches, v_caches, positions, rotations=None):
@@ -67,18 +67,16 @@ def decode_layer_batch(layer: DecodeLayer, h, k_caches, v_caches, positions, rot
 def quant_matvec_batch(data, qtype, x, int8_activations=False):
     """x @ W.T for B rows x [B, in] float32, W quantized (data uint8 [out, row_bytes] of
     `qtype` blocks) → [B, out], each row exactly `native.quant_matmul(data, qtype, x[b:b+1],
-    int8_activations)`."""
-    if qtype not in BLOCK_BYTES:
-        raise ValueError(f"no quantized kernel for {qtype!r}; expected one of {', '.join(BLOCK_BYTES)}")
-    require_array(data, "data", np.uint8, 2)
+    int8_activations)`. A format without a kernel (`native.BLOCK_FORMATS`) runs the NumPy
+    product one row at a time, as the C backend multiplies one row by it."""
+    if qtype not in native.BLOCK_FORMATS and isinstance(x, np.ndarray) and x.ndim == 2:
+        product = quant.quant_matmul_int8 if int8_activations else quant.quant_matmul
+        return np.concatenate([product(data, qtype, x[b:b + 1]) for b in range(x.shape[0])]
+                              ).reshape(x.shape[0], data.shape[0])
     require_array(x, "x", np.float32, 2)
-    out_features, row_bytes = data.shape
     n_rows, in_features = x.shape
-    if in_features % QK or row_bytes != in_features // QK * BLOCK_BYTES[qtype]:
-        raise ValueError(f"{qtype} rows of {row_bytes} bytes do not hold x's {in_features} weights")
-    w_buffer = native.ffi.from_buffer("uint8_t[]", data)
-    if int(native.ffi.cast("uintptr_t", w_buffer)) % 2:
-        raise ValueError("quantized data must start at an even address (its fp16 scales)")
+    w_buffer = check_blocks(data, qtype, in_features, "quantized kernel")
+    out_features = data.shape[0]
     out = np.empty((n_rows, out_features), dtype=np.float32)                  # [B, out]
     if native.lib.quant_matvec_batch_f32(FORMATS[qtype], native.ffi.from_buffer("float[]", out, require_writable=True),
                                          w_buffer, native.ffi.from_buffer("float[]", x), n_rows,

@@ -33,6 +33,8 @@ class DecodeLayer:
             w = layer[key]
             if isinstance(w, QuantizedMatrix):
                 data, fmt = w.data, w.qtype
+                if fmt not in native.BLOCK_FORMATS:
+                    raise ValueError(f"{key}: no C kernel for {fmt} weights")
             elif isinstance(w, np.ndarray):
                 require_array(w, key, np.float32, 2)
                 data, fmt = w, "F32"

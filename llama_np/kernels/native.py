@@ -12,7 +12,6 @@ import numpy as np
 
 from llama_np import quant
 from llama_np.quant import kv_rows
-from llama_np.quant import BLOCK_BYTES, QK
 
 # How idle OpenMP threads wait, read once when the C library (libgomp) loads. A waiting
 # thread first spins, GOMP_SPINCOUNT times, then sleeps until woken. Decoding meets ~150
@@ -114,6 +113,28 @@ def rope_(x, positions, theta, inv_freq=None, attention_factor=1.0):
 # The kernels' numbers for the weight formats (kernels/internal/formats.h), from the one
 # table of formats; F32 only decode_layer.c takes.
 FORMATS = {name: fmt.kernel_format for name, fmt in quant.FORMATS.items() if fmt.kernel_format is not None}
+# The block formats the quantized products take: every kernel format but the plain floats.
+BLOCK_FORMATS = {name: quant.FORMATS[name] for name in FORMATS if quant.FORMATS[name].block_weights > 1}
+
+
+def check_blocks(data, qtype, in_features, kernel="quantized matmul kernel"):
+    """Check quantized rows data uint8 [out, row_bytes] of `qtype` against rows of
+    in_features weights, and return the cffi buffer of data."""
+    if qtype not in BLOCK_FORMATS:
+        raise ValueError(f"no {kernel} for {qtype!r}; expected one of {', '.join(BLOCK_FORMATS)}")
+    fmt = BLOCK_FORMATS[qtype]
+    require_array(data, "data", np.uint8, 2)
+    if in_features % fmt.block_weights:
+        raise ValueError(f"x rows have {in_features} features, not a multiple of {qtype}'s "
+                         f"{fmt.block_weights}-weight blocks")
+    expected = in_features // fmt.block_weights * fmt.block_bytes
+    if data.shape[1] != expected:
+        raise ValueError(f"{qtype} rows of {data.shape[1]} bytes do not hold {in_features} weights "
+                         f"({expected} bytes)")
+    buffer = ffi.from_buffer("uint8_t[]", data)
+    if int(ffi.cast("uintptr_t", buffer)) % 2:
+        raise ValueError("quantized data must start at an even address (its fp16 scales)")
+    return buffer
 
 
 def quant_matmul(data, qtype, x, int8_activations=False):
@@ -125,21 +146,10 @@ def quant_matmul(data, qtype, x, int8_activations=False):
     Decoding calls this about 200 times per token, so the buffers are passed as typed
     cffi views (`ffi.from_buffer("float[]", ...)`), the cheapest way in
     (docs/benchmarks.md#decode-kernels)."""
-    if qtype not in BLOCK_BYTES:
-        raise ValueError(f"no quantized matmul kernel for {qtype!r}; "
-                         f"expected one of {', '.join(BLOCK_BYTES)}")
-    require_array(data, "data", np.uint8, 2)
     require_array(x, "x", np.float32, 2)
-    out_features, row_bytes = data.shape
     n_tokens, in_features = x.shape
-    if in_features % QK:
-        raise ValueError(f"x rows have {in_features} features, not a multiple of {QK}")
-    if row_bytes != in_features // QK * BLOCK_BYTES[qtype]:
-        raise ValueError(f"{qtype} rows of {row_bytes} bytes do not hold {in_features} weights "
-                         f"({in_features // QK * BLOCK_BYTES[qtype]} bytes)")
-    w_buffer = ffi.from_buffer("uint8_t[]", data)
-    if int(ffi.cast("uintptr_t", w_buffer)) % 2:
-        raise ValueError("quantized data must start at an even address (its fp16 scales)")
+    w_buffer = check_blocks(data, qtype, in_features)
+    out_features = data.shape[0]
     out = np.empty((n_tokens, out_features), dtype=np.float32)            # [T, out]
     if lib.quant_matmul_f32(FORMATS[qtype], ffi.from_buffer("float[]", out, require_writable=True),
                             w_buffer, ffi.from_buffer("float[]", x), n_tokens, out_features,

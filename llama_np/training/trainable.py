@@ -20,6 +20,7 @@ import numpy as np
 from llama_np import ops
 from llama_np.llama.adapter import EMBED, LM_HEAD, lora_names
 from llama_np.llama.model import block_backward, block_forward
+from llama_np.llama.weights import layer_weight_names
 from llama_np.quant import dense
 from llama_np.training.shards import SharedOnce, thread_pool
 from llama_np.training.training_layer import TrainingLayer, accumulate
@@ -27,6 +28,31 @@ from llama_np.training.training_layer import TrainingLayer, accumulate
 # Positions whose logits are computed at once by the output head: the logits and their
 # gradient for HEAD_CHUNK × V (1024 × 49,152 × 4 bytes = 200 MB) exist at a time.
 HEAD_CHUNK = 1024
+
+
+# Projections that read the same input, multiplied as one stacked matrix (block_forward).
+STACKED_GROUPS = (("q", "k", "v"), ("gate", "up"))
+
+
+def stack_float_weights(config, weights):
+    """A float base with each STACKED_GROUPS group of a layer in one array, the single
+    weights then views of its rows: ({name: weight}, {(layer, keys): [Σout, in]}). The
+    training products multiply by the stacked arrays; made once, not at every step, and no
+    bigger than the weights were. Quantized weights are left as they are (they are
+    dequantized a layer at a time, TrainingLayer._stack)."""
+    weights, stacked = dict(weights), {}
+    for i in range(config.num_hidden_layers):
+        names = layer_weight_names(i)
+        for keys in STACKED_GROUPS:
+            parts = [weights[names[key]] for key in keys]
+            if not all(isinstance(w, np.ndarray) and w.dtype == np.float32 for w in parts):
+                continue
+            stacked[i, keys] = np.concatenate(parts)                                 # [Σout, in]
+            start = 0
+            for key, part in zip(keys, parts):
+                weights[names[key]] = stacked[i, keys][start:start + len(part)]      # a view
+                start += len(part)
+    return weights, stacked
 
 
 class TrainableLlama:
@@ -44,7 +70,7 @@ class TrainableLlama:
 
     def __init__(self, config, weights, adapter, trainable_rows=None):
         self.config = config
-        self.weights = weights          # frozen base, HF names
+        self.weights, self.stacked = stack_float_weights(config, weights)   # frozen base, HF names
         self.adapter = adapter
         self.params = adapter.params    # trainable, float32, PEFT names
         self.trainable_rows = trainable_rows

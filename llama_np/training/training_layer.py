@@ -6,7 +6,8 @@ needs; `block_backward(dh, layer)` then takes those entries off again, in revers
 
 - Products: the frozen weights of projections that read the same input are stacked
   ([Wq; Wk; Wv] is [H·hd + 2·H_kv·hd, D]), so each is one large BLAS product, and the LoRA
-  branch of each adapted projection is added beside it (`ops.lora_forward`). Quantized
+  branch of each adapted projection is added beside it (`ops.lora_forward`). A float base
+  is stacked once, when the model is made (`trainable.stack_float_weights`); quantized
   weights are dequantized for this layer only, and again in backward: no fp32 copy of the
   model (QLoRA's idea). The tape keeps inputs, not weights.
 - Attention: each sequence of the batch has its own causal attention. Sequences are
@@ -93,6 +94,8 @@ class TrainingLayer:
         return self._stack(keys)
 
     def _stack(self, keys):
+        if (self.index, keys) in self.model.stacked:                     # a float base, stacked once
+            return self.model.stacked[self.index, keys]
         ws = [self.model.weights[self.names[k]] for k in keys]
         if all(isinstance(w, QuantizedMatrix) for w in ws) and len({w.qtype for w in ws}) == 1:
             return dequantize(np.concatenate([w.data for w in ws]), ws[0].qtype)   # [Σout, in]

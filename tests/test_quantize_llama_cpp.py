@@ -81,6 +81,20 @@ def test_every_tensor_is_what_llama_cpp_writes(tiny_f32, file_type, tmp_path, ca
     assert file_type_of(ours) == file_type_of(theirs) == MIXES[file_type][0]
 
 
+def transformers_greedy(hf_model, ids, n):
+    """n greedy tokens of transformers' model after ids, the end-of-text token included (a
+    plain loop: `generate` would stop at it or, with min_new_tokens, mask it)."""
+    import torch
+
+    seen = list(ids)
+
+    def next_logits(token):
+        seen.extend([] if token is None else [token])
+        with torch.no_grad():
+            return hf_model(torch.tensor([seen])).logits[0, -1].numpy()
+    return greedy(next_logits, n)
+
+
 @pytest.fixture(scope="module")
 def superblocks_f32(tmp_path_factory):
     folder = tmp_path_factory.mktemp("superblocks_run")
@@ -101,14 +115,7 @@ def test_llama_cpp_files_run_as_transformers_runs_them(superblocks_f32, file_typ
     with torch.no_grad():
         expected = hf_model(torch.tensor([ids])).logits[0].numpy()        # [T, V]
     assert np.max(np.abs(model.forward(ids) - expected)) < 1e-3
-
-    seen = list(ids)
-
-    def hf_next_logits(token):
-        seen.extend([] if token is None else [token])
-        with torch.no_grad():
-            return hf_model(torch.tensor([seen])).logits[0, -1].numpy()
-    assert llama_np_greedy(model, ids, 12) == greedy(hf_next_logits, 12)
+    assert llama_np_greedy(model, ids, 12) == transformers_greedy(hf_model, ids, 12)
 
 
 @pytest.fixture(scope="module")
@@ -124,3 +131,22 @@ def test_real_model_mixes_are_what_llama_cpp_writes(real_f32, file_type, tmp_pat
     theirs = llama_cpp_quantize(real_f32, tmp_path / f"llama_cpp.{file_type}.gguf", file_type)
     ours = quantize_to(real_f32, file_type, tmp_path / f"llama_np.{file_type}.gguf", capsys)
     assert_same_tensors(ours, theirs)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("file_type", ["Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_M"])
+def test_real_model_llama_cpp_files_run_as_transformers_runs_them(real_f32, file_type, tmp_path):
+    """SmolLM2-135M quantized by llama.cpp (between them these four files hold Q3_K, Q4_K,
+    Q5_K, Q6_K, Q4_0, Q5_0, Q5_1 and Q8_0 tensors): llama_np's logits of every position
+    within 1e-3 of transformers' on the same file, and the same 24 greedy tokens."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    name = f"smollm2.{file_type}.gguf"
+    path = llama_cpp_quantize(real_f32, tmp_path / name, file_type)
+    model, tokenizer = load_model(path)
+    hf_model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=name).eval()
+    ids = tokenizer.encode("The capital of France is")
+    with torch.no_grad():
+        expected = hf_model(torch.tensor([ids])).logits[0].numpy()        # [T, V]
+    assert np.max(np.abs(model.forward(ids) - expected)) < 1e-3
+    assert llama_np_greedy(model, ids, 24) == transformers_greedy(hf_model, ids, 24)

@@ -85,6 +85,19 @@ def unpack_bit_planes(packed, n_planes):
     return planes.reshape(*packed.shape[:-1], n_planes * 32)
 
 
+def pack_nibble_chunks(q):
+    """q [..., 256] uint8 in 0..15 → [..., 128] (Q4_K, Q5_K): four chunks of 32 bytes, chunk c
+    holding sub-block 2c in its low nibbles and sub-block 2c + 1 in its high ones."""
+    chunks = q.reshape(*q.shape[:-1], 4, 2, 32)                           # [..., c, low/high, l]
+    return (chunks[..., 0, :] | chunks[..., 1, :] << 4).reshape(*q.shape[:-1], HALF)
+
+
+def unpack_nibble_chunks(qs):
+    """qs [..., 128] → [..., 256] uint8 in 0..15, the inverse of pack_nibble_chunks."""
+    chunks = qs.reshape(*qs.shape[:-1], 4, 1, 32) >> np.array([0, 4], dtype=np.uint8)[:, None]
+    return (chunks & 0x0F).reshape(*qs.shape[:-1], QK_K)
+
+
 def pack_scales_k4(sc, m):
     """Eight 6-bit scales sc and mins m [..., 8] → scales [..., 12] (Q4_K, Q5_K):
     bytes 0..3 = sc[0..3] | (top 2 bits of sc[4..7]) << 6, bytes 4..7 the same for m,
@@ -185,8 +198,7 @@ def _quantize_blocks_q4_k(x, blocks):
     """Q4_K: 8 sub-blocks of 32, q in 0..15, sub-scales and mins 6 bits."""
     q, sc, m = _quantize_blocks_with_min(x, blocks, 32, 15, f32(-1), 20, False, 63, _rms_plus_abs)
     blocks["scales"] = pack_scales_k4(sc, m)
-    chunks = q.reshape(*q.shape[:-1], 4, 2, 32)                           # [..., c, low/high, l]
-    blocks["qs"] = (chunks[..., 0, :] | chunks[..., 1, :] << 4).reshape(*q.shape[:-1], HALF)
+    blocks["qs"] = pack_nibble_chunks(q)
 
 
 def _quantize_blocks_q5_k(x, blocks):
@@ -194,8 +206,7 @@ def _quantize_blocks_q5_k(x, blocks):
     q, sc, m = _quantize_blocks_with_min(x, blocks, 32, 31, f32(-0.5), 15, False, 63, _rms_plus_abs)
     blocks["scales"] = pack_scales_k4(sc, m)
     blocks["qh"] = pack_bit_planes(q >> 4, 8)
-    chunks = (q & 0x0F).reshape(*q.shape[:-1], 4, 2, 32)
-    blocks["qs"] = (chunks[..., 0, :] | chunks[..., 1, :] << 4).reshape(*q.shape[:-1], HALF)
+    blocks["qs"] = pack_nibble_chunks(q & 0x0F)
 
 
 def _quantize_blocks_q3_k(x, blocks):
@@ -273,20 +284,14 @@ def _dequantize_blocks_q3_k(blocks):
     return (step[..., None] * sub_blocks(q.astype(f32), 16)).reshape(*q.shape)
 
 
-def _nibble_chunks(qs):
-    """Q4_K/Q5_K qs [..., 128] → [..., 256] low nibbles: chunk c is sub-blocks 2c (low), 2c + 1 (high)."""
-    chunks = qs.reshape(*qs.shape[:-1], 4, 1, 32) >> np.array([0, 4], dtype=np.uint8)[:, None]
-    return (chunks & 0x0F).reshape(*qs.shape[:-1], QK_K)
-
-
 def _dequantize_blocks_q4_k(blocks):
     sc, m = unpack_scales_k4(blocks["scales"])
-    return _with_min(_nibble_chunks(blocks["qs"]), _field(blocks, "d"), _field(blocks, "dmin"), sc, m, 32)
+    return _with_min(unpack_nibble_chunks(blocks["qs"]), _field(blocks, "d"), _field(blocks, "dmin"), sc, m, 32)
 
 
 def _dequantize_blocks_q5_k(blocks):
     sc, m = unpack_scales_k4(blocks["scales"])
-    q = _nibble_chunks(blocks["qs"]) | unpack_bit_planes(blocks["qh"], 8) << 4
+    q = unpack_nibble_chunks(blocks["qs"]) | unpack_bit_planes(blocks["qh"], 8) << 4
     return _with_min(q, _field(blocks, "d"), _field(blocks, "dmin"), sc, m, 32)
 
 

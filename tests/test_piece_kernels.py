@@ -1,4 +1,4 @@
-"""The C kernels of the newer block formats — Q5_0, Q5_1, Q4_K, Q5_K, Q6_K
+"""The C kernels of the newer block formats — Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K
 (kernels/internal/block_pieces.h, piece_rows.h) — against the weights gguf.quants.dequantize
 gives for the same bytes: x @ W.T for one row (decode) and many (prefill GEMM), with fp32
 and int8 activations; the batched product equal to the one-row product bit for bit; the
@@ -28,9 +28,10 @@ from test_serve_batch import check_batch_equals_alone  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not native.AVAILABLE, reason="C kernels not built")
 
-PIECE_FORMATS = ["Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K"]
+PIECE_FORMATS = ["Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
 # byte offsets of each block's fp16 fields (d, and m or dmin): ggml-common.h
-HALF_FIELDS = {"Q5_0": (0,), "Q5_1": (0, 2), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,)}
+HALF_FIELDS = {"Q5_0": (0,), "Q5_1": (0, 2), "Q2_K": (80, 82), "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2),
+               "Q6_K": (208,)}
 KERNELS_DIR = os.path.join(os.path.dirname(__file__), os.pardir, "kernels")
 
 
@@ -200,10 +201,10 @@ def test_other_builds_batch_bit_for_bit(other_build, qtype, int8_activations):
 
 # Q4_K_M-like layers: K-quants where rows are multiples of 256, their fall-backs elsewhere
 MIXES = {
-    "layer_0": {"q_proj": "Q5_0", "k_proj": "Q8_0", "v_proj": "Q6_K", "o_proj": "Q4_K",
+    "layer_0": {"q_proj": "Q5_0", "k_proj": "Q2_K", "v_proj": "Q6_K", "o_proj": "Q4_K",
                 "gate_proj": "Q5_1", "up_proj": "Q5_K", "down_proj": "Q6_K"},
-    "layer_1": {"q_proj": "Q4_K", "k_proj": "Q5_K", "v_proj": "Q5_0", "o_proj": "Q4_1",
-                "gate_proj": "Q4_K", "up_proj": "Q4_0", "down_proj": "Q4_K"},
+    "layer_1": {"q_proj": "Q4_K", "k_proj": "Q5_K", "v_proj": "Q3_K", "o_proj": "Q4_1",
+                "gate_proj": "Q8_0", "up_proj": "Q4_0", "down_proj": "Q4_K"},
 }
 
 

@@ -1,5 +1,5 @@
 /* The newer block formats read 32 weights at a time: Q5_0 and Q5_1, whose block is one
- * such piece, and the K-quants Q4_K, Q5_K and Q6_K, whose 256-weight super-block is eight.
+ * such piece, and the K-quants Q2_K … Q6_K, whose 256-weight super-block is eight.
  * Every kernel that multiplies by them (internal/piece_rows.h: one row or a batch of
  * activation rows, the GEMM's decoded tiles, int8 activations) reads a block through the
  * two functions of this file, so each bit layout is written once:
@@ -17,11 +17,14 @@
  * Q4_K  q = nibble                           d = d · sc_j       m = -dmin · m_j
  * Q5_K  q = nibble | fifth bit << 4          d = d · sc_j       m = -dmin · m_j
  * Q6_K  q = 4 low | 2 high bits << 4         d = d · sc_{2j+h}  m = -32 d · sc_{2j+h}
+ * Q2_K  q = 2 bits                           d = d · sc_{2j+h}  m = -dmin · m_{2j+h}
+ * Q3_K  q = 2 low | 1 high bit << 2          d = d · (sc_{2j+h} - 32)   m = -4 d · (sc_{2j+h} - 32)
  *
- * (two scales a piece because Q6_K's sub-blocks are 16 weights; the others repeat one).
- * Q5_0's and Q6_K's offsets are whole multiples of d, so one FMA, d · q + m, rounds to
- * exactly the d · (q - 16) and d_h · (q - 32) of llama.cpp; where activations are integers
- * too (int8), the offset is subtracted from q instead (piece_int_offset).
+ * (two scales a piece because the sub-blocks of Q2_K, Q3_K and Q6_K are 16 weights; the
+ * others repeat one). The offsets of Q5_0, Q6_K and Q3_K are whole multiples of d, so one
+ * FMA, d · q + m, rounds to exactly llama.cpp's d · (q - 16), d_h · (q - 32), d_h · (q - 4);
+ * where activations are integers too (int8), the offset is subtracted from q instead
+ * (piece_int_offset).
  * The layouts are llama.cpp's (ggml-common.h; dequantize_row_* in ggml-quants.c); the
  * reference they are tested against is gguf.quants.dequantize. With AVX2 a piece's integers
  * are one 256-bit register (byte l = weight l), built with byte shuffles and masks; with
@@ -45,7 +48,8 @@ typedef struct { float d[QK_K / 16], m[QK_K / 16]; } piece_scales;   /* [2 j + h
 
 static inline int is_piece_format(weight_format type)
 {
-    return type == Q5_0 || type == Q5_1 || type == Q4_K || type == Q5_K || type == Q6_K;
+    return type == Q5_0 || type == Q5_1 || type == Q4_K || type == Q5_K || type == Q6_K || type == Q2_K
+        || type == Q3_K;
 }
 
 static inline int pieces_per_block(weight_format type)
@@ -54,10 +58,26 @@ static inline int pieces_per_block(weight_format type)
 }
 
 /* The integer that the offset m is a multiple of d of (m = -offset · d): 16 for Q5_0, 32 for
- * Q6_K; 0 where m is a float of its own. */
+ * Q6_K, 4 for Q3_K; 0 where m is a float of its own. */
 static inline int piece_int_offset(weight_format type)
 {
-    return type == Q5_0 ? 16 : type == Q6_K ? 32 : 0;
+    return type == Q5_0 ? 16 : type == Q6_K ? 32 : type == Q3_K ? 4 : 0;
+}
+
+/* Q3_K's 16 6-bit scales from 12 bytes: the low 4 bits of scale s are the low (s < 8) or
+ * high (s >= 8) nibble of byte s % 8; its high 2 bits are bits 2 (s / 4), 2 (s / 4) + 1 of
+ * byte 8 + s % 4. Unpacked four at a time as 32-bit words (llama.cpp's kmask trick);
+ * stored with 32 added, returned as they are stored. */
+static inline void unpack_q3_k_scales(const uint8_t packed[K_SCALE_SIZE], uint8_t sc[16])
+{
+    uint32_t u[4];
+    memcpy(u, packed, K_SCALE_SIZE);
+    const uint32_t low4 = 0x0F0F0F0F, low2 = 0x03030303, high = u[2];
+    u[2] = ((u[0] >> 4) & low4) | (((high >> 4) & low2) << 4);     /* scales 8..11 */
+    u[3] = ((u[1] >> 4) & low4) | (((high >> 6) & low2) << 4);     /* 12..15 */
+    u[0] = (u[0] & low4) | ((high & low2) << 4);                   /* 0..3 */
+    u[1] = (u[1] & low4) | (((high >> 2) & low2) << 4);            /* 4..7 */
+    memcpy(sc, u, 16);
 }
 
 /* ---------------------------------------------------------------------------------------
@@ -124,6 +144,41 @@ static inline void block_piece_scales(weight_format type, const uint8_t *block, 
 #endif
         break;
     }
+    case Q2_K: {    /* scales: sc in the low nibble, m in the high one */
+        const block_q2_K *b = (const block_q2_K *)block;
+        const float d = fp16_to_fp32(b->d), dmin = fp16_to_fp32(b->dmin);
+#ifdef USE_AVX2
+        for (int i = 0; i < QK_K / 16; i += 8) {
+            const __m256i bytes = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(b->scales + i)));
+            _mm256_storeu_ps(s->d + i, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_and_si256(bytes, _mm256_set1_epi32(0x0F))),
+                                                     _mm256_set1_ps(d)));
+            _mm256_storeu_ps(s->m + i, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(bytes, 4)),
+                                                     _mm256_set1_ps(-dmin)));
+        }
+#else
+        for (int i = 0; i < QK_K / 16; i++)
+            s->d[i] = d * (float)(b->scales[i] & 0x0F), s->m[i] = -dmin * (float)(b->scales[i] >> 4);
+#endif
+        break;
+    }
+    case Q3_K: {
+        const block_q3_K *b = (const block_q3_K *)block;
+        const float d = fp16_to_fp32(b->d);
+        uint8_t sc[16];
+        unpack_q3_k_scales(b->scales, sc);
+#ifdef USE_AVX2
+        for (int i = 0; i < QK_K / 16; i += 8) {
+            const __m256i stored = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(sc + i)));
+            const __m256 di = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(stored, _mm256_set1_epi32(32))),
+                                            _mm256_set1_ps(d));
+            _mm256_storeu_ps(s->d + i, di);
+            _mm256_storeu_ps(s->m + i, _mm256_mul_ps(di, _mm256_set1_ps(-4.0f)));
+        }
+#else
+        for (int i = 0; i < QK_K / 16; i++) s->d[i] = d * (float)((int)sc[i] - 32), s->m[i] = -4.0f * s->d[i];
+#endif
+        break;
+    }
     default: {  /* Q6_K */
         const block_q6_K *b = (const block_q6_K *)block;
         const float d = fp16_to_fp32(b->d);
@@ -151,6 +206,8 @@ static inline void block_piece_scales(weight_format type, const uint8_t *block, 
  *   Q6_K        with j = 4 h + k (h: which 128 weights, k < 4):
  *               low 4 bits: ql[64 h + 32 (k % 2) + l], low nibble for k < 2, high for k >= 2;
  *               high 2 bits: bits 2k, 2k + 1 of qh[32 h + l]
+ *   Q2_K, Q3_K  with j = 4 h + k: low 2 bits: bits 2k, 2k + 1 of qs[32 h + l];
+ *               Q3_K's third bit: bit j of hmask[l]
  */
 #ifdef USE_AVX2
 /* 16 bytes of nibbles as 32 bytes: low nibbles (weights 0-15), then high nibbles (16-31). */
@@ -214,6 +271,17 @@ static inline __m256i block_piece_q(weight_format type, const uint8_t *block, in
         return _mm256_or_si256(nibbles_32_avx2(b->qs + 32 * (j / 2), 4 * (j % 2)),
                                _mm256_and_si256(set, _mm256_set1_epi8(0x10)));
     }
+    case Q2_K: case Q3_K: {
+        const uint8_t *qs = (type == Q2_K ? ((const block_q2_K *)block)->qs : ((const block_q3_K *)block)->qs)
+                            + 32 * (j / 4);
+        const __m256i low = _mm256_and_si256(_mm256_srli_epi16(_mm256_loadu_si256((const __m256i *)qs), 2 * (j % 4)),
+                                             _mm256_set1_epi8(0x03));
+        if (type == Q2_K) return low;
+        const __m256i bit = _mm256_set1_epi8((char)(1 << j));
+        const __m256i hmask = _mm256_loadu_si256((const __m256i *)((const block_q3_K *)block)->hmask);
+        const __m256i set = _mm256_cmpeq_epi8(_mm256_and_si256(hmask, bit), bit);
+        return _mm256_or_si256(low, _mm256_and_si256(set, _mm256_set1_epi8(0x04)));
+    }
     default: {  /* Q6_K */
         const block_q6_K *b = (const block_q6_K *)block;
         const int h = j / 4, k = j % 4;
@@ -264,6 +332,20 @@ block_piece_ints_avx512(weight_format type, const uint8_t *block, int j, __m512i
         }
         break;
     }
+    case Q2_K: case Q3_K: {
+        const uint8_t *qs = (type == Q2_K ? ((const block_q2_K *)block)->qs : ((const block_q3_K *)block)->qs)
+                            + 32 * (j / 4);
+        for (int i = 0; i < 2; i++)
+            q[i] = _mm512_and_si512(_mm512_srli_epi32(bytes_16_avx512(qs + 16 * i), 2 * (j % 4)), _mm512_set1_epi32(3));
+        if (type == Q3_K) {
+            const __mmask32 third = _mm256_test_epi8_mask(
+                _mm256_loadu_si256((const __m256i *)((const block_q3_K *)block)->hmask), _mm256_set1_epi8((char)(1 << j)));
+            const __m512i four = _mm512_set1_epi32(4);
+            q[0] = _mm512_mask_or_epi32(q[0], (__mmask16)third, q[0], four);
+            q[1] = _mm512_mask_or_epi32(q[1], (__mmask16)(third >> 16), q[1], four);
+        }
+        break;
+    }
     default: {  /* Q6_K */
         const block_q6_K *b = (const block_q6_K *)block;
         const int h = j / 4, k = j % 4;
@@ -302,6 +384,16 @@ static inline void block_piece_q(weight_format type, const uint8_t *block, int j
         for (int l = 0; l < PIECE; l++) {
             int v = (qs[l] >> (4 * (j % 2))) & 0x0F;
             if (type == Q5_K) v |= ((((const block_q5_K *)block)->qh[l] >> j) & 1) << 4;
+            q[l] = (uint8_t)v;
+        }
+        break;
+    }
+    case Q2_K: case Q3_K: {
+        const uint8_t *qs = (type == Q2_K ? ((const block_q2_K *)block)->qs : ((const block_q3_K *)block)->qs)
+                            + 32 * (j / 4);
+        for (int l = 0; l < PIECE; l++) {
+            int v = (qs[l] >> (2 * (j % 4))) & 0x03;
+            if (type == Q3_K) v |= ((((const block_q3_K *)block)->hmask[l] >> j) & 1) << 2;
             q[l] = (uint8_t)v;
         }
         break;

@@ -1,4 +1,4 @@
-/* Rows of the piece formats (Q5_0, Q5_1, Q4_K, Q5_K, Q6_K; internal/block_pieces.h) against
+/* Rows of the piece formats (Q5_0, Q5_1, Q2_K … Q6_K; internal/block_pieces.h) against
  * activation rows: the dot products of the one-row product (decode), the batched one (B
  * sequences, one token each), the decoded tiles of the GEMM (prefill), and llama.cpp-style
  * int8 activations. Included by internal/quant_rows.h, whose PREFETCH and int8 activation
@@ -12,7 +12,7 @@
  *
  * its integers q become floats once (piece_ints), and each activation row costs the
  * products q ⊙ x summed into one register, one FMA by d and one scalar FMA for the offset.
- * A Q6_K piece has two scales, one per 16 weights, so it is decoded into fp32 weights once,
+ * A Q2_K, Q3_K or Q6_K piece has two scales, one per 16 weights, so it is decoded into fp32 weights once,
  * w = d_h · q + m_h (piece_weights), and each activation row costs one FMA per register —
  * factoring would save nothing there. Plain C decodes every format.
  *
@@ -45,7 +45,19 @@ typedef struct { float v[PIECE]; } piece_f32;
 /* Whether a format's pieces have one scale and offset for all 32 weights (see above). */
 static inline int piece_uniform(weight_format type)
 {
-    return type != Q6_K;
+    return type != Q6_K && type != Q2_K && type != Q3_K;
+}
+
+/* a · b + c for the scalar sums beside the registers: one rounding where the CPU has FMA,
+ * written out so that no context contracts it differently (the batched rows must equal the
+ * one-row product bit for bit, and -ffp-contract=fast fuses a * b + c where it sees fit). */
+static inline float mul_add(float a, float b, float c)
+{
+#if defined(__FMA__) || defined(__ARM_FEATURE_FMA)
+    return __builtin_fmaf(a, b, c);
+#else
+    return a * b + c;
+#endif
 }
 
 /* Piece j of a block as fp32 weights, its block's scales s already unpacked. */
@@ -69,7 +81,7 @@ piece_weights(weight_format type, const uint8_t *block, int j, const piece_scale
 #else
     uint8_t q[PIECE];
     block_piece_q(type, block, j, q);
-    for (int l = 0; l < PIECE; l++) w.v[l] = (l < PIECE / 2 ? d0 : d1) * (float)q[l] + (l < PIECE / 2 ? m0 : m1);
+    for (int l = 0; l < PIECE; l++) w.v[l] = mul_add(l < PIECE / 2 ? d0 : d1, (float)q[l], l < PIECE / 2 ? m0 : m1);
 #endif
     return w;
 }
@@ -121,7 +133,7 @@ static inline __attribute__((always_inline)) void piece_fma(piece_f32 *acc, cons
 #elif defined(USE_AVX2)
     for (int i = 0; i < 4; i++) acc->v[i] = _mm256_fmadd_ps(w->v[i], _mm256_loadu_ps(x + 8 * i), acc->v[i]);
 #else
-    for (int l = 0; l < PIECE; l++) acc->v[l] += w->v[l] * x[l];
+    for (int l = 0; l < PIECE; l++) acc->v[l] = mul_add(w->v[l], x[l], acc->v[l]);
 #endif
 }
 
@@ -194,7 +206,7 @@ dot_pieces_of(weight_format type, const uint8_t *row0, int64_t row_bytes, int n_
                     const float d = s[r].d[2 * j], m = s[r].m[2 * j];
                     for (int64_t t = 0; t < n_x; t++) {
                         piece_scaled_dot(&acc[r * n_x + t], &q, x + t * x_stride + at, d);
-                        offset[r * n_x + t] += m * x_sums[t * sums_stride + at / PIECE];
+                        offset[r * n_x + t] = mul_add(m, x_sums[t * sums_stride + at / PIECE], offset[r * n_x + t]);
                     }
                     continue;
                 }
@@ -217,6 +229,8 @@ dot_pieces_of(weight_format type, const uint8_t *row0, int64_t row_bytes, int n_
     case Q5_1: call(Q5_1); break;                            \
     case Q4_K: call(Q4_K); break;                            \
     case Q5_K: call(Q5_K); break;                            \
+    case Q2_K: call(Q2_K); break;                            \
+    case Q3_K: call(Q3_K); break;                            \
     default:   call(Q6_K);                                   \
     }
 
@@ -284,10 +298,14 @@ static inline void decode_row_pieces(weight_format type, float *w, const uint8_t
 /* ---------------------------------------------------------------------------------------
  * int8 activations (llama.cpp's arithmetic; quant_rows.h's int8 section): each 32-weight
  * activation block (dx, sx = dx Σ qx, qx) meets one piece, whose halves h have scale d_h.
- * With q' = q - piece_int_offset (Q5_0, Q6_K: the offset as an integer; then m' = 0) or
+ * With q' = q - piece_int_offset (Q5_0, Q6_K, Q3_K: the offset as an integer; then m' = 0) or
  * q' = q and m' = m (one float offset for the whole piece: Q5_1, Q4_K, Q5_K),
  *
  *   Σ w x  =  dx · (d_0 Σ_{l<16} q' qx  +  d_1 Σ_{l>=16} q' qx)  +  m' · sx
+ *
+ * Q2_K's offsets are floats of their own for each half: for it the halves' Σ qx are summed
+ * too (the same integer dot, with ones for q), and dx · (m_0 Σ_{l<16} qx + m_1 Σ_{l>=16} qx)
+ * takes the place of m' · sx.
  *
  * The integer sums: maddubs (unsigned × signed bytes, pairs added) wants |q| first, so the
  * sign of q moves onto qx; no pair can saturate (|q| <= 32, |qx| <= 127). With AVX-512 VNNI
@@ -331,12 +349,15 @@ dot_pieces_int8_of(weight_format type, const uint8_t *row0, int64_t row_bytes, i
         for (int j = 0; j < n_pieces; j++) {
             for (int r = 0; r < n_w; r++) {
                 const uint8_t *block = row0 + r * row_bytes + b * block_bytes;
-                const int q_offset = piece_int_offset(type);
-                const float d0 = s[r].d[2 * j], d1 = s[r].d[2 * j + 1], m = q_offset ? 0.0f : s[r].m[2 * j];
+                const int q_offset = piece_int_offset(type), half_offsets = type == Q2_K;
+                const float d0 = s[r].d[2 * j], d1 = s[r].d[2 * j + 1];
+                const float m = q_offset || half_offsets ? 0.0f : s[r].m[2 * j];
+                const float m0 = s[r].m[2 * j], m1 = s[r].m[2 * j + 1];
 #ifdef USE_AVX2
                 const __m256i q = _mm256_sub_epi8(block_piece_q(type, block, j), _mm256_set1_epi8((char)q_offset));
                 const __m256i abs_q = _mm256_sign_epi8(q, q);
                 const __m256 halves = _mm256_set_m128(_mm_set1_ps(d1), _mm_set1_ps(d0));  /* lanes 0-3: d0 */
+                const __m256 half_mins = _mm256_set_m128(_mm_set1_ps(m1), _mm_set1_ps(m0));
 #else
                 uint8_t stored[PIECE];
                 int q[PIECE];
@@ -346,15 +367,24 @@ dot_pieces_int8_of(weight_format type, const uint8_t *row0, int64_t row_bytes, i
                 for (int64_t t = 0; t < n_x; t++) {
                     const block_q8_act *xb = xq + t * xq_stride + b * n_pieces + j;
                     const int64_t i = r * n_x + t;
-                    offset[i] += m * xb->s;
+                    offset[i] = mul_add(m, xb->s, offset[i]);
 #ifdef USE_AVX2
-                    const __m256i qx = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)xb->qs), q);
-                    const __m256 sums = _mm256_cvtepi32_ps(piece_int_dot_avx2(abs_q, qx));
-                    acc[i] = _mm256_fmadd_ps(sums, _mm256_mul_ps(halves, _mm256_set1_ps(xb->d)), acc[i]);
+                    const __m256i raw_qx = _mm256_loadu_si256((const __m256i *)xb->qs);
+                    const __m256 sums = _mm256_cvtepi32_ps(piece_int_dot_avx2(abs_q, _mm256_sign_epi8(raw_qx, q)));
+                    const __m256 dx = _mm256_set1_ps(xb->d);
+                    acc[i] = _mm256_fmadd_ps(sums, _mm256_mul_ps(halves, dx), acc[i]);
+                    if (half_offsets) {
+                        const __m256 x_sums = _mm256_cvtepi32_ps(piece_int_dot_avx2(_mm256_set1_epi8(1), raw_qx));
+                        acc[i] = _mm256_fmadd_ps(x_sums, _mm256_mul_ps(half_mins, dx), acc[i]);
+                    }
 #else
-                    int32_t sum0 = 0, sum1 = 0;
-                    for (int l = 0; l < PIECE / 2; l++) sum0 += q[l] * xb->qs[l], sum1 += q[l + 16] * xb->qs[l + 16];
-                    acc[i] += xb->d * (d0 * (float)sum0 + d1 * (float)sum1);
+                    int32_t sum0 = 0, sum1 = 0, x_sum0 = 0, x_sum1 = 0;
+                    for (int l = 0; l < PIECE / 2; l++) {
+                        sum0 += q[l] * xb->qs[l], sum1 += q[l + 16] * xb->qs[l + 16];
+                        x_sum0 += xb->qs[l], x_sum1 += xb->qs[l + 16];
+                    }
+                    acc[i] = mul_add(xb->d, mul_add(d0, (float)sum0, d1 * (float)sum1), acc[i]);
+                    if (half_offsets) acc[i] = mul_add(xb->d, mul_add(m0, (float)x_sum0, m1 * (float)x_sum1), acc[i]);
 #endif
                 }
             }

@@ -47,8 +47,8 @@ FORMATS = {f.name: f for f in [
     TensorFormat("Q5_1", ggml_type=7, block_weights=QK, block_bytes=24, file_type=9, kernel_format=6),
     # file_type: the plain LLAMA_FTYPE_MOSTLY_X of llama.h; the K-quant mixes (Q4_K_M, …)
     # have numbers of their own, in llama_np.checkpoint.kquant_mixes
-    TensorFormat("Q2_K", ggml_type=10, block_weights=QK_K, block_bytes=84, file_type=10, kernel_format=None),
-    TensorFormat("Q3_K", ggml_type=11, block_weights=QK_K, block_bytes=110, file_type=None, kernel_format=None),
+    TensorFormat("Q2_K", ggml_type=10, block_weights=QK_K, block_bytes=84, file_type=10, kernel_format=10),
+    TensorFormat("Q3_K", ggml_type=11, block_weights=QK_K, block_bytes=110, file_type=None, kernel_format=11),
     TensorFormat("Q4_K", ggml_type=12, block_weights=QK_K, block_bytes=144, file_type=None, kernel_format=7),
     TensorFormat("Q5_K", ggml_type=13, block_weights=QK_K, block_bytes=176, file_type=None, kernel_format=8),
     TensorFormat("Q6_K", ggml_type=14, block_weights=QK_K, block_bytes=210, file_type=18, kernel_format=9),

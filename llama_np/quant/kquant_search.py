@@ -10,7 +10,7 @@ Each works on many groups at once: x [..., n] float32, one group of n weights pe
 index. They are the NumPy form of the functions of the same name in llama.cpp's
 ggml-quants.c (its reference path, no importance matrix) and are bit-identical to them: every
 float32 operation happens in the same order, and every sum adds its terms left to right
-(`ordered_sum`) as C's loops do — NumPy's own sum is pairwise and rounds differently.
+(`ordered_sum`) as C's loops do — NumPy's own sum regroups them and rounds differently.
 """
 import numpy as np
 
@@ -25,8 +25,12 @@ def nearest_int(v):
 
 
 def ordered_sum(terms):
-    """Σ terms [..., n] → [...] in float32, added left to right (C's `sum += term` loop)."""
-    return np.add.accumulate(terms, axis=-1)[..., -1]
+    """Σ terms [..., n] → [...] in float32, added left to right (C's `sum += term` loop).
+    NumPy's own reductions regroup the terms (pairwise, or blocked over an outer axis)."""
+    total = terms[..., 0].copy()                                           # [...]
+    for i in range(1, terms.shape[-1]):
+        total += terms[..., i]
+    return total
 
 
 def first_largest_magnitude(x):

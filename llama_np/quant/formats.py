@@ -33,7 +33,7 @@ class TensorFormat:
     ggml_type: int            # enum ggml_type (ggml.h), as a GGUF tensor record stores it
     block_weights: int        # weights per block (1 for plain floats)
     block_bytes: int          # bytes per block
-    file_type: int | None     # llama_ftype of a file whose weights are mostly this type
+    file_type: int | None     # llama_ftype of a file whose weights are mostly this type (None: see the rows)
     kernel_format: int | None  # the C kernels' number for it (kernels/internal/formats.h)
 
 
@@ -43,15 +43,15 @@ FORMATS = {f.name: f for f in [
     TensorFormat("Q4_0", ggml_type=2, block_weights=QK, block_bytes=18, file_type=2, kernel_format=0),
     TensorFormat("Q4_1", ggml_type=3, block_weights=QK, block_bytes=20, file_type=3, kernel_format=1),
     TensorFormat("Q8_0", ggml_type=8, block_weights=QK, block_bytes=34, file_type=7, kernel_format=2),
-    TensorFormat("Q5_0", ggml_type=6, block_weights=QK, block_bytes=22, file_type=8, kernel_format=5),
-    TensorFormat("Q5_1", ggml_type=7, block_weights=QK, block_bytes=24, file_type=9, kernel_format=6),
-    # file_type: the plain LLAMA_FTYPE_MOSTLY_X of llama.h; the K-quant mixes (Q4_K_M, …)
-    # have numbers of their own, in llama_np.checkpoint.kquant_mixes
-    TensorFormat("Q2_K", ggml_type=10, block_weights=QK_K, block_bytes=84, file_type=10, kernel_format=10),
+    TensorFormat("Q5_0", ggml_type=6, block_weights=QK, block_bytes=22, file_type=None, kernel_format=5),
+    TensorFormat("Q5_1", ggml_type=7, block_weights=QK, block_bytes=24, file_type=None, kernel_format=6),
+    # files of these are llama.cpp's mixes (Q5_0, Q4_K_M, …): their llama_ftype numbers are
+    # llama_np.checkpoint.type_mix.MIXES
+    TensorFormat("Q2_K", ggml_type=10, block_weights=QK_K, block_bytes=84, file_type=None, kernel_format=10),
     TensorFormat("Q3_K", ggml_type=11, block_weights=QK_K, block_bytes=110, file_type=None, kernel_format=11),
     TensorFormat("Q4_K", ggml_type=12, block_weights=QK_K, block_bytes=144, file_type=None, kernel_format=7),
     TensorFormat("Q5_K", ggml_type=13, block_weights=QK_K, block_bytes=176, file_type=None, kernel_format=8),
-    TensorFormat("Q6_K", ggml_type=14, block_weights=QK_K, block_bytes=210, file_type=18, kernel_format=9),
+    TensorFormat("Q6_K", ggml_type=14, block_weights=QK_K, block_bytes=210, file_type=None, kernel_format=9),
     TensorFormat("BF16", ggml_type=30, block_weights=1, block_bytes=2, file_type=None, kernel_format=None),
 ]}
 FORMATS_BY_GGML_TYPE = {f.ggml_type: f for f in FORMATS.values()}

@@ -23,8 +23,8 @@
  * (two scales a piece because the sub-blocks of Q2_K, Q3_K and Q6_K are 16 weights; the
  * others repeat one). The offsets of Q5_0, Q6_K and Q3_K are whole multiples of d, so one
  * FMA, d · q + m, rounds to exactly llama.cpp's d · (q - 16), d_h · (q - 32), d_h · (q - 4);
- * where activations are integers too (int8), the offset is subtracted from q instead
- * (piece_int_offset).
+ * where activations are integers too (int8), Q6_K's and Q3_K's offsets, one for each half,
+ * are subtracted from q instead (piece_int_offset).
  * The layouts are llama.cpp's (ggml-common.h; dequantize_row_* in ggml-quants.c); the
  * reference they are tested against is gguf.quants.dequantize. With AVX2 a piece's integers
  * are one 256-bit register (byte l = weight l), built with byte shuffles and masks; with
@@ -57,11 +57,13 @@ static inline int pieces_per_block(weight_format type)
     return (int)(BLOCK_WEIGHTS[type] / PIECE);
 }
 
-/* The integer that the offset m is a multiple of d of (m = -offset · d): 16 for Q5_0, 32 for
- * Q6_K, 4 for Q3_K; 0 where m is a float of its own. */
+/* For the int8 path: the integer that a format's offset per half is a multiple of d_h of
+ * (m_h = -offset · d_h), subtracted from q there: 32 for Q6_K, 4 for Q3_K. 0 for formats
+ * whose offset is one number for the whole piece (Q5_0's -16 d among them), which the
+ * int8 path adds as m · Σ x. */
 static inline int piece_int_offset(weight_format type)
 {
-    return type == Q5_0 ? 16 : type == Q6_K ? 32 : type == Q3_K ? 4 : 0;
+    return type == Q6_K ? 32 : type == Q3_K ? 4 : 0;
 }
 
 /* Q3_K's 16 6-bit scales from 12 bytes: the low 4 bits of scale s are the low (s < 8) or

@@ -298,8 +298,8 @@ static inline void decode_row_pieces(weight_format type, float *w, const uint8_t
 /* ---------------------------------------------------------------------------------------
  * int8 activations (llama.cpp's arithmetic; quant_rows.h's int8 section): each 32-weight
  * activation block (dx, sx = dx Σ qx, qx) meets one piece, whose halves h have scale d_h.
- * With q' = q - piece_int_offset (Q5_0, Q6_K, Q3_K: the offset as an integer; then m' = 0) or
- * q' = q and m' = m (one float offset for the whole piece: Q5_1, Q4_K, Q5_K),
+ * With q' = q - piece_int_offset (Q6_K, Q3_K: the offset as an integer; then m' = 0) or
+ * q' = q and m' = m (one offset for the whole piece: Q5_0, Q5_1, Q4_K, Q5_K),
  *
  *   Σ w x  =  dx · (d_0 Σ_{l<16} q' qx  +  d_1 Σ_{l>=16} q' qx)  +  m' · sx
  *
@@ -307,8 +307,9 @@ static inline void decode_row_pieces(weight_format type, float *w, const uint8_t
  * too (the same integer dot, with ones for q), and dx · (m_0 Σ_{l<16} qx + m_1 Σ_{l>=16} qx)
  * takes the place of m' · sx.
  *
- * The integer sums: maddubs (unsigned × signed bytes, pairs added) wants |q| first, so the
- * sign of q moves onto qx; no pair can saturate (|q| <= 32, |qx| <= 127). With AVX-512 VNNI
+ * The integer sums: maddubs (unsigned × signed bytes, pairs added) wants its first operand
+ * unsigned, so where q' can be negative (Q6_K, Q3_K) |q'| goes first and the sign of q' moves
+ * onto qx; no pair can saturate (|q'| <= 32, |qx| <= 127). With AVX-512 VNNI
  * one instruction (dpbusd) does the bytes and the adding of neighbours, with the same
  * integer result. Eight int32 lanes: lanes 0-3 hold half 0's sums, 4-7 half 1's.
  * These are 32-weight activation blocks for every format, the K-quants included (llama.cpp
@@ -354,9 +355,11 @@ dot_pieces_int8_of(weight_format type, const uint8_t *row0, int64_t row_bytes, i
                 const float m = q_offset || half_offsets ? 0.0f : s[r].m[2 * j];
                 const float m0 = s[r].m[2 * j], m1 = s[r].m[2 * j + 1];
 #ifdef USE_AVX2
-                const __m256i q = _mm256_sub_epi8(block_piece_q(type, block, j), _mm256_set1_epi8((char)q_offset));
-                const __m256i abs_q = _mm256_sign_epi8(q, q);
-                const __m256 halves = _mm256_set_m128(_mm_set1_ps(d1), _mm_set1_ps(d0));  /* lanes 0-3: d0 */
+                const __m256i q = q_offset ? _mm256_sub_epi8(block_piece_q(type, block, j), _mm256_set1_epi8((char)q_offset))
+                                           : block_piece_q(type, block, j);
+                const __m256i abs_q = q_offset ? _mm256_sign_epi8(q, q) : q;
+                const __m256 halves = piece_uniform(type) ? _mm256_set1_ps(d0)
+                                    : _mm256_set_m128(_mm_set1_ps(d1), _mm_set1_ps(d0));  /* lanes 0-3: d0 */
                 const __m256 half_mins = _mm256_set_m128(_mm_set1_ps(m1), _mm_set1_ps(m0));
 #else
                 uint8_t stored[PIECE];
@@ -370,7 +373,8 @@ dot_pieces_int8_of(weight_format type, const uint8_t *row0, int64_t row_bytes, i
                     offset[i] = mul_add(m, xb->s, offset[i]);
 #ifdef USE_AVX2
                     const __m256i raw_qx = _mm256_loadu_si256((const __m256i *)xb->qs);
-                    const __m256 sums = _mm256_cvtepi32_ps(piece_int_dot_avx2(abs_q, _mm256_sign_epi8(raw_qx, q)));
+                    const __m256i signed_qx = q_offset ? _mm256_sign_epi8(raw_qx, q) : raw_qx;
+                    const __m256 sums = _mm256_cvtepi32_ps(piece_int_dot_avx2(abs_q, signed_qx));
                     const __m256 dx = _mm256_set1_ps(xb->d);
                     acc[i] = _mm256_fmadd_ps(sums, _mm256_mul_ps(halves, dx), acc[i]);
                     if (half_offsets) {

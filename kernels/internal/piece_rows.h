@@ -196,6 +196,7 @@ dot_pieces_of(weight_format type, const uint8_t *row0, int64_t row_bytes, int n_
             prefetch_block(block, block_bytes, ahead);
             block_piece_scales(type, block, &s[r]);
         }
+        _Pragma("GCC unroll 8")            /* j a constant in each copy: shifts, offsets, shared loads */
         for (int j = 0; j < n_pieces; j++) {
             const int64_t at = (b * n_pieces + j) * PIECE;   /* the piece's first weight */
             for (int r = 0; r < n_w; r++) {
@@ -281,6 +282,7 @@ decode_row_pieces_of(weight_format type, float *w, const uint8_t *row, int64_t n
         const uint8_t *block = row + b * BLOCK_BYTES[type];
         piece_scales s;
         block_piece_scales(type, block, &s);
+        _Pragma("GCC unroll 8")            /* j a constant in each copy: shifts, offsets, shared loads */
         for (int j = 0; j < n_pieces; j++) {
             const piece_f32 piece = piece_weights(type, block, j, &s);
             piece_store(w + (b * n_pieces + j) * PIECE, &piece);
@@ -347,6 +349,7 @@ dot_pieces_int8_of(weight_format type, const uint8_t *row0, int64_t row_bytes, i
             prefetch_block(block, block_bytes, ahead);
             block_piece_scales(type, block, &s[r]);
         }
+        _Pragma("GCC unroll 8")            /* j a constant in each copy: shifts, offsets, shared loads */
         for (int j = 0; j < n_pieces; j++) {
             for (int r = 0; r < n_w; r++) {
                 const uint8_t *block = row0 + r * row_bytes + b * block_bytes;

@@ -34,6 +34,7 @@ from llama_np.checkpoint.safetensors import load_hf
 from llama_np.checkpoint.type_mix import MIXES, mix_tensor_types
 from llama_np.llama.weights import expected_shapes
 from llama_np.quant import FORMATS, QuantizedMatrix
+from llama_np.checkpoint.calibration import CALIBRATION_TOKENS
 
 VOCABULARY_MATRICES = ("model.embed_tokens.weight", "lm_head.weight")
 # recomputed for the new file rather than copied from a GGUF source
@@ -113,15 +114,54 @@ def summary(types, weights, out_path, seconds):
             f"{size * 8 / n_weights:.2f} bits per weight, in {seconds:.1f} s")
 
 
-def quantize_checkpoint(source, out, weight_type, embed_type, allow_requantize=False, progress=True):
+def quantize_checkpoint(source, out, weight_type, embed_type, allow_requantize=False, progress=True,
+                        calibration=None):
     """Write the model at `source` (a HF folder or a GGUF file) to the GGUF `out`, its
     matrices as `weight_type` (a type, or a llama.cpp mix such as Q4_K_M) and the vocabulary
-    matrices as `embed_type` (None: weight_type's default). Returns the tensor types and the
-    weights written."""
+    matrices as `embed_type` (None: weight_type's default). With `calibration` (the path of
+    a text file), the projections are quantized by GPTQ against what the model feeds them
+    on that text (`calibrate`) instead of rounded one by one. Returns the tensor types and
+    the weights written."""
+    if calibration is not None:
+        from llama_np.quant.gptq import check_gptq_type
+        check_gptq_type(weight_type)
     config, weights, metadata = load_source(source)
     types = tensor_types(config, weight_type, embed_type)
     check_requantization(weights, types, source, allow_requantize)
+    if calibration is not None:
+        weights = calibrate(source, config, weights, types, calibration, progress)
     metadata["general.file_type"] = gguf_writer.u32(file_type(weight_type))
     metadata["general.quantization_version"] = gguf_writer.u32(gguf_writer.QUANTIZATION_VERSION)
     gguf_writer.write_llama_gguf(out, config, weights, types, metadata, progress=progress)
     return types, weights
+
+
+def calibrate(source, config, weights, types, text_path, progress=True):
+    """The weights with every projection whose type GPTQ writes (Q4_0, Q4_1, Q5_0, Q5_1,
+    Q8_0) replaced by its GPTQ blocks, from the float model's inputs on the text at
+    `text_path` (`checkpoint.calibration`); the other tensors as they were."""
+    from llama_np.checkpoint import load_tokenizer
+    from llama_np.checkpoint.calibration import input_hessians, read_calibration_text
+    from llama_np.llama.model import Llama
+    from llama_np.quant import dense
+    from llama_np.quant.gptq import GRIDS, gptq_quantize
+    from tqdm import tqdm
+
+    text = read_calibration_text(text_path)
+    projections = [name for name in calibration_targets(config) if types[name] in GRIDS]
+    ids = load_tokenizer(source).encode(text)
+    with tqdm(total=min(len(ids), CALIBRATION_TOKENS), unit="tok", desc="calibration",
+              disable=not progress) as bar:
+        hessians = input_hessians(Llama(config, weights), ids, progress=bar.update)
+    weights = dict(weights)
+    for name in tqdm(projections, desc="GPTQ", unit="matrix", disable=not progress):
+        blocks, _ = gptq_quantize(dense(weights[name]), hessians[name], types[name])
+        weights[name] = QuantizedMatrix(blocks, types[name], weights[name].shape)
+    return weights
+
+
+def calibration_targets(config):
+    """The names of the projections GPTQ can calibrate (their inputs are seen)."""
+    from llama_np.checkpoint.calibration import PROJECTIONS
+    from llama_np.llama.weights import layer_weight_names
+    return [layer_weight_names(i)[key] for i in range(config.num_hidden_layers) for key in PROJECTIONS]

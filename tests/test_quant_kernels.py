@@ -170,7 +170,7 @@ class Unreachable:
     (lambda d, x: (d, "Q4_1", np.ones((3, 95), np.float32)), ValueError),   # not whole blocks
     (lambda d, x: (d[:, :-1], "Q4_1", x), ValueError),                      # short rows
     (lambda d, x: (d, "Q4_0", x), ValueError),                              # bytes of another format
-    (lambda d, x: (d, "Q5_0", x), ValueError),                              # unknown format
+    (lambda d, x: (d, "IQ4_NL", x), ValueError),                            # unknown format
 ], ids=["x_float64", "data_int8", "x_list", "x_fortran", "x_strided", "data_fortran",
         "x_1d", "data_1d", "x_narrow", "x_ragged", "data_short_rows", "wrong_format",
         "unknown_format"])

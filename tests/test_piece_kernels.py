@@ -256,3 +256,18 @@ def test_batched_step_of_mixed_formats_equals_each_sequence_alone(n_sequences, i
     model.set_int8_activations(int8_activations)
     assert model._fused_decoders()
     check_batch_equals_alone(model, n_sequences)
+
+
+def test_other_builds_run_the_mixed_model_like_numpy(other_build, monkeypatch):
+    """The fused decode layer and the prefill GEMM of the AVX2 and plain-C builds on the
+    mixed-format model, against the NumPy path."""
+    monkeypatch.setattr(native, "ffi", other_build.ffi)
+    monkeypatch.setattr(native, "lib", other_build.lib)
+    config = mixed_config()
+    weights = mixed_weights(config)
+    built, reference = Llama(config, weights), Llama(config, weights, use_kernels=False)
+    assert built._fused_decoders()
+    caches = [built.new_cache(16), reference.new_cache(16)]
+    for ids in ([3, 14, 15, 9, 26, 5], [35], [8]):                        # prefill, then decode
+        ours, expected = (m.forward(ids, c) for m, c in zip((built, reference), caches))
+        assert_close(ours, expected, rtol=1e-4)

@@ -81,7 +81,8 @@ def test_the_hessian_of_layer_0_is_that_of_its_normed_embeddings(tiny_folder):
                                w["model.layers.0.input_layernorm.weight"], model.config.rms_norm_eps)
     expected = x.astype(np.float64).T @ x.astype(np.float64)
     for key in ("q_proj", "k_proj", "v_proj"):
-        np.testing.assert_allclose(hessians[f"model.layers.0.self_attn.{key}.weight"], expected, rtol=1e-5)
+        np.testing.assert_allclose(hessians[f"model.layers.0.self_attn.{key}.weight"], expected, rtol=1e-4,
+                                   atol=1e-5 * np.abs(expected).max())   # float32 products per window
     assert len(hessians) == 7 * model.config.num_hidden_layers
     assert not hasattr(model, "project") or "project" not in vars(model)          # the hook is gone
 

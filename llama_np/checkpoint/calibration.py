@@ -5,10 +5,10 @@ inputs X that the matrix really sees; all it needs of X is H = Xᵀ X [in, in]. 
 float model reads a calibration text, window by window, and every product it makes adds
 its input rows x [T, in] to the H of its weight:
 
-    H_W += xᵀ x          (float64: thousands of tokens are summed)
+    H_W += xᵀ x          (a window's product in float32, the sum over windows in float64)
 
-q, k and v read the same input, and so do gate and up, so their H are equal (each is kept
-under its own name). The inputs are those of the unquantized model: every matrix is
+q, k and v read the same input, and so do gate and up, so their H are equal: computed once,
+kept under each name. The inputs are those of the unquantized model: every matrix is
 rounded against what the float model feeds it.
 """
 import numpy as np
@@ -41,12 +41,15 @@ def input_hessians(model, token_ids, ctx=CALIBRATION_CTX, max_tokens=CALIBRATION
              for i in range(model.config.num_hidden_layers) for key in PROJECTIONS}
     hessians = {}
     multiply = model.project
+    last = {}                                  # the latest input and its xᵀ x: q, k, v share one
 
     def project(x, weight, lora=()):                                  # x [T, in]
         name = names.get(id(weight))
         if name is not None:
-            rows = x.reshape(-1, x.shape[-1]).astype(np.float64)
-            hessians[name] = hessians.get(name, 0.0) + rows.T @ rows  # [in, in]
+            if last.get("x") is not x:
+                rows = x.reshape(-1, x.shape[-1])
+                last["x"], last["xtx"] = x, (rows.T @ rows).astype(np.float64)   # [in, in]
+            hessians[name] = hessians.get(name, 0.0) + last["xtx"]
         return multiply(x, weight, lora)
 
     model.project = project                   # this instance only, for the windows below

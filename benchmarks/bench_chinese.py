@@ -25,8 +25,9 @@ token spells. Measured, for each model, on the held-out cmrc2018 paragraphs (nev
 Without `--extended`, one is made in a temporary folder as the recipe's first two steps do
 (`extend_bpe`: 4,000 Chinese tokens from the corpus's training part; `resize`), about 15 s.
 It is untrained, but has the trained model's shapes and so its speed; its generated text is
-what an untrained model writes. Each run is a fresh process per model, the models alternate,
-the medians of `--runs` runs are reported, with the machine and the load average.
+what an untrained model writes. Each run is a fresh process holding both models, which take
+turns prompt by prompt (so that a machine getting busier slows both alike); the medians of
+`--runs` runs are reported, with the machine and the load average.
 """
 import argparse
 import json
@@ -68,54 +69,68 @@ def cjk_share(text):
     return sum("CJK" in unicodedata.name(c, "") for c in text) / max(len(text), 1)
 
 
-# ----- the child: one model, all prompts, one process ----------------------------------------
+# ----- the child: both models, prompt by prompt, one process --------------------------------
 
-def child(model_path, threads, n_prompts, new_tokens):
-    from llama_np.cli import common as cli
-    cli.set_threads(threads)
-    from llama_np.checkpoint import load_model
-    from llama_np.files import hub
+def generated_run(model, tokenizer, paragraph, seed, new_tokens):
+    """Continue the paragraph's first PROMPT_CHARACTERS characters by `new_tokens` tokens."""
     from llama_np.llama.decoding_defaults import PAPER_CONTEXT
     from llama_np.llama.generation import GenerationStats, generate_text
     from llama_np.llama.sampling import Sampler, SamplingSettings
 
-    model, tokenizer = load_model(hub.resolve_model(model_path))
+    stats = GenerationStats()
+    text = "".join(generate_text(model, tokenizer, tokenizer.encode(paragraph[:PROMPT_CHARACTERS]),
+                                 Sampler(SamplingSettings(seed=seed)),   # the paper's settings
+                                 max_new_tokens=new_tokens, cache=model.new_cache(PAPER_CONTEXT), stats=stats))
+    return {"tokens": stats.new_tokens, "characters": len(text), "cjk": cjk_share(text),
+            "decode_seconds": stats.decode_seconds, "decode_steps": max(stats.new_tokens - 1, 0), "text": text}
+
+
+def same_text_run(model, tokenizer, paragraph, seed):
+    """Feed the paragraph's first FORCED_CHARACTERS characters one token per step, the
+    sampler drawing from every step's logits as it would when generating."""
+    from llama_np.llama.decoding_defaults import PAPER_CONTEXT
+    from llama_np.llama.sampling import Sampler, SamplingSettings
+
+    text = paragraph[:FORCED_CHARACTERS]
+    ids = tokenizer.encode(text)
+    cache, draw, seen = model.new_cache(PAPER_CONTEXT), Sampler(SamplingSettings(seed=seed)), []
+    start = time.perf_counter()
+    for token in ids:
+        draw(model.forward([token], cache, last_only=True)[-1], seen)
+        seen.append(token)
+    return {"tokens": len(ids), "characters": len(text), "seconds": time.perf_counter() - start}
+
+
+def child(model_paths, threads, n_prompts, new_tokens, first):
+    """Both models in one process, measured prompt by prompt in turn (`first` starts), so
+    that a machine getting busier or quieter slows both alike."""
+    from llama_np.cli import common as cli
+    cli.set_threads(threads)
+    from llama_np.checkpoint import load_model
+    from llama_np.files import hub
+
+    models = {name: load_model(hub.resolve_model(path)) for name, path in model_paths.items()}
     paragraphs = held_out_paragraphs(n_prompts)
-
-    def sampler(i):
-        return Sampler(SamplingSettings(seed=FIRST_SEED + i))    # the paper's settings
-
-    list(generate_text(model, tokenizer, tokenizer.encode(paragraphs[0][:PROMPT_CHARACTERS]), sampler(0),
-                       max_new_tokens=WARMUP_TOKENS, cache=model.new_cache(PAPER_CONTEXT)))
-    generated = []
+    for model, tokenizer in models.values():
+        generated_run(model, tokenizer, paragraphs[0], FIRST_SEED, WARMUP_TOKENS)
+    results = {name: {"generated": [], "forced": []} for name in models}
     for i, paragraph in enumerate(paragraphs):
-        stats = GenerationStats()
-        text = "".join(generate_text(model, tokenizer, tokenizer.encode(paragraph[:PROMPT_CHARACTERS]), sampler(i),
-                                     max_new_tokens=new_tokens, cache=model.new_cache(PAPER_CONTEXT), stats=stats))
-        generated.append({"tokens": stats.new_tokens, "characters": len(text), "cjk": cjk_share(text),
-                          "decode_seconds": stats.decode_seconds, "decode_steps": max(stats.new_tokens - 1, 0),
-                          "text": text})
-    forced = []
-    for i, paragraph in enumerate(paragraphs):
-        text = paragraph[:FORCED_CHARACTERS]
-        ids = tokenizer.encode(text)
-        cache, draw, seen = model.new_cache(PAPER_CONTEXT), sampler(i), []
-        start = time.perf_counter()
-        for token in ids:
-            draw(model.forward([token], cache, last_only=True)[-1], seen)
-            seen.append(token)
-        forced.append({"tokens": len(ids), "characters": len(text), "seconds": time.perf_counter() - start})
-    print(json.dumps({"generated": generated, "forced": forced}, ensure_ascii=False))
+        order = list(models) if (i + first) % 2 == 0 else list(models)[::-1]
+        for name in order:
+            results[name]["generated"].append(generated_run(*models[name], paragraph, FIRST_SEED + i, new_tokens))
+        for name in order[::-1]:
+            results[name]["forced"].append(same_text_run(*models[name], paragraph, FIRST_SEED + i))
+    print(json.dumps(results, ensure_ascii=False))
 
 
 # ----- the parent: make the extended model, spawn, report ------------------------------------
 
-def run_child(model_path, args):
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", "--model", model_path,
+def run_child(model_paths, args, first):
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", json.dumps(model_paths), "--first", str(first),
            "--threads", str(args.threads), "--prompts", str(args.prompts), "--new-tokens", str(args.new_tokens)]
     out = subprocess.run(cmd, capture_output=True, text=True, env=thread_env(args.threads))
     if out.returncode:
-        raise SystemExit(f"error: the run of {model_path} failed:\n{out.stderr[-2000:]}")
+        raise SystemExit(f"error: a run failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -197,8 +212,8 @@ def parse_args(argv=None):
     parser.add_argument("--prompts", type=int, default=4, help="held-out paragraphs used (default: %(default)s)")
     parser.add_argument("--new-tokens", type=int, default=128,
                         help="tokens generated per prompt (default: %(default)s)")
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--child", help=argparse.SUPPRESS)                # {name: model path}, as JSON
+    parser.add_argument("--first", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     for flag in ("runs", "threads", "prompts", "new_tokens"):
         if getattr(args, flag) < 1:
@@ -215,7 +230,7 @@ def parse_args(argv=None):
 def main():
     args = parse_args()
     if args.child:
-        return child(args.model, args.threads, args.prompts, args.new_tokens)
+        return child(json.loads(args.child), args.threads, args.prompts, args.new_tokens, args.first)
     from llama_np.checkpoint import load_tokenizer
     from llama_np.chinese import corpus
     from llama_np.chinese.tokenizer_stats import measure
@@ -231,12 +246,13 @@ def main():
                  for name, path in models.items()}
         runs, loads = {name: [] for name in models}, []
         for k in range(args.runs):
-            order = list(models) if k % 2 == 0 else list(models)[::-1]   # alternate who goes first
-            for name in order:
-                loads.append(os.getloadavg()[0])
-                runs[name].append(run_child(models[name], args))
-                print(f"run {k + 1}/{args.runs} {name}: {summarize(runs[name][-1])['gen_chars_s']:.1f} "
-                      f"generated chars/s (load {loads[-1]:.2f})", flush=True)
+            loads.append(os.getloadavg()[0])
+            result = run_child(models, args, first=k)
+            for name in models:
+                runs[name].append(result[name])
+            print(f"run {k + 1}/{args.runs}: generated chars/s " + ", ".join(
+                f"{name} {summarize(result[name])['gen_chars_s']:.1f}" for name in models)
+                + f" (load {loads[-1]:.2f})", flush=True)
     medians = {name: {key: statistics.median(summarize(r)[key] for r in runs[name])
                       for key in summarize(runs[name][0])} for name in models}
     print(f"load average (1 min) before each run: median {statistics.median(loads):.2f}, "

@@ -270,7 +270,8 @@ static inline float dot_f32(const float *a, const float *b, int64_t n)
  *   Q4_0   Σ dw (qw - 8)(dx qx)   = dw dx · Σ qw qx - 8 dw · sx
  *
  * AVX2 multiplies 32 byte pairs and adds neighbours in one instruction (maddubs: unsigned
- * bytes × signed bytes → 16 int16), which is why llama.cpp is fast. The price: each
+ * bytes × signed bytes → 16 int16; VNNI's dpbusd goes on to int32 sums of four), which is
+ * why llama.cpp is fast. The price: each
  * activation is rounded to 8 bits, an error of up to dx/2, i.e. of up to 1/254 of the
  * block's largest |x| — on top of the 4-bit weights' error (see quant_matmul_int8).
  * llama.cpp stores dx and sx as fp16 (block_q8_1); this scratch keeps them in fp32.
@@ -297,6 +298,21 @@ static inline void quantize_activations(block_q8_act *blocks, const float *x, in
 }
 
 #ifdef USE_AVX2
+/* 8 int32 lanes, lane i = Σ of the 4 products u[4i + j] · s[4i + j] (unsigned bytes u, signed
+ * bytes s). With VNNI one instruction (dpbusd); without, maddubs adds neighbouring products
+ * into int16 and madd adds neighbouring int16: the same 4 products, exactly, since no int16
+ * sum can saturate here (|u| <= 128 and |s| <= 127 give at most 2 · 128 · 127 = 32,512). */
+static inline __m256i dot_bytes_avx2(__m256i u, __m256i s)
+{
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
+#elif defined(__AVXVNNI__)
+    return _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, s);
+#else
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+#endif
+}
+
 /* Σ qw·qx over a block as 8 int32 partial sums, qw = 32 nibbles (0..15), qx signed bytes.
  * Low nibbles are weights 0-15, high nibbles 16-31: the two halves of one 256-bit register
  * line up with qx[0..15] and qx[16..31]. */
@@ -306,8 +322,7 @@ static inline __m256i dot_nibbles_int8_avx2(const uint8_t qs[QK / 2], const int8
     const __m128i low_nibble = _mm_set1_epi8(0x0F);
     const __m256i qw = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(packed, 4), low_nibble),
                                         _mm_and_si128(packed, low_nibble));
-    const __m256i pair_sums = _mm256_maddubs_epi16(qw, _mm256_loadu_si256((const __m256i *)qx));
-    return _mm256_madd_epi16(pair_sums, _mm256_set1_epi16(1));
+    return dot_bytes_avx2(qw, _mm256_loadu_si256((const __m256i *)qx));
 }
 
 /* The same for signed qw: maddubs wants its first operand unsigned, so move the sign of
@@ -316,8 +331,7 @@ static inline __m256i dot_int8_int8_avx2(const int8_t qw[QK], const int8_t qx[QK
 {
     const __m256i w = _mm256_loadu_si256((const __m256i *)qw);
     const __m256i xv = _mm256_loadu_si256((const __m256i *)qx);
-    const __m256i pair_sums = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(xv, w));
-    return _mm256_madd_epi16(pair_sums, _mm256_set1_epi16(1));
+    return dot_bytes_avx2(_mm256_sign_epi8(w, w), _mm256_sign_epi8(xv, w));
 }
 #endif
 

@@ -24,6 +24,15 @@
 
 #define BATCH_GROUP 8   /* activation rows one pass over a weight row serves */
 
+/* CALL(T, N) with N = n as a constant, 1 … BATCH_GROUP: each group size gets its own copy of
+ * the always-inlined loops, whose per-row accumulators then live in registers (with n known
+ * only at run time they live in memory, and a batch of one runs a third slower than the
+ * one-row kernels). */
+#define WITH_GROUP_SIZE(n, CALL, T) switch (n) {                                  \
+    case 1: CALL(T, 1); break; case 2: CALL(T, 2); break; case 3: CALL(T, 3); break; \
+    case 4: CALL(T, 4); break; case 5: CALL(T, 5); break; case 6: CALL(T, 6); break; \
+    case 7: CALL(T, 7); break; default: CALL(T, BATCH_GROUP); }
+
 #ifdef USE_AVX2
 /* Two Q4_0 / Q4_1 rows against n_x <= BATCH_GROUP activation rows: dot_two_rows for each. */
 static inline __attribute__((always_inline)) void
@@ -79,7 +88,7 @@ dot_two_rows_batch(quant_type type, const uint8_t *row0, const uint8_t *row1, co
 }
 
 /* One Q8_0 row against n_x <= BATCH_GROUP activation rows: dot_row_q8_0 for each. */
-static inline void dot_row_q8_0_batch(const uint8_t *row, const float *x, int64_t x_stride, int64_t n_x,
+static inline __attribute__((always_inline)) void dot_row_q8_0_batch(const uint8_t *row, const float *x, int64_t x_stride, int64_t n_x,
                                       int64_t n_blocks, float *out, int64_t out_stride)
 {
     __m256 acc[BATCH_GROUP];
@@ -136,11 +145,14 @@ static inline void dot_rows_batch(quant_type type, const uint8_t *rows, int64_t 
         const float *xg = x + t0 * x_stride, *sums_g = x_sums + t0 * sums_stride;
         float *out_g = out + t0 * out_stride;
 #ifdef USE_AVX2
+#define DOT_GROUP(T, N) dot_rows_batch_of(T, rows, n_rows, xg, x_stride, sums_g, sums_stride, N, n_blocks, \
+                                         out_g, out_stride)
         switch (type) {
-        case Q4_0: dot_rows_batch_of(Q4_0, rows, n_rows, xg, x_stride, sums_g, sums_stride, n, n_blocks, out_g, out_stride); break;
-        case Q4_1: dot_rows_batch_of(Q4_1, rows, n_rows, xg, x_stride, sums_g, sums_stride, n, n_blocks, out_g, out_stride); break;
-        default:   dot_rows_batch_of(Q8_0, rows, n_rows, xg, x_stride, sums_g, sums_stride, n, n_blocks, out_g, out_stride);
+        case Q4_0: WITH_GROUP_SIZE(n, DOT_GROUP, Q4_0); break;
+        case Q4_1: WITH_GROUP_SIZE(n, DOT_GROUP, Q4_1); break;
+        default:   WITH_GROUP_SIZE(n, DOT_GROUP, Q8_0);
         }
+#undef DOT_GROUP
 #else
         /* plain C: one activation row at a time, dot_rows itself (scratch for its output row) */
         for (int64_t t = 0; t < n; t++) {
@@ -198,7 +210,7 @@ dot_row_int8_batch_of(quant_type type, const uint8_t *row, const block_q8_act *x
 #ifdef USE_AVX2
             __m256i xv = _mm256_loadu_si256((const __m256i *)x->qs);
             if (type == Q8_0) xv = _mm256_sign_epi8(xv, w_sign);
-            const __m256i sums = _mm256_madd_epi16(_mm256_maddubs_epi16(qw, xv), _mm256_set1_epi16(1));
+            const __m256i sums = dot_bytes_avx2(qw, xv);
             acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * x->d), _mm256_cvtepi32_ps(sums), acc[t]);
 #else
             acc[t] += dw * x->d * (float)dot_block_int8(type, block, x->qs);
@@ -226,15 +238,16 @@ static inline void dot_rows_int8_batch(quant_type type, const uint8_t *rows, int
     const int64_t row_bytes = n_blocks * BLOCK_BYTES[type];
     for (int64_t t0 = 0; t0 < n_x; t0 += BATCH_GROUP) {
         const int64_t n = n_x - t0 < BATCH_GROUP ? n_x - t0 : BATCH_GROUP;
-        for (int64_t i = 0; i < n_rows; i++) {
-            const uint8_t *row = rows + i * row_bytes;
-            float *o = out + t0 * out_stride + i;
-            switch (type) {
-            case Q4_0: dot_row_int8_batch_of(Q4_0, row, xq + t0 * xq_stride, xq_stride, n, n_blocks, o, out_stride); break;
-            case Q4_1: dot_row_int8_batch_of(Q4_1, row, xq + t0 * xq_stride, xq_stride, n, n_blocks, o, out_stride); break;
-            default:   dot_row_int8_batch_of(Q8_0, row, xq + t0 * xq_stride, xq_stride, n, n_blocks, o, out_stride);
-            }
+        const block_q8_act *xg = xq + t0 * xq_stride;
+        float *out_g = out + t0 * out_stride;
+#define DOT_INT8_GROUP(T, N) for (int64_t i = 0; i < n_rows; i++) \
+        dot_row_int8_batch_of(T, rows + i * row_bytes, xg, xq_stride, N, n_blocks, out_g + i, out_stride)
+        switch (type) {
+        case Q4_0: WITH_GROUP_SIZE(n, DOT_INT8_GROUP, Q4_0); break;
+        case Q4_1: WITH_GROUP_SIZE(n, DOT_INT8_GROUP, Q4_1); break;
+        default:   WITH_GROUP_SIZE(n, DOT_INT8_GROUP, Q8_0);
         }
+#undef DOT_INT8_GROUP
     }
 }
 

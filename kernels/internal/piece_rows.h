@@ -311,21 +311,10 @@ static inline void decode_row_pieces(weight_format type, float *w, const uint8_t
  *
  * The integer sums: maddubs (unsigned × signed bytes, pairs added) wants its first operand
  * unsigned, so where q' can be negative (Q6_K, Q3_K) |q'| goes first and the sign of q' moves
- * onto qx; no pair can saturate (|q'| <= 32, |qx| <= 127). With AVX-512 VNNI
- * one instruction (dpbusd) does the bytes and the adding of neighbours, with the same
- * integer result. Eight int32 lanes: lanes 0-3 hold half 0's sums, 4-7 half 1's.
+ * onto qx; no pair can saturate (|q'| <= 32, |qx| <= 127): dot_bytes_avx2 (simd.h), one
+ * dpbusd with VNNI, the same integer result either way. Eight int32 lanes: lanes 0-3 hold half 0's sums, 4-7 half 1's.
  * These are 32-weight activation blocks for every format, the K-quants included (llama.cpp
  * rounds their activations per 256 instead, as Q8_K: one scale for the super-block). */
-#ifdef USE_AVX2
-static inline __m256i piece_int_dot_avx2(__m256i abs_q, __m256i signed_qx)
-{
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), abs_q, signed_qx);
-#else
-    return _mm256_madd_epi16(_mm256_maddubs_epi16(abs_q, signed_qx), _mm256_set1_epi16(1));
-#endif
-}
-#endif
 
 /* out[r + t · out_stride] = row r · activation row t (xq + t · xq_stride), as dot_pieces_of. */
 static inline __attribute__((always_inline)) void
@@ -377,11 +366,11 @@ dot_pieces_int8_of(weight_format type, const uint8_t *row0, int64_t row_bytes, i
 #ifdef USE_AVX2
                     const __m256i raw_qx = _mm256_loadu_si256((const __m256i *)xb->qs);
                     const __m256i signed_qx = q_offset ? _mm256_sign_epi8(raw_qx, q) : raw_qx;
-                    const __m256 sums = _mm256_cvtepi32_ps(piece_int_dot_avx2(abs_q, signed_qx));
+                    const __m256 sums = _mm256_cvtepi32_ps(dot_bytes_avx2(abs_q, signed_qx));
                     const __m256 dx = _mm256_set1_ps(xb->d);
                     acc[i] = _mm256_fmadd_ps(sums, _mm256_mul_ps(halves, dx), acc[i]);
                     if (half_offsets) {
-                        const __m256 x_sums = _mm256_cvtepi32_ps(piece_int_dot_avx2(_mm256_set1_epi8(1), raw_qx));
+                        const __m256 x_sums = _mm256_cvtepi32_ps(dot_bytes_avx2(_mm256_set1_epi8(1), raw_qx));
                         acc[i] = _mm256_fmadd_ps(x_sums, _mm256_mul_ps(half_mins, dx), acc[i]);
                     }
 #else

@@ -298,21 +298,6 @@ static inline void quantize_activations(block_q8_act *blocks, const float *x, in
 }
 
 #ifdef USE_AVX2
-/* 8 int32 lanes, lane i = Σ of the 4 products u[4i + j] · s[4i + j] (unsigned bytes u, signed
- * bytes s). With VNNI one instruction (dpbusd); without, maddubs adds neighbouring products
- * into int16 and madd adds neighbouring int16: the same 4 products, exactly, since no int16
- * sum can saturate here (|u| <= 128 and |s| <= 127 give at most 2 · 128 · 127 = 32,512). */
-static inline __m256i dot_bytes_avx2(__m256i u, __m256i s)
-{
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
-#elif defined(__AVXVNNI__)
-    return _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, s);
-#else
-    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
-#endif
-}
-
 /* Σ qw·qx over a block as 8 int32 partial sums, qw = 32 nibbles (0..15), qx signed bytes.
  * Low nibbles are weights 0-15, high nibbles 16-31: the two halves of one 256-bit register
  * line up with qx[0..15] and qx[16..31]. */

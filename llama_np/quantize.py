@@ -50,11 +50,15 @@ def parse_args(argv=None):
                    help="re-quantize tensors that are already quantized to another type "
                         "(their rounding errors add up)")
     p.add_argument("--calibration", metavar="TEXT", default=None,
-                   help="a UTF-8 text file: quantize the projections by GPTQ (Frantar et al. 2022) so that "
-                        "their outputs on the model's own activations over this text change least, "
-                        "instead of rounding each weight to its nearest level (RTN); --type Q4_0, Q4_1, "
-                        "Q5_0, Q5_1 or Q8_0; the file has ordinary blocks, which llama.cpp reads as ever. "
-                        "The first 16,384 tokens are read")
+                   help="a UTF-8 text file: quantize the projections so that their outputs on the model's "
+                        "own activations over this text change least, instead of rounding each weight to "
+                        "its nearest level (RTN); --type Q4_0, Q4_1, Q5_0, Q5_1 or Q8_0; the file has "
+                        "ordinary blocks, which llama.cpp reads as ever. The first 16,384 tokens are read")
+    p.add_argument("--calibration-method", choices=("importance", "gptq"), default="importance",
+                   help="with --calibration: importance (each block's scale chosen to keep the weights that "
+                        "meet large inputs most exact, llama.cpp's imatrix idea) or gptq (Frantar et al. "
+                        "2022: each rounding error spread over the columns not yet rounded); README, "
+                        "'Calibrated quantization', has what each gives (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     cli.add_threads_arg(p)
     args = p.parse_args(argv)
@@ -89,7 +93,7 @@ def main(argv=None):
     start = time.perf_counter()
     types, weights = quantize_checkpoint(source, args.out, args.weight_type, embed_type,
                                          args.allow_requantize, progress=not args.quiet,
-                                         calibration=args.calibration)
+                                         calibration=args.calibration, method=args.calibration_method)
     print(summary(types, weights, args.out, time.perf_counter() - start), file=sys.stderr)
     return 0
 

@@ -1,5 +1,6 @@
-"""Calibrated quantization: GPTQ (`llama_np.quant.gptq`) and the inputs it learns from
-(`llama_np.checkpoint.calibration`), through `python -m llama_np.quantize --calibration`.
+"""Calibrated quantization: GPTQ (`llama_np.quant.gptq`), importance-weighted rounding
+(`llama_np.quant.importance`) and the inputs both learn from (`llama_np.checkpoint.calibration`),
+through `python -m llama_np.quantize --calibration`.
 
 Oracles: gguf.quants.dequantize reads the blocks GPTQ writes (they must be ordinary blocks,
 decoding to exactly the weights GPTQ says it chose); the objective itself, ‖X Wᵀ − X Ŵᵀ‖²
@@ -14,6 +15,7 @@ from llama_np.checkpoint import load_model
 from llama_np.checkpoint.calibration import input_hessians
 from llama_np.checkpoint.gguf import load_gguf
 from llama_np.quant.gptq import GRIDS, gptq_quantize
+from llama_np.quant.importance import importance_quantize
 
 from test_quantize_cli import CORPUS, run_cli, save_tiny_bpe_model
 
@@ -45,6 +47,22 @@ def test_gptq_blocks_are_ordinary_blocks_with_less_output_error_than_rtn(qtype, 
     assert output_error(x, w, w_hat) < 0.8 * output_error(x, w, rtn)
     # it buys that with larger weight errors: it is the outputs that are kept
     assert np.sum(np.square(w - w_hat)) > np.sum(np.square(w - rtn))
+
+
+@pytest.mark.parametrize("qtype", sorted(GRIDS))
+def test_importance_blocks_are_ordinary_blocks_with_less_weighted_error_than_rtn(qtype):
+    """Σ_j E[x_j²] (w_j − ŵ_j)² — the output error if inputs were uncorrelated — below RTN's,
+    computed here from the weights and the importances themselves."""
+    x = correlated_inputs(1024, 256)
+    importance = np.mean(np.square(x.astype(np.float64)), axis=0)                # [in]
+    w = (np.random.default_rng(3).standard_normal((40, 256)) * 0.05).astype(np.float32)
+    blocks, w_hat = importance_quantize(w, importance, qtype)
+    decoded = gguf.quants.dequantize(blocks, gguf.GGMLQuantizationType[qtype]).reshape(w.shape)
+    np.testing.assert_array_equal(decoded, w_hat)
+    rtn = quant.dequantize(quant.quantize(w, qtype), qtype)
+    weighted = lambda a: float(np.sum(importance * np.square(w.astype(np.float64) - a)))
+    assert weighted(w_hat) < 0.9 * weighted(rtn)
+    assert output_error(x, w, w_hat) < output_error(x, w, rtn)
 
 
 def test_inputs_that_never_occur_cost_nothing():
@@ -91,7 +109,8 @@ def test_calibrated_file_is_closer_to_the_float_model_and_runs_in_llama_cpp(tiny
     text = tmp_path / "calibration.txt"
     text.write_text("\n".join(CORPUS * 20), encoding="utf-8")
     paths = {}
-    for name, extra in [("rtn", []), ("gptq", ["--calibration", str(text)])]:
+    for name, extra in [("rtn", []), ("gptq", ["--calibration", str(text), "--calibration-method", "gptq"]),
+                        ("importance", ["--calibration", str(text)])]:
         paths[name] = str(tmp_path / f"{name}.gguf")
         code, err = run_cli([tiny_folder, "--type", "Q4_0", "--out", paths[name]] + extra, capsys)
         assert code == 0, err
@@ -100,7 +119,7 @@ def test_calibrated_file_is_closer_to_the_float_model_and_runs_in_llama_cpp(tiny
     reference = float_model.forward(ids)
     errors = {name: float(np.mean(np.square(load_model(path)[0].forward(ids) - reference)))
               for name, path in paths.items()}
-    assert errors["gptq"] < errors["rtn"], errors
+    assert errors["gptq"] < errors["rtn"] and errors["importance"] < errors["rtn"], errors
     _, weights, _ = load_gguf(paths["gptq"])
     assert weights["model.layers.0.mlp.down_proj.weight"].qtype == "Q4_0"
     assert weights["model.embed_tokens.weight"].qtype == "Q8_0"      # the vocabulary: RTN, as always

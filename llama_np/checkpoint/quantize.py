@@ -28,6 +28,8 @@ import math
 import os
 from collections import Counter
 
+import numpy as np
+
 from llama_np.checkpoint import gguf_writer
 from llama_np.checkpoint.gguf import load_gguf
 from llama_np.checkpoint.safetensors import load_hf
@@ -115,13 +117,13 @@ def summary(types, weights, out_path, seconds):
 
 
 def quantize_checkpoint(source, out, weight_type, embed_type, allow_requantize=False, progress=True,
-                        calibration=None):
+                        calibration=None, method="importance"):
     """Write the model at `source` (a HF folder or a GGUF file) to the GGUF `out`, its
     matrices as `weight_type` (a type, or a llama.cpp mix such as Q4_K_M) and the vocabulary
     matrices as `embed_type` (None: weight_type's default). With `calibration` (the path of
-    a text file), the projections are quantized by GPTQ against what the model feeds them
-    on that text (`calibrate`) instead of rounded one by one. Returns the tensor types and
-    the weights written."""
+    a text file), the projections are quantized against what the model feeds them on that
+    text (`calibrate`; `method` "importance" or "gptq") instead of rounded to their nearest
+    levels. Returns the tensor types and the weights written."""
     if calibration is not None:
         from llama_np.quant.gptq import check_gptq_type
         check_gptq_type(weight_type)
@@ -129,24 +131,32 @@ def quantize_checkpoint(source, out, weight_type, embed_type, allow_requantize=F
     types = tensor_types(config, weight_type, embed_type)
     check_requantization(weights, types, source, allow_requantize)
     if calibration is not None:
-        weights = calibrate(source, config, weights, types, calibration, progress)
+        weights = calibrate(source, config, weights, types, calibration, method, progress)
     metadata["general.file_type"] = gguf_writer.u32(file_type(weight_type))
     metadata["general.quantization_version"] = gguf_writer.u32(gguf_writer.QUANTIZATION_VERSION)
     gguf_writer.write_llama_gguf(out, config, weights, types, metadata, progress=progress)
     return types, weights
 
 
-def calibrate(source, config, weights, types, text_path, progress=True):
-    """The weights with every projection whose type GPTQ writes (Q4_0, Q4_1, Q5_0, Q5_1,
-    Q8_0) replaced by its GPTQ blocks, from the float model's inputs on the text at
-    `text_path` (`checkpoint.calibration`); the other tensors as they were."""
+CALIBRATION_METHODS = ("importance", "gptq")
+
+
+def calibrate(source, config, weights, types, text_path, method="importance", progress=True):
+    """The weights with every projection whose type the calibrated quantizers write (Q4_0,
+    Q4_1, Q5_0, Q5_1, Q8_0) replaced by its calibrated blocks, from the float model's inputs
+    on the text at `text_path` (`checkpoint.calibration`): "importance" weighs each weight's
+    error by its input's mean square (`quant.importance`), "gptq" spreads the errors over
+    the other columns through H (`quant.gptq`). The other tensors stay as they were."""
     from llama_np.checkpoint import load_tokenizer
     from llama_np.checkpoint.calibration import input_hessians, read_calibration_text
     from llama_np.llama.model import Llama
     from llama_np.quant import dense
     from llama_np.quant.gptq import GRIDS, gptq_quantize
+    from llama_np.quant.importance import importance_quantize
     from tqdm import tqdm
 
+    if method not in CALIBRATION_METHODS:
+        raise ValueError(f"unknown calibration method {method!r}; expected one of {', '.join(CALIBRATION_METHODS)}")
     text = read_calibration_text(text_path)
     projections = [name for name in calibration_targets(config) if types[name] in GRIDS]
     ids = load_tokenizer(source).encode(text)
@@ -154,8 +164,11 @@ def calibrate(source, config, weights, types, text_path, progress=True):
               disable=not progress) as bar:
         hessians = input_hessians(Llama(config, weights), ids, progress=bar.update)
     weights = dict(weights)
-    for name in tqdm(projections, desc="GPTQ", unit="matrix", disable=not progress):
-        blocks, _ = gptq_quantize(dense(weights[name]), hessians[name], types[name])
+    for name in tqdm(projections, desc=method, unit="matrix", disable=not progress):
+        if method == "gptq":
+            blocks, _ = gptq_quantize(dense(weights[name]), hessians[name], types[name])
+        else:
+            blocks, _ = importance_quantize(dense(weights[name]), np.diag(hessians[name]), types[name])
         weights[name] = QuantizedMatrix(blocks, types[name], weights[name].shape)
     return weights
 

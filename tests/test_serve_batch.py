@@ -34,12 +34,12 @@ def check_batch_equals_alone(model, n_sequences, steps=3, seed=0, kv_cache="f32"
     alone = prefilled(model, prompts, max_len, kv_cache)
     together = prefilled(model, prompts, max_len, kv_cache)
     calls = []
-    kernel = decode_batch.decode_layer_batch
-    decode_batch.decode_layer_batch = lambda *a, **k: (calls.append(1), kernel(*a, **k))
+    kernel = decode_batch.BatchStep.run
+    decode_batch.BatchStep.run = lambda *a, **k: (calls.append(1), kernel(*a, **k))
     try:
         run_steps(model, alone, together, rng, steps)
     finally:
-        decode_batch.decode_layer_batch = kernel
+        decode_batch.BatchStep.run = kernel
     assert bool(calls) == batched                    # the batched kernel did the work (or could not)
 
 

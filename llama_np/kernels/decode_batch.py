@@ -19,49 +19,80 @@ def decode_layer_batch(layer: DecodeLayer, h, k_caches, v_caches, positions, rot
     positions[b] is written (rounded to the format) and rows 0 … positions[b] read. `rotations`:
     each row's (inv_freq [hd/2] float32 or None, attention_factor), a scaled RoPE's
     (`llama.rope_scaling`); None: every row unscaled."""
-    require_array(h, "h", np.float32, 2)
-    n_rows = h.shape[0]
-    if h.shape[1] != layer.shape.dim:
-        raise ValueError(f"h: shape {h.shape}, expected (B, {layer.shape.dim})")
-    positions = np.ascontiguousarray(positions, dtype=np.int64).reshape(-1)
-    if not len(k_caches) == len(v_caches) == len(positions) == n_rows:
-        raise ValueError(f"{n_rows} rows need as many caches and positions, got "
-                         f"{len(k_caches)}, {len(v_caches)}, {len(positions)}")
-    if n_rows == 0:
-        return
-    formats = {native.kv_cache_format(k, v, *layer.cache_row) for k, v in zip(k_caches, v_caches)}
-    if len(formats) != 1:
-        raise ValueError("the caches of one batched step must share one KV format")
-    keep = []                                           # the buffers the pointers point into
-    for caches in (k_caches, v_caches):
-        for cache, position in zip(caches, positions):
-            if not 0 <= position < cache.shape[0]:
-                raise ValueError(f"position {position} outside the cache of {cache.shape[0]} rows")
-            keep.append(native.ffi.from_buffer("uint8_t[]", cache, require_writable=True))
-    tables, factors = native.ffi.NULL, native.ffi.NULL
-    if rotations is not None and any(inv_freq is not None for inv_freq, _ in rotations):
-        if len(rotations) != n_rows:
-            raise ValueError(f"{n_rows} rows need as many rotations, got {len(rotations)}")
-        pointers = []
-        for inv_freq, _ in rotations:
-            if inv_freq is None:
-                pointers.append(native.ffi.NULL)
-                continue
-            require_array(inv_freq, "inv_freq", np.float32, 1)
-            if inv_freq.shape != (layer.cache_row[1] // 2,):
-                raise ValueError(f"inv_freq: shape {inv_freq.shape}, expected ({layer.cache_row[1] // 2},)")
-            keep.append(native.ffi.from_buffer("float[]", inv_freq))
-            pointers.append(keep[-1])
-        tables = native.ffi.new("const float *[]", pointers)
-        factors = native.ffi.new("float[]", [float(factor) for _, factor in rotations])
-    k_pointers = native.ffi.new("uint8_t *[]", keep[:n_rows])
-    v_pointers = native.ffi.new("uint8_t *[]", keep[n_rows:])
-    status = native.lib.decode_layer_batch_f32(
-        native.ffi.from_buffer("float[]", h, require_writable=True), layer.weights, layer.shape,
-        k_pointers, v_pointers, formats.pop(), native.ffi.from_buffer("int64_t[]", positions), tables, factors, n_rows,
-        get_num_threads())
-    if status != 0:
-        raise MemoryError(f"no scratch memory for a decode step of {n_rows} sequences")
+    step = BatchStep(layer, [k[None] for k in k_caches], [v[None] for v in v_caches], positions, rotations)
+    step.run(layer, 0, h)
+
+
+class BatchStep:
+    """One batched decoding step through every layer: the checks, the positions, the RoPE
+    tables and the caches' addresses made once, so that each layer's call is only the call
+    (between two layers the kernels' threads wait for work, and a long pause in Python
+    puts them to sleep: waking them again cost more than the layer's own arithmetic).
+
+    k_stacks[b], v_stacks[b]: sequence b's whole cache [n_layers, max_len, H_kv, width]
+    (`KVCache.k`, `.v`); `run(layer, i, h)` is decode_layer_batch for layer i."""
+
+    def __init__(self, layer, k_stacks, v_stacks, positions, rotations=None):
+        self.positions = np.ascontiguousarray(positions, dtype=np.int64).reshape(-1)
+        n_rows = self.n_rows = len(self.positions)
+        if not len(k_stacks) == len(v_stacks) == n_rows:
+            raise ValueError(f"{n_rows} rows need as many caches and positions, got "
+                             f"{len(k_stacks)}, {len(v_stacks)}, {n_rows}")
+        formats = {native.kv_cache_format(k[0], v[0], *layer.cache_row) for k, v in zip(k_stacks, v_stacks)}
+        if len(formats) > 1:
+            raise ValueError("the caches of one batched step must share one KV format")
+        self.format = formats.pop() if formats else None
+        self.keep = []                                   # the buffers the pointers point into
+        self.k_bases, self.v_bases, self.layer_bytes = [], [], None
+        for stacks, bases in ((k_stacks, self.k_bases), (v_stacks, self.v_bases)):
+            for cache, position in zip(stacks, self.positions):
+                if not (cache.flags.c_contiguous and 0 <= position < cache.shape[1]):
+                    raise ValueError(f"position {position} outside the cache of {cache.shape[1]} rows"
+                                     if cache.flags.c_contiguous else "KV caches must be C-contiguous")
+                self.keep.append(native.ffi.from_buffer("uint8_t[]", cache, require_writable=True))
+                bases.append(self.keep[-1])
+                if self.layer_bytes not in (None, cache.strides[0]):
+                    raise ValueError("the caches of one batched step must have one shape")
+                self.layer_bytes = cache.strides[0]
+        self.n_layers = min(len(k) for k in k_stacks) if n_rows else 0
+        self.tables, self.factors = native.ffi.NULL, native.ffi.NULL
+        if rotations is not None and any(inv_freq is not None for inv_freq, _ in rotations):
+            if len(rotations) != n_rows:
+                raise ValueError(f"{n_rows} rows need as many rotations, got {len(rotations)}")
+            pointers = []
+            for inv_freq, _ in rotations:
+                if inv_freq is None:
+                    pointers.append(native.ffi.NULL)
+                    continue
+                require_array(inv_freq, "inv_freq", np.float32, 1)
+                if inv_freq.shape != (layer.cache_row[1] // 2,):
+                    raise ValueError(f"inv_freq: shape {inv_freq.shape}, expected ({layer.cache_row[1] // 2},)")
+                self.keep.append(native.ffi.from_buffer("float[]", inv_freq))
+                pointers.append(self.keep[-1])
+            self.tables = native.ffi.new("const float *[]", pointers)
+            self.factors = native.ffi.new("float[]", [float(factor) for _, factor in rotations])
+        self.position_buffer = native.ffi.from_buffer("int64_t[]", self.positions)
+
+    def run(self, layer: DecodeLayer, index, h):
+        """Layer `index` (its weights: `layer`) on h [B, D], in place."""
+        require_array(h, "h", np.float32, 2)
+        if h.shape[0] != self.n_rows:
+            raise ValueError(f"{h.shape[0]} rows need as many caches and positions, got {self.n_rows}")
+        if h.shape[1] != layer.shape.dim:
+            raise ValueError(f"h: shape {h.shape}, expected (B, {layer.shape.dim})")
+        if self.n_rows == 0:
+            return
+        if not 0 <= index < self.n_layers:
+            raise ValueError(f"layer {index} outside caches of {self.n_layers} layers")
+        offset = index * self.layer_bytes
+        k_pointers = native.ffi.new("uint8_t *[]", [base + offset for base in self.k_bases])
+        v_pointers = native.ffi.new("uint8_t *[]", [base + offset for base in self.v_bases])
+        status = native.lib.decode_layer_batch_f32(
+            native.ffi.from_buffer("float[]", h, require_writable=True), layer.weights, layer.shape,
+            k_pointers, v_pointers, self.format, self.position_buffer, self.tables, self.factors,
+            self.n_rows, get_num_threads())
+        if status != 0:
+            raise MemoryError(f"no scratch memory for a decode step of {self.n_rows} sequences")
 
 
 def quant_matvec_batch(data, qtype, x, int8_activations=False):

@@ -39,9 +39,9 @@ def decode_step(model, tokens, caches):
     rotations = [rotation(model.config, cache.length + 1)[1:] for cache in caches]
     h = ops.embedding_forward(tokens, model.weights["model.embed_tokens.weight"])[0]  # [B, D]
     h = np.ascontiguousarray(h, dtype=np.float32)
+    step = decode_batch.BatchStep(fused[0], [c.k for c in caches], [c.v for c in caches], positions, rotations)
     for i, layer in enumerate(fused):
-        decode_batch.decode_layer_batch(layer, h, [c.k[i] for c in caches], [c.v[i] for c in caches],
-                                        positions, rotations)
+        step.run(layer, i, h)
     for cache in caches:
         cache.length += 1
     head = model.lm_head

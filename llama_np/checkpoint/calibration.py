@@ -21,6 +21,11 @@ CALIBRATION_TOKENS = 16_384    # read at most this much of the text
 PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")
 
 
+def projection_names(config):
+    """The weight names of every layer's PROJECTIONS: the matrices calibration sees the inputs of."""
+    return [layer_weight_names(i)[key] for i in range(config.num_hidden_layers) for key in PROJECTIONS]
+
+
 def read_calibration_text(path):
     """The text of a calibration file: UTF-8 with something in it, or a ValueError that says
     what is wrong."""
@@ -37,8 +42,7 @@ def input_hessians(model, token_ids, ctx=CALIBRATION_CTX, max_tokens=CALIBRATION
     token_ids = list(token_ids)[:max_tokens]
     if len(token_ids) < 2:
         raise ValueError(f"the calibration text has {len(token_ids)} token(s); it needs at least 2")
-    names = {id(model.weights[layer_weight_names(i)[key]]): layer_weight_names(i)[key]
-             for i in range(model.config.num_hidden_layers) for key in PROJECTIONS}
+    names = {id(model.weights[name]): name for name in projection_names(model.config)}
     hessians = {}
     multiply = model.project
     last = {}                                  # the latest input and its xᵀ x: q, k, v share one

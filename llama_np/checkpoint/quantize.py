@@ -35,8 +35,8 @@ from llama_np.checkpoint.gguf import load_gguf
 from llama_np.checkpoint.safetensors import load_hf
 from llama_np.checkpoint.type_mix import MIXES, mix_tensor_types
 from llama_np.llama.weights import expected_shapes
-from llama_np.quant import FORMATS, QuantizedMatrix
 from llama_np.checkpoint.calibration import CALIBRATION_TOKENS
+from llama_np.quant import FORMATS, QuantizedMatrix
 
 VOCABULARY_MATRICES = ("model.embed_tokens.weight", "lm_head.weight")
 # recomputed for the new file rather than copied from a GGUF source
@@ -148,7 +148,7 @@ def calibrate(source, config, weights, types, text_path, method="importance", pr
     error by its input's mean square (`quant.importance`), "gptq" spreads the errors over
     the other columns through H (`quant.gptq`). The other tensors stay as they were."""
     from llama_np.checkpoint import load_tokenizer
-    from llama_np.checkpoint.calibration import input_hessians, read_calibration_text
+    from llama_np.checkpoint.calibration import input_hessians, projection_names, read_calibration_text
     from llama_np.llama.model import Llama
     from llama_np.quant import dense
     from llama_np.quant.gptq import GRIDS, gptq_quantize
@@ -158,7 +158,7 @@ def calibrate(source, config, weights, types, text_path, method="importance", pr
     if method not in CALIBRATION_METHODS:
         raise ValueError(f"unknown calibration method {method!r}; expected one of {', '.join(CALIBRATION_METHODS)}")
     text = read_calibration_text(text_path)
-    projections = [name for name in calibration_targets(config) if types[name] in GRIDS]
+    projections = [name for name in projection_names(config) if types[name] in GRIDS]
     ids = load_tokenizer(source).encode(text)
     with tqdm(total=min(len(ids), CALIBRATION_TOKENS), unit="tok", desc="calibration",
               disable=not progress) as bar:
@@ -172,9 +172,3 @@ def calibrate(source, config, weights, types, text_path, method="importance", pr
         weights[name] = QuantizedMatrix(blocks, types[name], weights[name].shape)
     return weights
 
-
-def calibration_targets(config):
-    """The names of the projections GPTQ can calibrate (their inputs are seen)."""
-    from llama_np.checkpoint.calibration import PROJECTIONS
-    from llama_np.llama.weights import layer_weight_names
-    return [layer_weight_names(i)[key] for i in range(config.num_hidden_layers) for key in PROJECTIONS]

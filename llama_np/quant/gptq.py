@@ -60,28 +60,41 @@ def inverse_cholesky(hessian, damp=DAMP):
     return np.linalg.cholesky(np.linalg.inv(h)).T, dead                      # H⁻¹ = L Lᵀ = Uᵀ U
 
 
+def grid_levels(kind, bits):
+    """(lowest q, highest q, zero) of a grid kind: ŵ = (q - zero) d + m."""
+    if kind == "absmax":
+        return -127, 127, 0
+    return 0, 2 ** bits - 1, 2 ** (bits - 1) if kind == "extreme" else 0
+
+
 def group_grid(w, kind, bits):
     """The grid of 32-weight groups w [rows, 32] by the format's RTN rule: (d, m, lowest q,
     highest q, zero), d and m rounded to fp16 as the file stores them; ŵ = (q - zero) d + m."""
+    lowest, highest, zero = grid_levels(kind, bits)
     if kind == "min":
         low, high = w.min(axis=1), w.max(axis=1)
-        d = ((high - low) / np.float32(2 ** bits - 1)).astype(np.float16).astype(np.float32)
-        return d, low.astype(np.float16).astype(np.float32), 0, 2 ** bits - 1, 0
+        d = ((high - low) / np.float32(highest)).astype(np.float16).astype(np.float32)
+        return d, low.astype(np.float16).astype(np.float32), lowest, highest, zero
     if kind == "absmax":
         d = (np.abs(w).max(axis=1) / np.float32(127)).astype(np.float16).astype(np.float32)
-        return d, np.zeros_like(d), -127, 127, 0
-    zero = 2 ** (bits - 1)
+        return d, np.zeros_like(d), lowest, highest, zero
     extreme = np.take_along_axis(w, np.abs(w).argmax(axis=1)[:, None], axis=1)[:, 0]
     d = (extreme / np.float32(-zero)).astype(np.float16).astype(np.float32)
-    return d, np.zeros_like(d), 0, 2 ** bits - 1, zero
+    return d, np.zeros_like(d), lowest, highest, zero
+
+
+def grid_integers(values, d, m, lowest, highest, zero):
+    """The integers q of `values` on the grid ŵ = (q - zero) d + m (d, m broadcast against
+    them): the nearest level, clipped to lowest … highest; where d = 0 every weight is m."""
+    safe = np.where(d == 0, np.float32(1), d)
+    q = np.clip(np.floor((values - m) / safe + np.float32(0.5)) + zero, lowest, highest)
+    return np.where(d == 0, zero, q)
 
 
 def round_to_grid(column, grid):
     """One column [rows] on its groups' grids → (q [rows] int, ŵ [rows] float32)."""
     d, m, lowest, highest, zero = grid
-    safe = np.where(d == 0, np.float32(1), d)
-    q = np.clip(np.floor((column - m) / safe + np.float32(0.5)) + zero, lowest, highest)
-    q = np.where(d == 0, zero, q)                     # an all-zero group: every weight is m
+    q = grid_integers(column, d, m, lowest, highest, zero)
     return q.astype(np.int32), ((q - zero) * d + m).astype(np.float32)
 
 

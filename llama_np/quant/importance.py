@@ -18,7 +18,7 @@ calibration text's correlations; it only needs the diagonal of H.
 """
 import numpy as np
 
-from llama_np.quant.gptq import GRIDS, check_gptq_type, encode_blocks
+from llama_np.quant.gptq import GRIDS, check_gptq_type, encode_blocks, grid_integers, grid_levels
 from llama_np.quant.formats import QK, check_cols
 
 CANDIDATES = np.linspace(-1.0, 1.0, 21)    # offsets of the grid's end, in steps of a level
@@ -71,10 +71,8 @@ def _round(x, kind, bits, t):
 
 
 def _requantize(x, d, m, zero, kind, bits):
-    lowest, highest = (-127, 127) if kind == "absmax" else (0, 2 ** bits - 1)
-    safe = np.where(d == 0, 1.0, d)[..., None]
-    q = np.clip(np.floor((x - m[..., None]) / safe + 0.5) + zero, lowest, highest)
-    return np.where((d == 0)[..., None], zero, q)
+    lowest, highest, _ = grid_levels(kind, bits)
+    return grid_integers(x, d[..., None], m[..., None], lowest, highest, zero)
 
 
 def _refit(x, imp, k, d, m, kind):

@@ -82,7 +82,7 @@ int attention_forward(float *out, const float *q, const uint8_t *k, const uint8_
                     const int64_t n = limit[r] - b0;
                     seen[r] = n < 0 ? 0 : n > n_block ? n_block : n;
                 }
-                block_partials_cached(parts, o_block, q_rows, seen, n_rows, kv_format, k + g * head_bytes,
+                block_partials_cached(parts, o_block, q_rows, seen, n_rows, 1, kv_format, k + g * head_bytes,
                                v + g * head_bytes, row_bytes, b0, n_block, head_dim, scores, buffer);
                 for (int64_t r = 0; r < n_rows; r++)
                     softmax_merge(&acc[r], o_acc + r * head_dim, parts[r], o_block + r * head_dim, head_dim);

@@ -29,9 +29,11 @@
  * rounded into it once, here, and attention reads every row back through kv_load_rows.
  *
  * Attention streams the cache once per step with every thread: the work is cut into
- * (key/value head, block of KEY_BLOCK positions) pieces, each computing the partial
- * softmaxes of the rep query heads that share that key/value head, so that every key and
- * value is read once for all of them; threads take pieces as they come (3 key/value heads
+ * (key/value heads, block of KEY_BLOCK positions) pieces, each computing the partial
+ * softmaxes of the query heads that share those key/value heads, so that every key and
+ * value is read once for all of them. A piece takes as many neighbouring heads as leaves
+ * two pieces per thread (heads_per_piece: a long context reads whole cache rows, a short
+ * one still keeps every thread busy); threads take pieces as they come (3 key/value heads
  * over 2 threads would leave one idle half the time if split by head alone). The partials
  * are merged exactly (internal/attend_block.h) by every thread into its own copy of the
  * output, which saves a barrier; the result does not depend on the thread count.
@@ -112,23 +114,26 @@ int decode_layer_f32(float *h, const block_weights *w, const block_shape *shape,
     const int int8 = shape->int8_activations;
     const int64_t widest = max3(dim, n_q, hidden), blocks = widest / QK;
 
-    const int64_t n_blocks = (n_seen + KEY_BLOCK - 1) / KEY_BLOCK, n_pieces = n_kv_heads * n_blocks;
+    const int64_t n_blocks = (n_seen + KEY_BLOCK - 1) / KEY_BLOCK, n_head_blocks = n_kv_heads * n_blocks;
+    const int64_t group = heads_per_piece(n_kv_heads, head_dim, n_blocks, n_threads);
+    const int64_t n_groups = n_kv_heads / group;                          /* pieces per block */
     const int64_t row_bytes = kv_bytes(kv_format, n_kv), head_bytes = kv_bytes(kv_format, head_dim);
-    const int64_t buffers = kv_format == F32 ? 0 : SUB_BLOCK * head_dim;
+    const int64_t buffers = kv_format == F32 ? 0 : SUB_BLOCK * group * head_dim;
 
     /* shared: q [n_q], act [hidden], rope cos and sin [head_dim / 2] each, the new k and v
      * rows [n_kv] each, each piece's weighted values [rep, head_dim] and partials [rep];
      * per thread: x [dim], block sums [blocks], its copy of the attention output attn [n_q],
-     * scores [rep, KEY_BLOCK], SUB_BLOCK keys or values as float32 (not for F32), 8-bit blocks [blocks] */
+     * scores [group · rep, KEY_BLOCK], SUB_BLOCK positions of a piece's keys or values as
+     * float32 (not for F32), 8-bit blocks [blocks] */
     const int64_t part_floats = (int64_t)(sizeof(softmax_part) / sizeof(float));
-    const size_t shared = n_q + hidden + head_dim + 2 * n_kv + n_pieces * rep * (head_dim + part_floats);
-    const size_t own = dim + blocks + n_q + rep * KEY_BLOCK + buffers;
+    const size_t shared = n_q + hidden + head_dim + 2 * n_kv + n_head_blocks * rep * (head_dim + part_floats);
+    const size_t own = dim + blocks + n_q + group * rep * KEY_BLOCK + buffers;
     float *scratch = malloc((shared + n_threads * own) * sizeof(float)
                             + n_threads * blocks * sizeof(block_q8_act));
     if (scratch == NULL) return -1;
     float *q = scratch, *act = q + n_q, *cos_t = act + hidden, *sin_t = cos_t + head_dim / 2;
     float *k_new = cos_t + head_dim, *v_new = k_new + n_kv, *o_parts = v_new + n_kv;   /* [n_kv] ×2 */
-    softmax_part *parts = (softmax_part *)(o_parts + n_pieces * rep * head_dim);     /* [n_pieces, rep] */
+    softmax_part *parts = (softmax_part *)(o_parts + n_head_blocks * rep * head_dim); /* [n_blocks, n_kv_heads, rep] */
     block_q8_act *all_xq = (block_q8_act *)(scratch + shared + n_threads * own);
     float inv_freq[head_dim / 2];
     rope_frequencies(inv_freq, shape->rope_inv_freq, head_dim, shape->rope_theta);
@@ -144,7 +149,7 @@ int decode_layer_f32(float *h, const block_weights *w, const block_shape *shape,
         const int thread = 0;
 #endif
         float *x = scratch + shared + thread * own, *attn = x + dim + blocks, *scores = attn + n_q;
-        float *kv_buffer = scores + rep * KEY_BLOCK;
+        float *kv_buffer = scores + group * rep * KEY_BLOCK;
         activations a = {x, x + dim, all_xq + thread * blocks};
 
         /* attention branch: h += attention(rope(x Wq), rope(x Wk), x Wv) Wo */
@@ -160,17 +165,19 @@ int decode_layer_f32(float *h, const block_weights *w, const block_shape *shape,
             if (is_q || is_k) rope_rotate(out, cos_t, sin_t, head_dim);
             if (!is_q) kv_from_f32(kv_format, (is_k ? k_row : v_row) + kv_bytes(kv_format, first), out, head_dim);
         }
-        /* attention: each piece (key/value head g, block b) → partials of its rep query heads */
+        /* attention: each piece (key/value heads g0 … g0 + group - 1, block b) → partials of
+         * their query heads, at (b · n_kv_heads + g) · rep + j for query head g · rep + j */
         #pragma omp for schedule(dynamic, 1)
-        for (int64_t piece = 0; piece < n_pieces; piece++) {
-            const int64_t g = piece % n_kv_heads, b0 = piece / n_kv_heads * KEY_BLOCK;
+        for (int64_t piece = 0; piece < n_blocks * n_groups; piece++) {
+            const int64_t g0 = piece % n_groups * group, b = piece / n_groups, b0 = b * KEY_BLOCK;
             const int64_t n_block = n_seen - b0 < KEY_BLOCK ? n_seen - b0 : KEY_BLOCK;
-            int64_t seen[rep];
-            const float *q_rows[rep];
-            for (int64_t j = 0; j < rep; j++) q_rows[j] = q + (g * rep + j) * head_dim, seen[j] = n_block;
-            block_partials_cached(parts + piece * rep, o_parts + piece * rep * head_dim, q_rows, seen, rep, kv_format,
-                           k_cache + g * head_bytes, v_cache + g * head_bytes, row_bytes, b0, n_block,
-                           head_dim, scores, kv_buffer);
+            const int64_t at = (b * n_kv_heads + g0) * rep;
+            int64_t seen[group * rep];
+            const float *q_rows[group * rep];
+            for (int64_t r = 0; r < group * rep; r++) q_rows[r] = q + (g0 * rep + r) * head_dim, seen[r] = n_block;
+            block_partials_cached(parts + at, o_parts + at * head_dim, q_rows, seen, rep, group, kv_format,
+                                  k_cache + g0 * head_bytes, v_cache + g0 * head_bytes, row_bytes, b0, n_block,
+                                  head_dim, scores, kv_buffer);
         }
         for (int64_t head = 0; head < n_heads; head++) {   /* merged block by block, in order */
             const int64_t g = head / rep, j = head % rep;

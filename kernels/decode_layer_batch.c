@@ -7,7 +7,7 @@
  * multiply-adds; B tokens of B sequences can share that reading (continuous batching, the
  * server of llama_np.serve). Each weight block is unpacked once and meets the B rows
  * (dot_rows_batch, internal/quant_rows_batch.h). Attention stays per sequence, over its
- * own cache, cut into the pieces (row, key/value head, block of KEY_BLOCK positions) that
+ * own cache, cut into the pieces (row, key/value heads, block of KEY_BLOCK positions) that
  * decode_layer.c cuts one row's into, and merged in the same order.
  *
  * Exactly decode_layer.c's arithmetic for every row — the same norms, products, RoPE
@@ -107,29 +107,33 @@ int decode_layer_batch_f32(float *h, const block_weights *w, const block_shape *
     const int int8 = shape->int8_activations;
     const int64_t widest = max3(dim, n_q, hidden), blocks = widest / QK;
     const int64_t row_bytes = kv_bytes(kv_format, n_kv), head_bytes = kv_bytes(kv_format, head_dim);
-    const int64_t buffers = kv_format == F32 ? 0 : 2 * KEY_BLOCK * head_dim;
-    /* row t's attention pieces (key/value head, block of positions) are pieces first[t] …
-     * first[t + 1] - 1, numbered as decode_layer.c numbers one row's */
+    /* row t's (key/value head, block of positions) partials are first[t] … first[t + 1] - 1,
+     * numbered as decode_layer.c numbers one row's; its pieces, `group` heads each, are
+     * first[t] / group … first[t + 1] / group - 1 */
     int64_t first[B + 1];
     first[0] = 0;
     for (int64_t t = 0; t < B; t++)
         first[t + 1] = first[t] + n_kv_heads * ((positions[t] + KEY_BLOCK) / KEY_BLOCK);
-    const int64_t n_pieces = first[B];
+    const int64_t n_head_blocks = first[B];
+    const int64_t group = heads_per_piece(n_kv_heads, head_dim, n_head_blocks / n_kv_heads, n_threads);
+    const int64_t n_groups = n_kv_heads / group, n_pieces = n_head_blocks / group;
+    const int64_t buffers = kv_format == F32 ? 0 : SUB_BLOCK * group * head_dim;
 
     /* shared: q [B, n_q], act [B, hidden], rope cos and sin [B, head_dim / 2] each, each
      * piece's weighted values [rep, head_dim] and partials [rep];
      * per thread: x [B, dim], block sums [B, blocks], its copy of the attention output
      * attn [B, n_q], products [B, ROW_CHUNK] ×2, new k or v rows [B, head_dim], scores
-     * [rep, KEY_BLOCK], a block's keys and values as float32 (not for F32); 8-bit blocks [B, blocks] */
+     * [group · rep, KEY_BLOCK], SUB_BLOCK positions of a piece's keys or values as float32
+     * (not for F32); 8-bit blocks [B, blocks] */
     const int64_t part_floats = (int64_t)(sizeof(softmax_part) / sizeof(float));
-    const size_t shared = B * (n_q + hidden + head_dim) + n_pieces * rep * (head_dim + part_floats);
-    const size_t own = B * (dim + blocks + n_q + 2 * ROW_CHUNK + head_dim) + rep * KEY_BLOCK + buffers;
+    const size_t shared = B * (n_q + hidden + head_dim) + n_head_blocks * rep * (head_dim + part_floats);
+    const size_t own = B * (dim + blocks + n_q + 2 * ROW_CHUNK + head_dim) + group * rep * KEY_BLOCK + buffers;
     float *scratch = malloc((shared + n_threads * own) * sizeof(float)
                             + n_threads * B * blocks * sizeof(block_q8_act));
     if (scratch == NULL) return -1;
     float *q = scratch, *act = q + B * n_q, *cos_t = act + B * hidden, *sin_t = cos_t + B * half;
-    float *o_parts = sin_t + B * half;                                        /* [n_pieces, rep, hd] */
-    softmax_part *parts = (softmax_part *)(o_parts + n_pieces * rep * head_dim);   /* [n_pieces, rep] */
+    float *o_parts = sin_t + B * half;                                        /* [n_head_blocks, rep, hd] */
+    softmax_part *parts = (softmax_part *)(o_parts + n_head_blocks * rep * head_dim);   /* [n_head_blocks, rep] */
     block_q8_act *all_xq = (block_q8_act *)(scratch + shared + n_threads * own);
     for (int64_t t = 0; t < B; t++) {       /* each row's RoPE, as decode_layer.c makes it */
         const float *table = rope_inv_freqs != NULL ? rope_inv_freqs[t] : NULL;
@@ -148,8 +152,7 @@ int decode_layer_batch_f32(float *h, const block_weights *w, const block_shape *
 #endif
         float *x = scratch + shared + thread * own, *sums = x + B * dim, *attn = sums + B * blocks;
         float *part = attn + B * n_q, *part2 = part + B * ROW_CHUNK, *head_out = part2 + B * ROW_CHUNK;
-        float *scores = head_out + B * head_dim, *k_buffer = scores + rep * KEY_BLOCK;
-        float *v_buffer = k_buffer + KEY_BLOCK * head_dim;
+        float *scores = head_out + B * head_dim, *kv_buffer = scores + group * rep * KEY_BLOCK;
         activations a = {x, sums, all_xq + thread * B * blocks, 0, 0};
 
         /* attention branch: h += attention(rope(x Wq), rope(x Wk), x Wv) Wo */
@@ -174,23 +177,22 @@ int decode_layer_batch_f32(float *h, const block_weights *w, const block_shape *
                 kv_from_f32(kv_format, cache + positions[t] * row_bytes + kv_bytes(kv_format, first), row, head_dim);
             }
         }
-        /* attention: each piece (row t, key/value head g, block) → partials of its rep query heads */
+        /* attention: each piece (row t, key/value heads g0 … g0 + group - 1, block b) → partials of
+         * their query heads, at (first[t] + b · n_kv_heads + g) · rep + j for query head g · rep + j */
         #pragma omp for schedule(dynamic, 1)
         for (int64_t piece = 0; piece < n_pieces; piece++) {
             int64_t t = 0;
-            while (piece >= first[t + 1]) t++;
-            const int64_t own_piece = piece - first[t], n_seen = positions[t] + 1;
-            const int64_t g = own_piece % n_kv_heads, b0 = own_piece / n_kv_heads * KEY_BLOCK;
+            while (piece >= first[t + 1] / group) t++;
+            const int64_t own_piece = piece - first[t] / group, n_seen = positions[t] + 1;
+            const int64_t g0 = own_piece % n_groups * group, b = own_piece / n_groups, b0 = b * KEY_BLOCK;
             const int64_t n_block = n_seen - b0 < KEY_BLOCK ? n_seen - b0 : KEY_BLOCK;
-            int64_t k_stride, v_stride, seen[rep];
-            const float *q_rows[rep];
-            const float *keys = kv_load_rows(kv_format, k_caches[t] + g * head_bytes, row_bytes, b0, n_block,
-                                             head_dim, k_buffer, &k_stride);
-            const float *values = kv_load_rows(kv_format, v_caches[t] + g * head_bytes, row_bytes, b0, n_block,
-                                               head_dim, v_buffer, &v_stride);
-            for (int64_t j = 0; j < rep; j++) q_rows[j] = q + t * n_q + (g * rep + j) * head_dim, seen[j] = n_block;
-            block_partials(parts + piece * rep, o_parts + piece * rep * head_dim, q_rows, seen, rep,
-                           keys, k_stride, values, v_stride, n_block, head_dim, scores);
+            const int64_t at = (first[t] + b * n_kv_heads + g0) * rep;
+            int64_t seen[group * rep];
+            const float *q_rows[group * rep];
+            for (int64_t r = 0; r < group * rep; r++) q_rows[r] = q + t * n_q + (g0 * rep + r) * head_dim, seen[r] = n_block;
+            block_partials_cached(parts + at, o_parts + at * head_dim, q_rows, seen, rep, group, kv_format,
+                                  k_caches[t] + g0 * head_bytes, v_caches[t] + g0 * head_bytes, row_bytes, b0,
+                                  n_block, head_dim, scores, kv_buffer);
         }
         for (int64_t t = 0; t < B; t++)                    /* merged block by block, in order */
             for (int64_t head = 0; head < n_heads; head++) {

@@ -299,25 +299,40 @@ static inline void softmax_finish(float *out, softmax_part acc, const float *o, 
     for (int64_t i = 0; i < head_dim; i++) out[i] = o[i] * inv_total;
 }
 
-/* The partials of one block for n_rows query rows: parts[r] and o[r · head_dim …] from
- * keys 0 … n_seen[r] - 1 of the block (rows that see none get EMPTY_PART). The block is
- * positions b0 … b0 + n_keys - 1 (n_keys = the largest n_seen) of one key/value head
- * stored in `format`: k_head and v_head point at that head's slice of position 0,
- * positions are row_bytes apart. scores: scratch [n_rows, KEY_BLOCK]; buffer: scratch
- * [SUB_BLOCK, head_dim] (unused for F32, read in place). Keys and values are read
- * SUB_BLOCK positions at a time (converted to float32 once, kv_load_rows), and every row
- * meets each piece while it is in L1; per dimension the sums still run in the order of s.
- * Rows with equal n_seen side by side share their reads of v two at a time. */
+/* The partials of one block for the query rows of n_groups consecutive key/value heads,
+ * rows_per_head rows each (row r = g · rows_per_head + j belongs to head g of the group):
+ * parts[r] and o[r · head_dim …] from keys 0 … n_seen[r] - 1 of the block (rows that see
+ * none get EMPTY_PART). The block is positions b0 … b0 + n_keys - 1 (n_keys = the largest
+ * n_seen) stored in `format`: k_head and v_head point at the group's first head in position
+ * 0, positions are row_bytes apart. scores: scratch [n_rows, KEY_BLOCK]; buffer: scratch
+ * [SUB_BLOCK, n_groups · head_dim] (unused for F32, read in place).
+ *
+ * Keys and values are read SUB_BLOCK positions at a time, every head of the group together
+ * (converted to float32 once, kv_load_rows): a position's heads lie side by side, so the
+ * group's rows are one run of memory, which the CPU streams far faster than the strided
+ * slices of one head alone; and while the scores of a piece of keys are computed, the values
+ * at the same positions are already being fetched. Every row meets each piece while it is in
+ * L1; per dimension the sums still run in the order of s, so how heads are grouped changes
+ * no float. Rows of one head with equal n_seen side by side share their reads of v two at
+ * a time. */
 static inline void block_partials_cached(softmax_part *parts, float *o, const float *const *q_rows,
-                                         const int64_t *n_seen, int64_t n_rows, int32_t format,
-                                         const uint8_t *k_head, const uint8_t *v_head, int64_t row_bytes,
-                                         int64_t b0, int64_t n_keys, int64_t head_dim, float *scores, float *buffer)
+                                         const int64_t *n_seen, int64_t rows_per_head, int64_t n_groups,
+                                         int32_t format, const uint8_t *k_head, const uint8_t *v_head,
+                                         int64_t row_bytes, int64_t b0, int64_t n_keys, int64_t head_dim,
+                                         float *scores, float *buffer)
 {
+    const int64_t n_rows = rows_per_head * n_groups, width = n_groups * head_dim;
+    const int64_t width_bytes = kv_bytes(format, width);
     int64_t stride;
     for (int64_t j0 = 0; j0 < n_keys; j0 += SUB_BLOCK) {
         const int64_t n = n_keys - j0 < SUB_BLOCK ? n_keys - j0 : SUB_BLOCK;
-        const float *keys = kv_load_rows(format, k_head, row_bytes, b0 + j0, n, head_dim, buffer, &stride);
-        block_scores(scores + j0, q_rows, n_rows, keys, stride, n, head_dim);
+        const float *keys = kv_load_rows(format, k_head, row_bytes, b0 + j0, n, width, buffer, &stride);
+        for (int64_t s = 0; s < n; s++)                          /* the values of these positions */
+            for (int64_t at = 0; at < width_bytes; at += 64)
+                __builtin_prefetch(v_head + (b0 + j0 + s) * row_bytes + at, 0, 2);
+        for (int64_t g = 0; g < n_groups; g++)
+            block_scores(scores + g * rows_per_head * KEY_BLOCK + j0, q_rows + g * rows_per_head, rows_per_head,
+                         keys + g * head_dim, stride, n, head_dim);
     }
     for (int64_t r = 0; r < n_rows; r++) {
         if (n_seen[r] <= 0) {
@@ -328,29 +343,32 @@ static inline void block_partials_cached(softmax_part *parts, float *o, const fl
     }
     for (int64_t s0 = 0; s0 < n_keys; s0 += SUB_BLOCK) {
         const float *values = kv_load_rows(format, v_head, row_bytes, b0 + s0,
-                                           n_keys - s0 < SUB_BLOCK ? n_keys - s0 : SUB_BLOCK, head_dim,
+                                           n_keys - s0 < SUB_BLOCK ? n_keys - s0 : SUB_BLOCK, width,
                                            buffer, &stride);
-        for (int64_t r = 0; r < n_rows;) {
-            const int pair = r + 1 < n_rows && n_seen[r + 1] == n_seen[r];
-            const int64_t n = (n_seen[r] < s0 + SUB_BLOCK ? n_seen[r] : s0 + SUB_BLOCK) - s0;
-            if (n > 0)
-                block_values(o + r * head_dim, scores + r * KEY_BLOCK + s0, pair ? 2 : 1, values, stride,
-                             n, head_dim, s0 > 0);
-            r += pair ? 2 : 1;
-        }
+        for (int64_t g = 0; g < n_groups; g++)
+            for (int64_t r = g * rows_per_head, end = r + rows_per_head; r < end;) {
+                const int pair = r + 1 < end && n_seen[r + 1] == n_seen[r];
+                const int64_t n = (n_seen[r] < s0 + SUB_BLOCK ? n_seen[r] : s0 + SUB_BLOCK) - s0;
+                if (n > 0)
+                    block_values(o + r * head_dim, scores + r * KEY_BLOCK + s0, pair ? 2 : 1,
+                                 values + g * head_dim, stride, n, head_dim, s0 > 0);
+                r += pair ? 2 : 1;
+            }
     }
 }
 
-/* The same from keys and values already float32 in memory: key j at k + j · stride, value j
- * at v + j · stride (one stride for both, as kv_load_rows gives them). */
-static inline void block_partials(softmax_part *parts, float *o, const float *const *q_rows,
-                                  const int64_t *n_seen, int64_t n_rows, const float *k, int64_t k_stride,
-                                  const float *v, int64_t v_stride, int64_t n_keys, int64_t head_dim,
-                                  float *scores)
+/* Key/value heads per decoding piece: a piece is a group of consecutive heads over one block
+ * of positions (block_partials_cached), and whole groups make long contiguous reads, but
+ * the threads need enough pieces to share out: the largest divisor of n_kv_heads whose
+ * rows fit a SUB_BLOCK buffer of GROUP_FLOATS floats per position and that still leaves at
+ * least two pieces per thread for `n_blocks` blocks (else one head per piece). */
+#define GROUP_FLOATS 256
+static inline int64_t heads_per_piece(int64_t n_kv_heads, int64_t head_dim, int64_t n_blocks, int n_threads)
 {
-    (void)v_stride;                                                    /* = k_stride */
-    block_partials_cached(parts, o, q_rows, n_seen, n_rows, F32, (const uint8_t *)k, (const uint8_t *)v,
-                          k_stride * (int64_t)sizeof(float), 0, n_keys, head_dim, scores, NULL);
+    for (int64_t d = n_kv_heads; d > 1; d--)
+        if (n_kv_heads % d == 0 && d * head_dim <= GROUP_FLOATS && n_kv_heads / d * n_blocks >= 2 * n_threads)
+            return d;
+    return 1;
 }
 
 #endif

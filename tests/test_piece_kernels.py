@@ -109,6 +109,19 @@ def test_c_matches_the_dequantized_product(qtype, out_features, n_tokens, int8_a
 
 
 @pytest.mark.parametrize("qtype", PIECE_FORMATS)
+def test_numpy_int8_reference_is_the_rounded_activations_product(qtype):
+    """quant.quant_matmul_int8, the NumPy reference of the int8 path (and the NumPy model's
+    --int8-activations), against gguf.quants' weights times the rounded activations, and so
+    against the C kernel's int8 product."""
+    for cols in in_sizes(qtype):
+        data, x = random_blocks(qtype, 7, cols), activations(3, cols)
+        y = quant.quant_matmul_int8(data, qtype, x)
+        assert_close(y, reference(data, qtype, x, int8_activations=True))
+        assert_close(native_matmul(qtype, data, x, int8_activations=True), y)
+        assert not np.allclose(y, reference(data, qtype, x, int8_activations=False), rtol=1e-6)
+
+
+@pytest.mark.parametrize("qtype", PIECE_FORMATS)
 def test_gemm_decodes_the_same_weights_as_the_dequantizer(qtype):
     """x = the identity: the GEMM's decoded tile (decode_row_pieces) is W.T itself, to fp32
     rounding of d · q + m."""

@@ -2,7 +2,7 @@
 (kernels/quant_matmul.c): x @ W.T with W kept as blocks, dequantized a tile of rows at a
 time so that at most one fp32 tile exists at once (any block format, 32-weight blocks or
 256-weight K-quant super-blocks); its transpose for gradients; and llama.cpp's arithmetic
-with activations rounded to 8 bits (Q4_0, Q4_1, Q8_0).
+with activations rounded to 8 bits (every block format).
 """
 import numpy as np
 
@@ -11,7 +11,10 @@ from llama_np.quant.codec import dequantize
 from llama_np.quant.rtn import reciprocal
 
 MATMUL_TILE_ROWS = 256      # weight rows dequantized at once by the NumPy matmul
-INT8_PRODUCT_FORMATS = ("Q4_0", "Q4_1", "Q8_0")  # what quant_matmul_int8 multiplies
+# what quant_matmul_int8 multiplies: every block format (the float ones take float activations)
+INT8_PRODUCT_FORMATS = tuple(name for name, fmt in FORMATS.items() if fmt.block_weights > 1)
+# the ones whose block products it writes out as integer dot products (the others: see there)
+INTEGER_DOT_FORMATS = ("Q4_0", "Q4_1", "Q8_0")
 
 
 def quant_matmul(data, qtype, x):
@@ -65,10 +68,17 @@ def quant_matmul_int8(data, qtype, x):
     weights' own. The logits move by up to about one, which is also how far llama.cpp's
     are from float32 ones (docs/benchmarks.md#agreement-between-engines); the measurements
     are in docs/benchmarks.md#int8-activations.
+
+    Q5_0, Q5_1 and the K-quants: each 32-weight piece of a block meets one activation block
+    too (kernels/internal/piece_rows.h writes its integer form); here, the same value
+    written plainly, the weights dequantized times the rounded activations dx·qx.
     """
     if qtype not in INT8_PRODUCT_FORMATS:
         raise ValueError(f"no int8-activation product for {qtype}; expected one of {', '.join(INT8_PRODUCT_FORMATS)}")
     dx, qx = quantize_activations_int8(x)                                 # [T, nb], [T, nb, 32]
+    if qtype not in INTEGER_DOT_FORMATS:
+        rounded = (qx.astype(np.float32) * dx[..., None]).reshape(x.shape)  # [T, in]
+        return quant_matmul(data, qtype, rounded)
     sx = dx * qx.sum(axis=-1, dtype=np.int32).astype(np.float32)          # [T, nb]
     qx_by_block = qx.transpose(1, 0, 2).astype(np.float32)                # [nb, T, 32]
     out_features = data.shape[0]

@@ -13,11 +13,17 @@
  * checks and the start and end of its own OpenMP team: a noticeable share of the step
  * (docs/benchmarks.md#decode-kernels). Here one OpenMP team does the whole block, and its
  * threads wait for each other only where a step needs the whole output of the one before:
- * 4 barriers (after q/k/v, attention, Wo, gate/up; each `omp for` ends in one). The small
+ * 5 barriers (after q/k/v, attention, Wo, gate/up, Wdown; each `omp for` ends in one). The small
  * steps in between — the norms, the per-block sums of an activation row — every thread does
  * for itself, on its own copy, which is cheaper than one more meeting: every barrier is a
  * wait for the slowest thread (fewer barriers, faster decoding:
  * docs/benchmarks.md#decode-kernels).
+ *
+ * decode_layers_f32 runs n_layers blocks one after the other in the same call and the same
+ * team (layers[l] the weights of block l, whose cache is k_cache + l · layer_bytes): between
+ * two blocks the threads only meet at a barrier, where between two calls they would wait
+ * for Python and fall asleep, and waking them again cost more than a small block's work
+ * (docs/benchmarks.md#decode-kernels). decode_layer_f32 is one block of it.
  *
  * Weights: any mix of F32 and the block formats of internal/formats.h (dot_rows,
  * internal/quant_rows.h), one format per matrix: a K-quant file's Q4_K and Q6_K matrices
@@ -104,8 +110,9 @@ static inline float silu(float g) { return g / (1.0f + expf(-g)); }
 
 static inline int64_t max3(int64_t a, int64_t b, int64_t c) { return a > b ? (a > c ? a : c) : (b > c ? b : c); }
 
-int decode_layer_f32(float *h, const block_weights *w, const block_shape *shape, uint8_t *k_cache,
-                     uint8_t *v_cache, int32_t kv_format, int64_t position, int n_threads)
+int decode_layers_f32(float *h, const block_weights *const *layers, int64_t n_layers, const block_shape *shape,
+                      uint8_t *k_cache, uint8_t *v_cache, int64_t layer_bytes, int32_t kv_format, int64_t position,
+                      int n_threads)
 {
     const int64_t dim = shape->dim, head_dim = shape->head_dim, hidden = shape->hidden_dim;
     const int64_t n_heads = shape->n_heads, n_kv_heads = shape->n_kv_heads;
@@ -139,10 +146,12 @@ int decode_layer_f32(float *h, const block_weights *w, const block_shape *shape,
     rope_frequencies(inv_freq, shape->rope_inv_freq, head_dim, shape->rope_theta);
     rope_angles(cos_t, sin_t, inv_freq, position, head_dim);
     if (shape->rope_inv_freq != NULL) rope_scale_angles(cos_t, sin_t, shape->rope_attention_factor, head_dim);
-    uint8_t *k_row = k_cache + position * row_bytes, *v_row = v_cache + position * row_bytes;
 
     #pragma omp parallel num_threads(n_threads)
-    {
+    for (int64_t layer = 0; layer < n_layers; layer++) {
+        const block_weights *w = layers[layer];
+        uint8_t *k_layer = k_cache + layer * layer_bytes, *v_layer = v_cache + layer * layer_bytes;
+        uint8_t *k_row = k_layer + position * row_bytes, *v_row = v_layer + position * row_bytes;
 #ifdef _OPENMP
         const int thread = omp_get_thread_num();
 #else
@@ -176,7 +185,7 @@ int decode_layer_f32(float *h, const block_weights *w, const block_shape *shape,
             const float *q_rows[group * rep];
             for (int64_t r = 0; r < group * rep; r++) q_rows[r] = q + (g0 * rep + r) * head_dim, seen[r] = n_block;
             block_partials_cached(parts + at, o_parts + at * head_dim, q_rows, seen, rep, group, kv_format,
-                                  k_cache + g0 * head_bytes, v_cache + g0 * head_bytes, row_bytes, b0, n_block,
+                                  k_layer + g0 * head_bytes, v_layer + g0 * head_bytes, row_bytes, b0, n_block,
                                   head_dim, scores, kv_buffer);
         }
         for (int64_t head = 0; head < n_heads; head++) {   /* merged block by block, in order */
@@ -204,9 +213,16 @@ int decode_layer_f32(float *h, const block_weights *w, const block_shape *shape,
             for (int64_t i = 0; i < n; i++) act[i0 + i] = silu(gate[i]) * up[i];
         }
         prepare(&a, act, hidden, int8);
-        #pragma omp for schedule(static) nowait
+        #pragma omp for schedule(static)                 /* the next block reads all of h */
         for (int64_t r0 = 0; r0 < dim; r0 += ROW_CHUNK) add_rows_dot(h, &w->down, r0, &a, int8);
     }
     free(scratch);
     return 0;
+}
+
+int decode_layer_f32(float *h, const block_weights *w, const block_shape *shape, uint8_t *k_cache,
+                     uint8_t *v_cache, int32_t kv_format, int64_t position, int n_threads)
+{
+    const block_weights *one[1] = {w};
+    return decode_layers_f32(h, one, 1, shape, k_cache, v_cache, 0, kv_format, position, n_threads);
 }

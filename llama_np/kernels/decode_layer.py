@@ -71,22 +71,56 @@ class DecodeLayer:
         whose row `position` is written (rounded to the format) and rows 0 … position read.
         A scaled RoPE (`llama.rope_scaling`) passes its frequencies inv_freq [hd/2] float32
         and attention factor; None is θ^(-2i/hd), computed in C from rope_theta."""
-        require_array(h, "h", np.float32, 2)
-        kv_format = native.kv_cache_format(k_cache, v_cache, *self.cache_row)
-        if h.shape != (1, self.shape.dim):
-            raise ValueError(f"h: shape {h.shape}, expected (1, {self.shape.dim})")
-        if not 0 <= position < k_cache.shape[0]:
-            raise ValueError(f"position {position} outside the cache of {k_cache.shape[0]} rows")
-        self.shape.rope_inv_freq, self.shape.rope_attention_factor = native.ffi.NULL, 1.0
-        if inv_freq is not None:
-            require_array(inv_freq, "inv_freq", np.float32, 1)
-            if inv_freq.shape != (self.cache_row[1] // 2,):
-                raise ValueError(f"inv_freq: shape {inv_freq.shape}, expected ({self.cache_row[1] // 2},)")
-            table = native.ffi.from_buffer("float[]", inv_freq)   # alive until the call returns
-            self.shape.rope_inv_freq, self.shape.rope_attention_factor = table, float(attention_factor)
-        status = native.lib.decode_layer_f32(native.ffi.from_buffer("float[]", h, require_writable=True), self.weights,
-                                      self.shape, native.ffi.from_buffer("uint8_t[]", k_cache, require_writable=True),
-                                      native.ffi.from_buffer("uint8_t[]", v_cache, require_writable=True),
-                                      kv_format, int(position), get_num_threads())
-        if status != 0:
-            raise MemoryError("no scratch memory for the decode step")
+        _decode(native.ffi.new("const block_weights *[]", [self.weights]), self, h, k_cache[None],
+                v_cache[None], position, inv_freq, attention_factor)
+
+
+class DecodeStack:
+    """Every block of a model for one new token in a single C call (`decode_layers_f32`):
+    one OpenMP team runs the blocks one after the other, its threads meeting at barriers
+    in between instead of waiting, asleep, for Python to make the next call. The same
+    floats as calling each `DecodeLayer` in turn."""
+
+    def __init__(self, layers):
+        self.layers = list(layers)          # the DecodeLayers, which keep the weights alive
+        first = self.layers[0]
+        for layer in self.layers[1:]:
+            if (layer.cache_row != first.cache_row or layer.shape.dim != first.shape.dim
+                    or layer.shape.int8_activations != first.shape.int8_activations):
+                raise ValueError("the blocks of one stack must have one shape")
+        self.pointers = native.ffi.new("const block_weights *[]", [layer.weights for layer in self.layers])
+
+    def __call__(self, h, k_stack, v_stack, position, inv_freq=None, attention_factor=1.0):
+        """h [1, D] float32, updated in place by every block; k_stack, v_stack [n_layers,
+        max_len, H_kv, width]: the whole cache (`KVCache.k`, `.v`), layer l's for block l;
+        the rest as for DecodeLayer."""
+        if len(k_stack) != len(self.layers) or len(v_stack) != len(self.layers):
+            raise ValueError(f"{len(self.layers)} blocks need as many cache layers, got {len(k_stack)}")
+        _decode(self.pointers, self.layers[0], h, k_stack, v_stack, position, inv_freq, attention_factor)
+
+
+def _decode(pointers, first, h, k_stack, v_stack, position, inv_freq, attention_factor):
+    """decode_layers_f32 on the blocks `pointers` (shape and cache rows those of `first`)."""
+    require_array(h, "h", np.float32, 2)
+    kv_format = native.kv_cache_format(k_stack[0], v_stack[0], *first.cache_row)
+    if h.shape != (1, first.shape.dim):
+        raise ValueError(f"h: shape {h.shape}, expected (1, {first.shape.dim})")
+    if not 0 <= position < k_stack.shape[1]:
+        raise ValueError(f"position {position} outside the cache of {k_stack.shape[1]} rows")
+    if not (k_stack.flags.c_contiguous and v_stack.flags.c_contiguous and k_stack.strides == v_stack.strides):
+        raise ValueError("the keys and values must be C-contiguous caches of one shape")
+    shape = first.shape
+    shape.rope_inv_freq, shape.rope_attention_factor = native.ffi.NULL, 1.0
+    if inv_freq is not None:
+        require_array(inv_freq, "inv_freq", np.float32, 1)
+        if inv_freq.shape != (first.cache_row[1] // 2,):
+            raise ValueError(f"inv_freq: shape {inv_freq.shape}, expected ({first.cache_row[1] // 2},)")
+        table = native.ffi.from_buffer("float[]", inv_freq)       # alive until the call returns
+        shape.rope_inv_freq, shape.rope_attention_factor = table, float(attention_factor)
+    status = native.lib.decode_layers_f32(
+        native.ffi.from_buffer("float[]", h, require_writable=True), pointers, len(k_stack), shape,
+        native.ffi.from_buffer("uint8_t[]", k_stack, require_writable=True),
+        native.ffi.from_buffer("uint8_t[]", v_stack, require_writable=True), k_stack.strides[0],
+        kv_format, int(position), get_num_threads())
+    if status != 0:
+        raise MemoryError("no scratch memory for the decode step")

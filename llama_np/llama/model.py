@@ -13,7 +13,8 @@ computes with them:
     training   (`training.training_layer.TrainingLayer`): stacked products with the LoRA
                branch, attention within each sequence, and a tape for `block_backward`
     decoding   one new token: kernels/decode_layer.c, this block compiled into one C call
-               (`kernels.DecodeLayer`), tested against `block_forward`
+               (`kernels.DecodeLayer`), tested against `block_forward`; all of them in one
+               call (`kernels.DecodeStack`)
 
 Weights keep their Hugging Face names and layout [out, in] (`llama.weights`).
 """
@@ -120,11 +121,10 @@ class Llama:
         positions = np.arange(cache.length, cache.length + len(ids), dtype=np.int64)  # [t]
         h = ops.embedding_forward(ids, self.weights["model.embed_tokens.weight"])[0]   # [t, D]
         h = np.ascontiguousarray(h, dtype=np.float32)
-        fused = self._fused_decoders() if len(ids) == 1 else None
-        for i in range(self.config.num_hidden_layers):
-            if fused:      # one new token: the same block as one C call
-                fused[i](h, cache.k[i], cache.v[i], cache.length, rope.inv_freq, rope.attention_factor)
-            else:
+        if len(ids) == 1 and self._fused_decoders():   # one new token: every block in one C call
+            self._decode_stack(h, cache.k, cache.v, cache.length, rope.inv_freq, rope.attention_factor)
+        else:
+            for i in range(self.config.num_hidden_layers):
                 h = block_forward(h, InferenceLayer(self, i, cache, positions, rope))
         cache.length += len(ids)
         return h
@@ -182,6 +182,7 @@ class Llama:
             fused = None if self.lora else self.backend.decode_layers(self.layers, self.config,
                                                                       self.int8_activations)
             self._decoders = fused or []
+            self._decode_stack = kernels.DecodeStack(fused) if fused else None
         return self._decoders
 
     def _check_ids(self, ids, cache):

@@ -1,7 +1,9 @@
-/* One decoding step of one transformer block for B sequences at once, each bringing one
- * new token: decode_layer.c's block (the block_forward of llama_np/llama/model.py for
- * T = 1) on B rows, where row b belongs to its own sequence, with its own KV cache
- * (k_caches[b], v_caches[b], rows of kv_format: internal/kv_rows.h) and its own position.
+/* One decoding step of the transformer blocks for B sequences at once, each bringing one
+ * new token: decode_layer.c's blocks (the block_forward of llama_np/llama/model.py for
+ * T = 1) on B rows, where row b belongs to its own sequence, with its own KV cache and its
+ * own position: block l of row b reads and writes k_bases[b] + l · layer_bytes (and
+ * v_bases[b] + …), rows of kv_format (internal/kv_rows.h). layers[l] are block l's weights;
+ * the n_layers blocks run one after the other in one OpenMP team, as in decode_layers_f32.
  *
  * Why: decoding one token reads and unpacks every weight of the block for ~3.5 M
  * multiply-adds; B tokens of B sequences can share that reading (continuous batching, the
@@ -13,7 +15,7 @@
  * Exactly decode_layer.c's arithmetic for every row — the same norms, products, RoPE
  * angles, attention and SwiGLU, in the same order — so that a sequence's tokens never
  * depend on what else is decoded beside it, and equal those of the one-token kernel bit
- * for bit (tests/test_serve_batch.py). The same 4 barriers as decode_layer.c per step,
+ * for bit (tests/test_serve_batch.py). The same 5 barriers per block as decode_layer.c,
  * now shared by the B rows.
  *
  * A scaled RoPE (llama_np/llama/rope_scaling.py) passes each row's frequencies
@@ -95,10 +97,10 @@ static inline float silu(float g) { return g / (1.0f + expf(-g)); }
 
 static inline int64_t max3(int64_t a, int64_t b, int64_t c) { return a > b ? (a > c ? a : c) : (b > c ? b : c); }
 
-int decode_layer_batch_f32(float *h, const block_weights *w, const block_shape *shape, uint8_t **k_caches,
-                           uint8_t **v_caches, int32_t kv_format, const int64_t *positions,
-                           const float **rope_inv_freqs, const float *rope_attention_factors,
-                           int64_t n_rows, int n_threads)
+int decode_layers_batch_f32(float *h, const block_weights *const *layers, int64_t n_layers, const block_shape *shape,
+                            uint8_t **k_bases, uint8_t **v_bases, int64_t layer_bytes, int32_t kv_format,
+                            const int64_t *positions, const float **rope_inv_freqs,
+                            const float *rope_attention_factors, int64_t n_rows, int n_threads)
 {
     const int64_t dim = shape->dim, head_dim = shape->head_dim, hidden = shape->hidden_dim;
     const int64_t n_heads = shape->n_heads, n_kv_heads = shape->n_kv_heads;
@@ -144,7 +146,9 @@ int decode_layer_batch_f32(float *h, const block_weights *w, const block_shape *
     }
 
     #pragma omp parallel num_threads(n_threads)
-    {
+    for (int64_t layer = 0; layer < n_layers; layer++) {
+        const block_weights *w = layers[layer];
+        const int64_t at_layer = layer * layer_bytes;        /* into each row's cache */
 #ifdef _OPENMP
         const int thread = omp_get_thread_num();
 #else
@@ -173,7 +177,7 @@ int decode_layer_batch_f32(float *h, const block_weights *w, const block_shape *
             for (int64_t t = 0; t < B; t++) {    /* row t of k or v goes to its own cache */
                 float *row = head_out + t * head_dim;
                 if (is_k) rope_rotate(row, cos_t + t * half, sin_t + t * half, head_dim);
-                uint8_t *cache = is_k ? k_caches[t] : v_caches[t];
+                uint8_t *cache = (is_k ? k_bases[t] : v_bases[t]) + at_layer;
                 kv_from_f32(kv_format, cache + positions[t] * row_bytes + kv_bytes(kv_format, first), row, head_dim);
             }
         }
@@ -191,7 +195,7 @@ int decode_layer_batch_f32(float *h, const block_weights *w, const block_shape *
             const float *q_rows[group * rep];
             for (int64_t r = 0; r < group * rep; r++) q_rows[r] = q + t * n_q + (g0 * rep + r) * head_dim, seen[r] = n_block;
             block_partials_cached(parts + at, o_parts + at * head_dim, q_rows, seen, rep, group, kv_format,
-                                  k_caches[t] + g0 * head_bytes, v_caches[t] + g0 * head_bytes, row_bytes, b0,
+                                  k_bases[t] + at_layer + g0 * head_bytes, v_bases[t] + at_layer + g0 * head_bytes, row_bytes, b0,
                                   n_block, head_dim, scores, kv_buffer);
         }
         for (int64_t t = 0; t < B; t++)                    /* merged block by block, in order */
@@ -222,7 +226,7 @@ int decode_layer_batch_f32(float *h, const block_weights *w, const block_shape *
                     act[t * hidden + i0 + i] = silu(part[t * ROW_CHUNK + i]) * part2[t * ROW_CHUNK + i];
         }
         prepare(&a, act, hidden, B, int8);
-        #pragma omp for schedule(static) nowait
+        #pragma omp for schedule(static)                 /* the next block reads all of h */
         for (int64_t r0 = 0; r0 < dim; r0 += ROW_CHUNK) add_rows_dot(h, dim, &w->down, r0, &a, int8, part);
     }
     free(scratch);

@@ -19,20 +19,21 @@ def decode_layer_batch(layer: DecodeLayer, h, k_caches, v_caches, positions, rot
     positions[b] is written (rounded to the format) and rows 0 … positions[b] read. `rotations`:
     each row's (inv_freq [hd/2] float32 or None, attention_factor), a scaled RoPE's
     (`llama.rope_scaling`); None: every row unscaled."""
-    step = BatchStep(layer, [k[None] for k in k_caches], [v[None] for v in v_caches], positions, rotations)
-    step.run(layer, 0, h)
+    step = BatchStep([layer], [k[None] for k in k_caches], [v[None] for v in v_caches], positions, rotations)
+    step.run(h)
 
 
 class BatchStep:
-    """One batched decoding step through every layer: the checks, the positions, the RoPE
-    tables and the caches' addresses made once, so that each layer's call is only the call
-    (between two layers the kernels' threads wait for work, and a long pause in Python
-    puts them to sleep: waking them again cost more than the layer's own arithmetic).
+    """One batched decoding step through every block `layers` (DecodeLayers) in a single C
+    call (`decode_layers_batch_f32`): one OpenMP team runs block after block, its threads
+    meeting at barriers in between instead of waiting, asleep, for Python's next call.
 
     k_stacks[b], v_stacks[b]: sequence b's whole cache [n_layers, max_len, H_kv, width]
-    (`KVCache.k`, `.v`); `run(layer, i, h)` is decode_layer_batch for layer i."""
+    (`KVCache.k`, `.v`); `run(h)` steps h [B, D] through all the blocks."""
 
-    def __init__(self, layer, k_stacks, v_stacks, positions, rotations=None):
+    def __init__(self, layers, k_stacks, v_stacks, positions, rotations=None):
+        self.layers = list(layers)
+        layer = self.layers[0]
         self.positions = np.ascontiguousarray(positions, dtype=np.int64).reshape(-1)
         n_rows = self.n_rows = len(self.positions)
         if not len(k_stacks) == len(v_stacks) == n_rows:
@@ -72,25 +73,26 @@ class BatchStep:
             self.tables = native.ffi.new("const float *[]", pointers)
             self.factors = native.ffi.new("float[]", [float(factor) for _, factor in rotations])
         self.position_buffer = native.ffi.from_buffer("int64_t[]", self.positions)
+        if self.n_rows and self.n_layers < len(self.layers):
+            raise ValueError(f"{len(self.layers)} blocks need as many cache layers, got {self.n_layers}")
+        self.weights = native.ffi.new("const block_weights *[]", [layer.weights for layer in self.layers])
+        self.k_pointers = native.ffi.new("uint8_t *[]", self.k_bases)
+        self.v_pointers = native.ffi.new("uint8_t *[]", self.v_bases)
 
-    def run(self, layer: DecodeLayer, index, h):
-        """Layer `index` (its weights: `layer`) on h [B, D], in place."""
+    def run(self, h):
+        """Every block on h [B, D], in place."""
         require_array(h, "h", np.float32, 2)
+        layer = self.layers[0]
         if h.shape[0] != self.n_rows:
             raise ValueError(f"{h.shape[0]} rows need as many caches and positions, got {self.n_rows}")
         if h.shape[1] != layer.shape.dim:
             raise ValueError(f"h: shape {h.shape}, expected (B, {layer.shape.dim})")
         if self.n_rows == 0:
             return
-        if not 0 <= index < self.n_layers:
-            raise ValueError(f"layer {index} outside caches of {self.n_layers} layers")
-        offset = index * self.layer_bytes
-        k_pointers = native.ffi.new("uint8_t *[]", [base + offset for base in self.k_bases])
-        v_pointers = native.ffi.new("uint8_t *[]", [base + offset for base in self.v_bases])
-        status = native.lib.decode_layer_batch_f32(
-            native.ffi.from_buffer("float[]", h, require_writable=True), layer.weights, layer.shape,
-            k_pointers, v_pointers, self.format, self.position_buffer, self.tables, self.factors,
-            self.n_rows, get_num_threads())
+        status = native.lib.decode_layers_batch_f32(
+            native.ffi.from_buffer("float[]", h, require_writable=True), self.weights, len(self.layers),
+            layer.shape, self.k_pointers, self.v_pointers, self.layer_bytes, self.format, self.position_buffer,
+            self.tables, self.factors, self.n_rows, get_num_threads())
         if status != 0:
             raise MemoryError(f"no scratch memory for a decode step of {self.n_rows} sequences")
 

@@ -7,7 +7,7 @@ B sequences, each with its own KV cache and one new token, go through the model 
     logits = lm_head(norm(h))                  [B, V]
 
 Decoding is bound by reading and unpacking the weights, so B rows cost little more than
-one: with the C backend each block is one call for all B rows (`kernels.decode_batch`),
+one: with the C backend all the blocks are one call for all B rows (`kernels.decode_batch`),
 each weight block unpacked once for the B rows. Every row is computed exactly as
 `Llama.forward([token], cache)` computes it alone, bit for bit, so what one sequence
 generates never depends on what else is in the batch. Where there is no batched kernel
@@ -39,9 +39,7 @@ def decode_step(model, tokens, caches):
     rotations = [rotation(model.config, cache.length + 1)[1:] for cache in caches]
     h = ops.embedding_forward(tokens, model.weights["model.embed_tokens.weight"])[0]  # [B, D]
     h = np.ascontiguousarray(h, dtype=np.float32)
-    step = decode_batch.BatchStep(fused[0], [c.k for c in caches], [c.v for c in caches], positions, rotations)
-    for i, layer in enumerate(fused):
-        step.run(layer, i, h)
+    decode_batch.BatchStep(fused, [c.k for c in caches], [c.v for c in caches], positions, rotations).run(h)
     for cache in caches:
         cache.length += 1
     head = model.lm_head

@@ -59,6 +59,9 @@ class TensorInfo:
         return tensor_nbytes(int(np.prod(self.shape, dtype=np.int64)), self.type_name)
 
 
+_U64 = struct.Struct("<Q")
+
+
 class _Cursor:
     """Sequential little-endian reads over a bytes-like buffer, with truncation checks."""
 
@@ -87,13 +90,17 @@ class _Cursor:
         if pos + 8 * count > end:  # each string has at least its 8-byte length
             self.take(8 * count)   # raises the truncation error
         out = []
+        append, length_at = out.append, _U64.unpack_from
         for _ in range(count):
-            n = int.from_bytes(buf[pos:pos + 8], "little")
+            if pos + 8 > end:
+                self.pos = pos
+                self.take(8)  # raises the truncation error
+            n, = length_at(buf, pos)
             pos += 8
             if pos + n > end:
                 self.pos = pos
                 self.take(n)  # raises the truncation error
-            out.append(str(buf[pos:pos + n], "utf-8", "replace"))
+            append(str(buf[pos:pos + n], "utf-8", "replace"))
             pos += n
         self.pos = pos
         return out

@@ -69,6 +69,15 @@ def deepspeed_zero2_config():
     }
 
 
+def peft_lora_kwargs(lora_config):
+    """The arguments of peft.LoraConfig that train what llama_np's `lora_config` does:
+    `peft.LoraConfig(task_type="CAUSAL_LM", **peft_lora_kwargs(c))` (train.py's "lora")."""
+    return {"r": lora_config.r, "lora_alpha": lora_config.lora_alpha, "lora_dropout": lora_config.lora_dropout,
+            "target_modules": list(lora_config.target_modules),
+            "modules_to_save": list(lora_config.modules_to_save) or None,
+            "use_rslora": lora_config.use_rslora, "ensure_weight_tying": lora_config.ensure_weight_tying}
+
+
 def step_rows(batches, steps, grad_accum, pad_id):
     """The lines of train.jsonl: for each optimizer step, the examples of its `grad_accum`
     micro-batches in order, then filler rows (one pad token, no target) up to the global batch
@@ -108,15 +117,11 @@ def export_torch(settings, out):
         for row in step_rows(batches, steps, settings.grad_accum, batches.pad_id):
             f.write(json.dumps(row) + "\n")
 
-    lora_config = adapter.config
     run = {
         "model": MODEL_DIR, "adapter": ADAPTER_DIR, "data": DATA_FILE, "pad_token_id": int(batches.pad_id),
         "steps": steps, "global_batch_size": settings.batch_size * settings.grad_accum,
         "max_seq_len": settings.max_seq_len,
-        "lora": {"r": lora_config.r, "lora_alpha": lora_config.lora_alpha, "lora_dropout": lora_config.lora_dropout,
-                 "target_modules": list(lora_config.target_modules),
-                 "modules_to_save": list(lora_config.modules_to_save) or None,
-                 "use_rslora": lora_config.use_rslora, "ensure_weight_tying": lora_config.ensure_weight_tying},
+        "lora": peft_lora_kwargs(adapter.config),
         "lr": train.lr, "embedding_lr": train.embedding_lr,
         "lr_scheduler_type": SCHEDULES[train.schedule], "warmup_steps": train.warmup_steps,
         "weight_decay": train.weight_decay, "max_grad_norm": train.max_grad_norm,

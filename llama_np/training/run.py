@@ -120,19 +120,26 @@ def total_steps(settings, batches):
     return settings.steps or max(1, round((settings.epochs or 1.0) * steps_per_epoch))
 
 
+def adapter_config(settings, tied_base):
+    """The LoraConfig of a run: LoRA on settings.target_modules, full copies of the embedding
+    and head (modules_to_save) as settings.trainable says; on a base whose head is tied to
+    the embedding (`tied_base`) one copy serves both, as the base shares one matrix."""
+    parts = trainable_parts(settings.trainable)
+    targets = lora.parse_target_modules(settings.target_modules) if "lora" in parts else []
+    modules_to_save = [m for m, part in (("embed_tokens", "embeddings"), ("lm_head", "lm_head")) if part in parts]
+    return lora.LoraConfig(
+        r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout,
+        target_modules=targets, modules_to_save=modules_to_save, use_rslora=settings.use_rslora,
+        ensure_weight_tying=tied_base and bool(modules_to_save),
+        base_model_name_or_path=str(settings.model))
+
+
 def initial_adapter(settings, config, weights, start_from_init=True):
     """The adapter as training starts: LoRA on the targeted projections (A drawn from
     settings.seed, B zero), copies of the embedding and head that train; with
     `start_from_init`, settings.init_adapter's tensors copied in where they match."""
-    parts = trainable_parts(settings.trainable)
-    targets = lora.parse_target_modules(settings.target_modules) if "lora" in parts else []
-    modules_to_save = [m for m, part in (("embed_tokens", "embeddings"), ("lm_head", "lm_head")) if part in parts]
-    lora_config = lora.LoraConfig(
-        r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout,
-        target_modules=targets, modules_to_save=modules_to_save, use_rslora=settings.use_rslora,
-        ensure_weight_tying=config.tie_word_embeddings and bool(modules_to_save),
-        base_model_name_or_path=str(settings.model))
-    adapter = lora.Adapter.init(config, weights, lora_config, np.random.default_rng(settings.seed))
+    adapter = lora.Adapter.init(config, weights, adapter_config(settings, config.tie_word_embeddings),
+                                np.random.default_rng(settings.seed))
     if settings.init_adapter and start_from_init:
         previous = load_adapter(settings.init_adapter, tied_base=config.tie_word_embeddings)
         previous.check_compatible(config, weights, source=f"--init-adapter {settings.init_adapter}")

@@ -25,8 +25,8 @@ in every quantized file); file MB is the whole file. Each result is kept in WORK
 interrupted run goes on where it stopped (`--fresh` measures again). Work files stay in
 --work, never in the repository. `--llama-cpp Q4_K_M,Q6_K` also quantizes those mixes with
 llama.cpp's own quantizer and compares the files tensor by tensor. On a 2-core Zen 3 VM a
-perplexity run took 35-45 s and the whole table (40 runs, 16 quantizations, the calibrated
-ones each reading 16,384 tokens first) about 35 minutes.
+perplexity run took 32-62 s and the whole table (40 runs, 16 quantizations, the calibrated
+ones each reading 16,384 tokens first) about 40 minutes.
 """
 import argparse
 import json

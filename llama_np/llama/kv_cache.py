@@ -1,7 +1,5 @@
 """The KV cache: the keys and values of every position seen so far, so that a decode step
 attends to the past without recomputing it."""
-import mmap
-
 import numpy as np
 
 from llama_np.llama.config import LlamaConfig
@@ -24,8 +22,8 @@ class KVCache:
         self.head_dim = config.head_dim
         shape = (config.num_hidden_layers, max_len, config.num_key_value_heads,
                  self.format.row_width(config.head_dim))
-        self.k = zeros_in_small_pages(shape, self.format.dtype)  # [L, max_len, H_kv, width]
-        self.v = zeros_in_small_pages(shape, self.format.dtype)  # [L, max_len, H_kv, width]
+        self.k = np.zeros(shape, dtype=self.format.dtype)  # [L, max_len, H_kv, width]
+        self.v = np.zeros(shape, dtype=self.format.dtype)  # [L, max_len, H_kv, width]
         self.max_len = max_len
         self.length = 0                                    # positions filled
 
@@ -40,21 +38,3 @@ class KVCache:
 
     def reset(self):
         self.length = 0
-
-
-def zeros_in_small_pages(shape, dtype):
-    """A zero array in memory the OS maps 4 KiB at a time, as it is first written.
-
-    NumPy asks Linux for 2 MiB pages for every large array, and the first write into such a
-    page makes the kernel clear all 2 MiB of it. A cache holds each layer's positions in one
-    slab, so the first prompt — a few positions in every layer's slab — touches every huge
-    page of the cache, and clearing them cost a chat's first reply ~0.1 s for a 2,048-position
-    cache it had barely begun to fill. In small pages a position costs only what it uses.
-    (Streaming the filled cache is no slower in small pages; where the OS has no such advice,
-    plain np.zeros.)"""
-    n_bytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    if n_bytes == 0 or not hasattr(mmap, "MADV_NOHUGEPAGE"):
-        return np.zeros(shape, dtype=dtype)
-    pages = mmap.mmap(-1, n_bytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    pages.madvise(mmap.MADV_NOHUGEPAGE)
-    return np.frombuffer(pages, dtype=dtype).reshape(shape)          # zero until written

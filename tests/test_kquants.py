@@ -116,14 +116,16 @@ def test_rows_that_are_not_whole_super_blocks_are_refused():
 
 @pytest.mark.parametrize("qtype", KQUANTS)
 def test_quantized_matrix_products_over_super_blocks(qtype):
-    """matmul, matmul_t and rows against the dequantized matrix in float64; 300 rows span
-    two NumPy tiles, so the tiling is exercised too."""
+    """matmul (float and int8 activations), matmul_t and rows against the dequantized matrix in
+    float64; 300 rows span two NumPy tiles, so the tiling is exercised too."""
     rng = np.random.default_rng(6)
     qm = QuantizedMatrix.from_float(rng.standard_normal((300, 2 * QK_K)), qtype)
     w = qm.dequantize().astype(np.float64)                                 # [300, 512]
     x = rng.standard_normal((3, 2 * QK_K)).astype(np.float32)
     dy = rng.standard_normal((3, 300)).astype(np.float32)
     np.testing.assert_allclose(qm.matmul(x), x @ w.T, rtol=1e-4, atol=1e-3)
-    np.testing.assert_allclose(qm.matmul(x, int8_activations=True), x @ w.T, rtol=1e-4, atol=1e-3)
+    dx, qx = quant.quantize_activations_int8(x)                            # the int8 path rounds x per 32
+    rounded = (dx[..., None].astype(np.float64) * qx).reshape(x.shape)
+    np.testing.assert_allclose(qm.matmul(x, int8_activations=True), rounded @ w.T, rtol=1e-4, atol=1e-3)
     np.testing.assert_allclose(qm.matmul_t(dy), dy @ w, rtol=1e-4, atol=1e-3)
     np.testing.assert_array_equal(qm.rows(np.array([[0, 299]])), w[[0, 299]][None].astype(np.float32))

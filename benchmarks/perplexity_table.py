@@ -45,11 +45,13 @@ if not os.environ.get("LLAMA_NP_DATA") and os.path.isdir(os.path.join(REPO, ".."
     os.environ["LLAMA_NP_DATA"] = os.path.join(REPO, "..", "shared", "data")  # the data mirror
 
 from bench_inference import machine_description, thread_env  # noqa: E402 (after the path)
+from llama_np.files.atomic import atomic_write_text  # noqa: E402
+from llama_np.quant.gptq import GRIDS  # noqa: E402
 
 # the README table's rows, in its order: the first four were its rows before the others
 TYPES = ("F32", "Q8_0", "Q4_1", "Q4_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q5_1", "Q5_0",
          "Q4_K_M", "Q4_K_S", "Q3_K_L", "Q3_K_M", "Q3_K_S", "Q2_K")
-CALIBRATED_TYPES = ("Q8_0", "Q4_1", "Q4_0", "Q5_1", "Q5_0")   # quant.gptq.GRIDS
+CALIBRATED_TYPES = tuple(GRIDS)          # the formats `quantize --calibration` writes
 CORPORA = ("alpaca_en", "cmrc2018")
 PERPLEXITY_ARGS = ("--n-ctx", "512", "--chunks", "16", "--threads", "1", "--json", "--quiet")
 CALIBRATION_EN_EXAMPLES = 600   # instructions + inputs of the first alpaca_en examples
@@ -133,9 +135,7 @@ def measure(results, results_path, work, qtype, calibrated, corpus):
     result = json.loads(out.strip().splitlines()[-1])
     result["seconds"] = round(time.perf_counter() - start, 1)
     results[key] = result
-    with open(results_path + ".tmp", "w") as f:
-        json.dump(results, f, indent=1)
-    os.replace(results_path + ".tmp", results_path)
+    atomic_write_text(results_path, json.dumps(results, indent=1))
     print(f"{key}: ppl {result['ppl']:.3f} in {result['seconds']} s", file=sys.stderr, flush=True)
     return result
 

@@ -23,7 +23,7 @@
  * team (layers[l] the weights of block l, whose cache is k_cache + l · layer_bytes): between
  * two blocks the threads only meet at a barrier, where between two calls they would wait
  * for Python and fall asleep, and waking them again cost more than a small block's work
- * (docs/benchmarks.md#decode-kernels). decode_layer_f32 is one block of it.
+ * (docs/benchmarks.md#decode-kernels); one block is n_layers = 1.
  *
  * Weights: any mix of F32 and the block formats of internal/formats.h (dot_rows,
  * internal/quant_rows.h), one format per matrix: a K-quant file's Q4_K and Q6_K matrices
@@ -218,11 +218,4 @@ int decode_layers_f32(float *h, const block_weights *const *layers, int64_t n_la
     }
     free(scratch);
     return 0;
-}
-
-int decode_layer_f32(float *h, const block_weights *w, const block_shape *shape, uint8_t *k_cache,
-                     uint8_t *v_cache, int32_t kv_format, int64_t position, int n_threads)
-{
-    const block_weights *one[1] = {w};
-    return decode_layers_f32(h, one, 1, shape, k_cache, v_cache, 0, kv_format, position, n_threads);
 }

@@ -12,7 +12,7 @@ _DECODE_MATRICES = ("q", "k", "v", "o", "gate", "up", "down")
 
 
 class DecodeLayer:
-    """One transformer block for `decode_layer_f32`: the whole block for one new token in a
+    """One transformer block for `decode_layers_f32`: the whole block for one new token in a
     single C call (kernels/decode_layer.c; its reference is `block_forward`).
 
     The weights are checked once, here, and kept as C pointers (with the arrays they point

@@ -187,6 +187,7 @@ def test_fused_decode_matches_numpy_for_each_format(name, n_prompt, threads):
         logits = []
         for t in ids[n_prompt:]:
             copy = reference.new_cache(n_prompt + 3, name)
+            copy.reserve(cache.capacity)
             copy.k[...], copy.v[...], copy.length = cache.k, cache.v, cache.length
             expected = reference.forward([t], copy)
             logits.append(fused.forward([t], cache))
@@ -206,6 +207,41 @@ def test_a_model_in_code_keeps_f32_and_the_tools_set_their_format():
     model.kv_cache_format = "f16"                       # what cli.load_for_inference does
     assert model.new_cache(4).k.dtype == np.float16
     assert model.new_cache(4, "q8_0").k.shape == (2, 4, 3, 34)
+
+
+@pytest.mark.parametrize("use_kernels", [True, False])
+@pytest.mark.parametrize("name", sorted(KV_FORMATS))
+def test_a_cache_that_grows_gives_the_logits_of_one_made_whole(name, use_kernels, monkeypatch):
+    """A cache starts with room for FIRST_CAPACITY positions and grows when a prompt or a
+    decode step needs more; the filled rows move over, so the logits are those of a cache
+    that had room for everything from the start, bit for bit."""
+    if use_kernels and not kernels.AVAILABLE:
+        pytest.skip("C kernels not built")
+    from llama_np.llama import kv_cache
+    config = long_config()
+    model = Llama(config, decode_weights(config, ("Q8_0", "Q4_1")), use_kernels=use_kernels)
+    ids = list(np.random.default_rng(7).integers(0, config.vocab_size, 300))
+
+    def run(first_capacity):
+        monkeypatch.setattr(kv_cache, "FIRST_CAPACITY", first_capacity)
+        cache = model.new_cache(700, name)
+        capacities = [cache.capacity]
+        logits = [model.forward(ids[:250], cache)]             # fits the first 256
+        for token in ids[250:290]:                             # decode grows it at position 256
+            logits.append(model.forward([token], cache))
+            capacities.append(cache.capacity)
+        logits.append(model.forward(ids[290:], cache))
+        return np.concatenate(logits), capacities, cache
+
+    grown, capacities, cache = run(256)
+    whole, whole_capacities, _ = run(700)
+    assert capacities[0] == 256 and capacities[-1] == 2 * 257 and set(whole_capacities) == {700}
+    np.testing.assert_array_equal(grown, whole)
+    assert cache.length == 300 and cache.k.shape[1] == cache.capacity
+    with pytest.raises(ValueError, match="context overflow"):
+        cache.reserve(701)
+    cache.reserve(700)
+    assert cache.capacity == 700                                # never past max_len
 
 
 # f16 cache against f32, real model, 1,900 positions: measured 0.012-0.019 on four windows of

@@ -34,6 +34,7 @@ def decode_step(model, tokens, caches):
                                for token, cache in zip(tokens, caches)])
     for token, cache in zip(tokens, caches):
         model._check_ids(np.array([token]), cache)
+        cache.reserve(cache.length + 1)
     positions = np.array([cache.length for cache in caches], dtype=np.int64)  # [B]
     # each row's RoPE, as Llama.forward makes it for one token after cache.length others
     rotations = [rotation(model.config, cache.length + 1)[1:] for cache in caches]

@@ -106,6 +106,7 @@ class Llama:
         if cache is None:
             cache = self.new_cache(len(ids))
         self._check_ids(ids, cache)
+        cache.reserve(cache.length + len(ids))
         # RoPE's frequencies, one set for the whole call (dynamic NTK's depend on its length)
         rope = rotation(self.config, cache.length + len(ids))
         logits = []                                                                     # [t, V] per chunk

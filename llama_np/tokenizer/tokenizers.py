@@ -440,9 +440,8 @@ def _byte_level_bpe(tokens, merges, token_types, pre, source):
     from tokenizers import AddedToken, Regex, models, pre_tokenizers, decoders
     from tokenizers import Tokenizer as HFBackend
 
-    vocab = {}
-    for i, token in enumerate(tokens):
-        vocab.setdefault(token, i)  # a repeated token keeps its first id
+    # token → id; built from the end, so that a repeated token keeps its first id
+    vocab = dict(zip(reversed(tokens), range(len(tokens) - 1, -1, -1)))
     merge_pairs = [tuple(m.split(" ")) for m in merges]
     bad = next((m for m, pair in zip(merges, merge_pairs) if len(pair) != 2), None)
     if bad is not None:
@@ -520,9 +519,10 @@ def hf_backend(tokenizer):
     return backend
 
 
-# The tokenizer.ggml.* fields: what each must hold (a list of strings, …), checked before use.
-_GGUF_TOKENIZER_LISTS = {"tokenizer.ggml.tokens": str, "tokenizer.ggml.merges": str,
-                         "tokenizer.ggml.scores": (int, float), "tokenizer.ggml.token_type": int}
+# The tokenizer.ggml.* fields: the types their elements may have (a list of strings, …),
+# checked before use. Exact types, so that a bool is not taken for an integer.
+_GGUF_TOKENIZER_LISTS = {"tokenizer.ggml.tokens": {str}, "tokenizer.ggml.merges": {str},
+                         "tokenizer.ggml.scores": {int, float}, "tokenizer.ggml.token_type": {int}}
 _GGUF_TOKENIZER_IDS = ("tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id",
                        "tokenizer.ggml.padding_token_id", "tokenizer.ggml.unknown_token_id")
 
@@ -530,11 +530,11 @@ _GGUF_TOKENIZER_IDS = ("tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_
 def _check_gguf_tokenizer_fields(meta, source):
     """Raise TokenizerError naming the first tokenizer field of the wrong kind."""
     n_tokens = len(meta["tokenizer.ggml.tokens"]) if isinstance(meta["tokenizer.ggml.tokens"], list) else 0
-    for key, kind in _GGUF_TOKENIZER_LISTS.items():
+    for key, kinds in _GGUF_TOKENIZER_LISTS.items():
         value = meta.get(key)
-        if value is not None and not (isinstance(value, list) and all(
-                isinstance(v, kind) and not isinstance(v, bool) for v in value)):
-            what = "strings" if kind is str else "integers" if kind is int else "numbers"
+        # set(map(type, …)) runs in C: a vocabulary's 50k-150k elements are checked at every start
+        if value is not None and not (isinstance(value, list) and set(map(type, value)) <= kinds):
+            what = "strings" if kinds == {str} else "integers" if kinds == {int} else "numbers"
             raise TokenizerError(f"{source}: {key} must be a list of {what}")
     if not n_tokens:
         raise TokenizerError(f"{source}: tokenizer.ggml.tokens is empty")

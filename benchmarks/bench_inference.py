@@ -242,6 +242,9 @@ def convert_child(model_path, out_folder):
 
 def thread_env(threads):
     env = dict(os.environ)
+    # Python as users have it: caching modules' bytecode (this sandbox switches that off, so
+    # that every start would compile every module again, llama_cpp's Python as well as ours)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = str(threads)
     return env

@@ -437,6 +437,7 @@ def _byte_level_bpe(tokens, merges, token_types, pre, source):
     tokens + merges ("Ġ t" means: merge "Ġ" and "t"), the pre-tokenizer that `pre` names,
     the ByteLevel decoder (stand-in characters → bytes → UTF-8), and the control and
     user-defined tokens as added tokens, matched whole in the text."""
+    import numpy as np
     from tokenizers import AddedToken, Regex, models, pre_tokenizers, decoders
     from tokenizers import Tokenizer as HFBackend
 
@@ -467,10 +468,11 @@ def _byte_level_bpe(tokens, merges, token_types, pre, source):
                              f"known: {', '.join(known)}")
     backend.decoder = decoders.ByteLevel()
 
-    backend.add_special_tokens([AddedToken(t, special=True, normalized=False)
-                                for t, kind in zip(tokens, token_types) if kind == TOKEN_CONTROL])
-    backend.add_tokens([AddedToken(t, special=False, normalized=False)
-                        for t, kind in zip(tokens, token_types) if kind == TOKEN_USER_DEFINED])
+    kinds = np.asarray(token_types)                       # [V]; the few special ones found in C
+    backend.add_special_tokens([AddedToken(tokens[i], special=True, normalized=False)
+                                for i in np.flatnonzero(kinds == TOKEN_CONTROL)])
+    backend.add_tokens([AddedToken(tokens[i], special=False, normalized=False)
+                        for i in np.flatnonzero(kinds == TOKEN_USER_DEFINED)])
     return backend
 
 

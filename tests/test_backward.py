@@ -133,6 +133,20 @@ def test_cross_entropy_backward_matches_finite_differences(rng):
     assert relative_error(dlogits, finite_difference(lambda: loss(logits), logits)) <= RTOL
 
 
+def test_cross_entropy_in_place_gives_the_same_loss_and_gradient(rng):
+    """overwrite=True (the trainer's output head) computes in the logits' own array; the
+    loss and gradient are those of the copying form, which the test above checks."""
+    logits = rand(rng, 6, 9) * 2
+    targets = np.array([4, ops.IGNORE_INDEX, 0, 8, ops.IGNORE_INDEX, 4])
+    loss, cache = ops.cross_entropy_forward(logits, targets)
+    work = logits.copy()
+    loss_in_place, cache_in_place = ops.cross_entropy_forward(work, targets, overwrite=True)
+    assert loss_in_place == loss
+    dlogits = ops.cross_entropy_backward(cache_in_place)
+    assert np.shares_memory(dlogits, work)
+    np.testing.assert_array_equal(dlogits, ops.cross_entropy_backward(cache))
+
+
 def test_causal_lm_targets_shift_labels_left():
     labels = np.array([[5, 6, 7, ops.IGNORE_INDEX], [-100, -100, 3, 4]])
     np.testing.assert_array_equal(ops.causal_lm_targets(labels),

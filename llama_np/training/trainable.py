@@ -163,7 +163,7 @@ class TrainableLlama:
             chunk = rows[start:start + HEAD_CHUNK]                                      # [C]
             x = h_norm[chunk]                                                           # [C, D]
             logits, head_cache = ops.linear_forward(x, head)                          # [C, V]
-            loss, ce_cache = ops.cross_entropy_forward(logits, targets[chunk])
+            loss, ce_cache = ops.cross_entropy_forward(logits, targets[chunk], overwrite=True)
             del logits
             total_nll += loss * len(chunk)
             if need_grads:

@@ -8,12 +8,13 @@ new row, the rarely seen ones too, and made held-out text worse.
 """
 STAGES = ("stage1", "stage2", "sft")
 
-# --budget: how much the recipe trains. "hour" is the default run, about an hour on 2 cores;
+# --budget: how much the recipe trains. "hour" is the default run, under an hour on 2 cores
+# (900 stage-2 steps: 46 minutes, 12.3% below the base model; 500 ended 5.0% below);
 # "quick" a look at every step in minutes on a sliver of the text (notebook 05); "long" the
 # README's long run. A flag given on the command line wins over its budget.
 # documents: the first N training documents only (None: all); the evaluation scores
 # eval_windows windows of eval_ctx tokens' worth of held-out characters.
-_HOUR = {"steps": {"stage1": 20, "stage2": 500, "sft": 40}, "new_tokens": 4000, "documents": None,
+_HOUR = {"steps": {"stage1": 20, "stage2": 900, "sft": 40}, "new_tokens": 4000, "documents": None,
          "max_seq_len": 256, "eval_ctx": 256, "eval_windows": 16}
 BUDGETS = {
     "quick": {**_HOUR, "steps": {"stage1": 3, "stage2": 3, "sft": 3}, "documents": 300, "new_tokens": 1000,

@@ -166,6 +166,19 @@ def compare_with_llama_cpp(work, qtype):
                "; the files differ outside the tensors (metadata)"))
 
 
+def ppl_cell(result, error=True):
+    """A table cell: the perplexity (± its standard error where measured and wanted), or empty."""
+    if not result:
+        return ""
+    if error and "ppl_error" in result:
+        return f"{result['ppl']:.3f} ± {result['ppl_error']:.3f}"
+    return f"{result['ppl']:.3f}"
+
+
+def bpc_cell(result):
+    return f"{result['bits_per_char']:.4f}" if result else ""
+
+
 def table(results, work, types):
     """The markdown table (and one line of tensor types per file) of what was measured."""
     lines = ["| format | file MB | bits/weight | bits/weight, layers | English PPL | English bits/char | English PPL, calibrated "
@@ -180,19 +193,9 @@ def table(results, work, types):
             continue
         mb, bpw, layer_bpw, kinds = file_stats(path)
         notes.append(f"- {qtype}: {kinds}")
-
-        def ppl(r):
-            return f"{r['ppl']:.3f} ± {r['ppl_error']:.3f}" if r and "ppl_error" in r else \
-                f"{r['ppl']:.3f}" if r else ""
-
-        def bpc(r):
-            return f"{r['bits_per_char']:.4f}" if r else ""
-
-        def plain(r):
-            return f"{r['ppl']:.3f}" if r else ""
-
-        lines.append(f"| {qtype} | {mb:.1f} | {bpw:.2f} | {layer_bpw:.2f} | {ppl(en)} | {bpc(en)} | {plain(en_cal)} "
-                     f"| {ppl(zh)} | {bpc(zh)} | {plain(zh_cal)} |")
+        lines.append(f"| {qtype} | {mb:.1f} | {bpw:.2f} | {layer_bpw:.2f} | {ppl_cell(en)} | {bpc_cell(en)} "
+                     f"| {ppl_cell(en_cal, error=False)} | {ppl_cell(zh)} | {bpc_cell(zh)} "
+                     f"| {ppl_cell(zh_cal, error=False)} |")
     return "\n".join(lines) + "\n\nTensor types:\n" + "\n".join(notes)
 
 

@@ -54,9 +54,13 @@ int attention_forward(float *out, const float *q, const uint8_t *k, const uint8_
     const size_t converted = kv_format == F32 ? 0 : 2 * (size_t)n_keys * width * sizeof(float);
     uint8_t *scratch = malloc(own_aligned * (size_t)n_threads + converted);
     if (scratch == NULL) return -1;
-    float *k_f32 = (float *)(scratch + own_aligned * (size_t)n_threads), *v_f32 = k_f32 + n_keys * width;
-    const uint8_t *k_rows = kv_format == F32 ? k : (const uint8_t *)k_f32;
-    const uint8_t *v_rows = kv_format == F32 ? v : (const uint8_t *)v_f32;
+    float *k_f32 = NULL, *v_f32 = NULL;
+    if (kv_format != F32) {
+        k_f32 = (float *)(scratch + own_aligned * (size_t)n_threads);
+        v_f32 = k_f32 + n_keys * width;
+    }
+    const uint8_t *k_rows = k_f32 != NULL ? (const uint8_t *)k_f32 : k;
+    const uint8_t *v_rows = v_f32 != NULL ? (const uint8_t *)v_f32 : v;
     const int64_t row_bytes = width * (int64_t)sizeof(float), head_bytes = head_dim * (int64_t)sizeof(float);
 
     #pragma omp parallel num_threads(n_threads)
@@ -66,7 +70,7 @@ int attention_forward(float *out, const float *q, const uint8_t *k, const uint8_
 #else
         uint8_t *mine = scratch;
 #endif
-        if (kv_format != F32) {
+        if (k_f32 != NULL) {
             #pragma omp for schedule(static)
             for (int64_t s = 0; s < n_keys; s++) {
                 kv_to_f32(kv_format, k_f32 + s * width, k + s * stored_row_bytes, width);

@@ -28,7 +28,7 @@ int quant_matvec_batch_f32(int format, float *out, const uint8_t *w, const float
         if (xq == NULL) return -1;
         for (int64_t t = 0; t < n_rows_x; t++)
             quantize_activations(xq + t * n_x_blocks, x + t * in_features, n_x_blocks);
-        #pragma omp parallel for num_threads(n_threads) schedule(static)
+        #pragma omp parallel for num_threads(n_threads) schedule(guided)
         for (int64_t r0 = 0; r0 < out_features; r0 += MATVEC_ROWS) {
             const int64_t n = out_features - r0 < MATVEC_ROWS ? out_features - r0 : MATVEC_ROWS;
             dot_rows_int8_batch(type, w + r0 * row_bytes, n, xq, n_x_blocks, n_rows_x, n_blocks, out + r0, out_features);
@@ -39,7 +39,7 @@ int quant_matvec_batch_f32(int format, float *out, const uint8_t *w, const float
     float *x_sums = malloc((n_rows_x * n_x_blocks + 1) * sizeof(float));  /* [B, in / 32] */
     if (x_sums == NULL) return -1;
     for (int64_t t = 0; t < n_rows_x; t++) block_sums(x_sums + t * n_x_blocks, x + t * in_features, n_x_blocks);
-    #pragma omp parallel for num_threads(n_threads) schedule(static)
+    #pragma omp parallel for num_threads(n_threads) schedule(guided)
     for (int64_t r0 = 0; r0 < out_features; r0 += MATVEC_ROWS) {
         const int64_t n = out_features - r0 < MATVEC_ROWS ? out_features - r0 : MATVEC_ROWS;
         dot_rows_batch(type, w + r0 * row_bytes, n, x, in_features, x_sums, n_x_blocks, n_rows_x, n_blocks,

@@ -6,7 +6,8 @@
  * it. This is the batched decode step's product for the output head: each weight block is
  * unpacked once and meets the B rows (dot_rows_batch, internal/quant_rows_batch.h), every
  * row's arithmetic that of dot_rows. NumPy reference: llama_np.quant.quant_matmul, row by
- * row; tests/test_serve_batch.py holds it to the C one-row product bit for bit.
+ * row; tests/test_serve_batch.py holds it to the C one-row product bit for bit. Rows are
+ * handed out schedule(guided), as in decode_layer_batch.c (why: there).
  */
 #include <stdint.h>
 #include <stdlib.h>

@@ -83,6 +83,9 @@ def parse_args(argv=None):
                    help="projections that get LoRA in stage 2: all (the paper's released scripts; learnt "
                         "faster here, see the README), attention (the paper's text) or a list like q,k,v,o "
                         "(default: %(default)s)")
+    p.add_argument("--untie-head", action="store_true",
+                   help="give the resized model an output head of its own, a copy of the embedding, so that "
+                        "the two train apart (SmolLM2 ties them, LLaMA does not); default: tied")
     p.add_argument("--max-seq-len", type=cli.positive_int, default=None,
                    help=f"tokens per training example (the paper: 512; default: {_by_budget('max_seq_len')})")
     p.add_argument("--batch-size", type=cli.positive_int, default=2, help="examples per step (default: %(default)s)")
@@ -138,7 +141,7 @@ def main(argv=None):
         steps={stage: getattr(args, f"{stage}_steps") for stage in STAGES if getattr(args, f"{stage}_steps")},
         lr={stage: getattr(args, f"{stage}_lr") for stage in STAGES},
         embedding_lr={stage: getattr(args, f"{stage}_embedding_lr", None) for stage in STAGES},
-        stage2_target_modules=args.stage2_target_modules,
+        stage2_target_modules=args.stage2_target_modules, untie_head=args.untie_head,
         batch_size=args.batch_size, save_every=args.save_every, keep_checkpoints=args.keep_checkpoints,
         threads=args.threads, **given)
     if args.export_torch:

@@ -87,6 +87,27 @@ def test_an_interrupted_stage_resumes_from_its_checkpoint(tiny_gguf, tmp_path, c
     assert "stage2, held-out bits/char during training: step 2" in (tmp_path / "recipe" / "results.md").read_text()
 
 
+def test_untie_head_gives_the_head_rows_of_its_own(tiny_gguf, tmp_path, capsys):
+    """--untie-head: the resized GGUF has an output head beside the embedding; stage 1
+    trains the new rows of both (the old rows stay the base's) and stage 2 moves them apart."""
+    from safetensors.numpy import load_file
+    from llama_np.checkpoint import load_model
+    out = tmp_path / "recipe"
+    code, err = run_cli(recipe.main, ["--model", tiny_gguf, "--out", str(out), "--untie-head"] + TINY_RECIPE, capsys)
+    assert code == 0, err
+    base, _ = load_model(tiny_gguf)
+    resized, _ = load_model(str(out / "resized.gguf"))
+    assert base.config.tie_word_embeddings and not resized.config.tie_word_embeddings
+    old = base.config.vocab_size
+    tensors = {stage: load_file(str(out / stage / "adapter_model.safetensors")) for stage in ("stage1", "stage2")}
+    embed, head = (next(t for n, t in tensors["stage1"].items() if part in n) for part in ("embed_tokens", "lm_head"))
+    for table in (embed, head):
+        assert np.array_equal(table[:old], base.weights[lora.EMBED][:old])     # old rows: the base's
+        assert not np.array_equal(table[old:], resized.weights[lora.EMBED][old:])   # new rows: trained
+    embed2, head2 = (next(t for n, t in tensors["stage2"].items() if part in n) for part in ("embed_tokens", "lm_head"))
+    assert not np.array_equal(embed2, head2)
+
+
 def test_stage1_check_sees_a_changed_transformer_tensor(tiny_gguf, tmp_path):
     """The hash comparison is not vacuous: an adapter that also moves q_proj fails it."""
     from llama_np.checkpoint import load_model

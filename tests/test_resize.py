@@ -1,6 +1,7 @@
 """Embedding resize (llama_np.resize): old rows untouched, so old tokens' logits stay
-bit-identical; tied stays tied; quantized rows keep their bytes; the two initialisations;
-the CLI; an adapter for the resized vocabulary refused by the original model."""
+bit-identical; tied stays tied, or is untied into a head of its own with the same logits;
+quantized rows keep their bytes; the two initialisations; the CLI; an adapter for the
+resized vocabulary refused by the original model."""
 import os
 
 import numpy as np
@@ -38,6 +39,20 @@ def test_old_rows_untouched_and_old_logits_bit_identical(tmp_path, tied):
     before = Llama(config, weights).forward(ids)             # [T, V]
     after = Llama(new_config, new_weights).forward(ids)      # [T, V′]
     assert np.array_equal(after[:, :config.vocab_size], before)
+
+
+def test_an_untied_head_is_a_copy_with_the_same_logits(tmp_path):
+    """untie_head before the resize: a head of its own, grown as the embedding is, and
+    every token's logits (old and new) those of the tied resized model, bit for bit."""
+    config, weights, tied_config, tied_weights, pieces = resized_tiny(tmp_path, tied=True)
+    untied_config, untied_weights = resize.resize_vocabulary(*resize.untie_head(config, weights), pieces)
+    assert config.tie_word_embeddings and not untied_config.tie_word_embeddings
+    assert np.array_equal(untied_weights[resize.LM_HEAD], untied_weights[resize.EMBED])
+    assert np.array_equal(untied_weights[resize.EMBED], tied_weights[resize.EMBED])
+    ids = np.arange(3, untied_config.vocab_size)             # old and new tokens
+    assert np.array_equal(Llama(untied_config, untied_weights).forward(ids),
+                          Llama(tied_config, tied_weights).forward(ids))
+    assert resize.untie_head(untied_config, untied_weights) == (untied_config, untied_weights)
 
 
 def test_pieces_and_mean_initialisation(tmp_path):

@@ -63,6 +63,7 @@ class RecipeConfig:
     lr: dict = field(default_factory=lambda: dict(DEFAULT_LR))
     embedding_lr: dict = field(default_factory=lambda: dict(DEFAULT_EMBEDDING_LR))
     stage2_target_modules: str = DEFAULT_STAGE2_TARGETS
+    untie_head: bool = False                # the resized model's head a copy of its own
     max_seq_len: int = _DEFAULT["max_seq_len"]
     batch_size: int = 2
     save_every: int = 100
@@ -89,10 +90,12 @@ def extend(base, text_path, tokenizer_dir, new_tokens):
     print(extension_summary(extension, metadata, documents, tokenizer_dir))
 
 
-def resize(base, tokenizer_dir, resized, init=DEFAULT_INIT):
-    """Step 2: the base model grown to the extended vocabulary."""
-    old_vocab, new_vocab = resize_checkpoint(base, tokenizer_dir, resized, init)
-    print(f"resized {old_vocab} → {new_vocab} tokens (new rows: {init}); wrote {resized}", file=sys.stderr)
+def resize(base, tokenizer_dir, resized, init=DEFAULT_INIT, untie=False):
+    """Step 2: the base model grown to the extended vocabulary (with `untie`, its head
+    untied from the embedding first)."""
+    old_vocab, new_vocab = resize_checkpoint(base, tokenizer_dir, resized, init, untie)
+    print(f"resized {old_vocab} → {new_vocab} tokens (new rows: {init}{'; head untied' if untie else ''}); "
+          f"wrote {resized}", file=sys.stderr)
 
 
 def stage_configs(config, resized, pretrain_text, old_vocab):
@@ -105,7 +108,8 @@ def stage_configs(config, resized, pretrain_text, old_vocab):
             threads=config.threads, progress=False, base_dtype="float32", **what_trains)
 
     return {
-        "stage1": stage("stage1", data=pretrain_text, trainable="embeddings",
+        # an untied head's new rows are as new as the embedding's: stage 1 trains both
+        "stage1": stage("stage1", data=pretrain_text, trainable="embeddings,lm_head" if config.untie_head else "embeddings",
                         embedding_rows_from=old_vocab if config.stage1_rows == "new" else None),
         "stage2": stage("stage2", data=pretrain_text, trainable="lora,embeddings,lm_head",
                         target_modules=config.stage2_target_modules,
@@ -163,7 +167,7 @@ def run_recipe(config: RecipeConfig, stop_before=None):
     if not done("tokenizer", os.path.join(tokenizer_dir, "tokenizer.gguf")):
         _timed(record, "tokenizer", lambda: extend(base, pretrain_text, tokenizer_dir, config.new_tokens))
     if not done("resized", resized):
-        _timed(record, "resized", lambda: resize(base, tokenizer_dir, resized))
+        _timed(record, "resized", lambda: resize(base, tokenizer_dir, resized, untie=config.untie_head))
     evaluate("resized", resized)
 
     old_vocab = len(GGUFFile(base).metadata["tokenizer.ggml.tokens"])

@@ -126,12 +126,24 @@ def resize_vocabulary(config, weights, pieces, init=DEFAULT_INIT):
     return dataclasses.replace(config, vocab_size=config.vocab_size + len(pieces)), resized
 
 
-def resize_model(model, old_tokenizer, new_tokenizer, init=DEFAULT_INIT):
+def untie_head(config, weights):
+    """(config, weights) of a model whose output head shares its matrix with the embedding
+    made into one with a head of its own, a copy: the same logits, but the two can then
+    train apart (LLaMA itself has separate `embed_tokens` and `lm_head`). An untied model
+    is returned as it is."""
+    if not config.tie_word_embeddings:
+        return config, weights
+    return dataclasses.replace(config, tie_word_embeddings=False), {**weights, LM_HEAD: weights[EMBED]}
+
+
+def resize_model(model, old_tokenizer, new_tokenizer, init=DEFAULT_INIT, untie=False):
     """A new `Llama` whose vocabulary is `new_tokenizer`'s, which must extend
-    `old_tokenizer`'s (same tokens first)."""
+    `old_tokenizer`'s (same tokens first); with `untie`, its head no longer tied to the
+    embedding (untie_head), both grown alike."""
     check_extends(old_tokenizer, new_tokenizer, model.config.vocab_size)
     pieces = new_token_pieces(old_tokenizer, new_tokenizer, model.config.vocab_size)
-    config, weights = resize_vocabulary(model.config, model.weights, pieces, init)
+    config, weights = untie_head(model.config, model.weights) if untie else (model.config, model.weights)
+    config, weights = resize_vocabulary(config, weights, pieces, init)
     return Llama(config, weights, use_kernels=model.use_kernels)
 
 
@@ -178,13 +190,14 @@ def write_hf(out, model, tokenizer_path):
             shutil.copyfile(os.path.join(tokenizer_path, name), os.path.join(out, name))
 
 
-def resize_checkpoint(model_path, tokenizer_path, out, init=DEFAULT_INIT):
+def resize_checkpoint(model_path, tokenizer_path, out, init=DEFAULT_INIT, untie=False):
     """The resize step: the model at `model_path` with embed_tokens / lm_head grown to the
-    extended tokenizer at `tokenizer_path`, written to `out` (a .gguf file, or a Hugging
-    Face folder). Returns (old vocabulary size, new vocabulary size)."""
+    extended tokenizer at `tokenizer_path` (with `untie`, the head a copy of its own:
+    untie_head), written to `out` (a .gguf file, or a Hugging Face folder). Returns (old
+    vocabulary size, new vocabulary size)."""
     base = hub.resolve_model(model_path)
     model, old_tokenizer = load_model(base)
-    resized = resize_model(model, old_tokenizer, load_tokenizer(tokenizer_path), init)
+    resized = resize_model(model, old_tokenizer, load_tokenizer(tokenizer_path), init, untie)
     if out.endswith(".gguf"):
         write_gguf(out, base, resized, tokenizer_path)
     else:

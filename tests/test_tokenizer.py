@@ -375,6 +375,10 @@ def test_gguf_metadata_errors():
         Tokenizer.from_gguf_metadata(bpe, source="m.gguf")
     with pytest.raises(TokenizerError, match="'rwkv' is not supported"):
         Tokenizer.from_gguf_metadata(dict(bpe, **{"tokenizer.ggml.model": "rwkv"}), source="m.gguf")
+    for merge in ("ab", "a b b", "a c"):   # no space, one too many, a token not in the vocabulary
+        bad = dict(bpe, **{"tokenizer.ggml.merges": [merge], "tokenizer.ggml.pre": "gpt2"})
+        with pytest.raises(TokenizerError, match="m.gguf: (merge .* is not two tokens|not a usable BPE vocabulary)"):
+            Tokenizer.from_gguf_metadata(bad, source="m.gguf")
 
 
 def test_import_is_cheap():

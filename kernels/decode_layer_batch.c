@@ -22,8 +22,7 @@
  * end, not in one fixed share per thread: a server shares its cores with its event loop
  * and its clients, and a thread the system pauses then holds up only the chunk it has,
  * while the other threads take the rest, where with fixed shares every barrier would wait
- * for the paused thread's whole share (measured through the server: one stream 97–117 →
- * 131 tokens/s; the same within noise for eight).
+ * for the paused thread's whole share (docs/benchmarks.md#decode-kernels).
  *
  * A scaled RoPE (llama_np/llama/rope_scaling.py) passes each row's frequencies
  * rope_inv_freqs[t] [head_dim / 2] and attention factor rope_attention_factors[t]; a NULL

@@ -99,13 +99,17 @@ def test_untie_head_gives_the_head_rows_of_its_own(tiny_gguf, tmp_path, capsys):
     resized, _ = load_model(str(out / "resized.gguf"))
     assert base.config.tie_word_embeddings and not resized.config.tie_word_embeddings
     old = base.config.vocab_size
-    tensors = {stage: load_file(str(out / stage / "adapter_model.safetensors")) for stage in ("stage1", "stage2")}
-    embed, head = (next(t for n, t in tensors["stage1"].items() if part in n) for part in ("embed_tokens", "lm_head"))
-    for table in (embed, head):
+
+    def tables(stage):
+        """The stage's trained (embedding, head) copies."""
+        tensors = load_file(str(out / stage / "adapter_model.safetensors"))
+        return [next(t for n, t in tensors.items() if part in n) for part in ("embed_tokens", "lm_head")]
+
+    for table in tables("stage1"):
         assert np.array_equal(table[:old], base.weights[lora.EMBED][:old])     # old rows: the base's
         assert not np.array_equal(table[old:], resized.weights[lora.EMBED][old:])   # new rows: trained
-    embed2, head2 = (next(t for n, t in tensors["stage2"].items() if part in n) for part in ("embed_tokens", "lm_head"))
-    assert not np.array_equal(embed2, head2)
+    embed, head = tables("stage2")
+    assert not np.array_equal(embed, head)
 
 
 def test_stage1_check_sees_a_changed_transformer_tensor(tiny_gguf, tmp_path):

@@ -8,6 +8,7 @@ from llama_np import ops
 from llama_np.llama.config import LlamaConfig
 from llama_np.llama.model import Llama
 from llama_np.llama.weights import expected_shapes
+from llama_np import kernels
 from llama_np.quant import QuantizedMatrix
 from llama_np.training.trainable import TrainableLlama
 
@@ -143,6 +144,28 @@ def test_quantized_base_gradients_equal_dequantized_base(rng):
     assert abs(loss_q - loss_f) < 1e-5
     for name in grads_f:  # float32 sums in another order: agreement to float32 rounding
         assert relative_error(grads_q[name], grads_f[name]) < 1e-5, name
+
+
+@pytest.mark.skipif(not kernels.AVAILABLE, reason="C kernels not built")
+def test_quantized_base_dequantized_in_c_gives_the_same_gradients(rng):
+    """The C dequantizer (the default) and NumPy's give the frozen base the same floats, so
+    the same loss and gradients bit for bit, in one shard and in two."""
+    config = LlamaConfig(vocab_size=40, hidden_size=256, intermediate_size=512, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=64, tie_word_embeddings=True)
+    weights = tiny_weights(config, rng, np.float32)
+    qtypes = iter(["Q4_1", "Q4_K", "Q5_0", "Q8_0", "Q4_0", "Q6_K", "Q5_1"] * 2)
+    quantized = {n: QuantizedMatrix.from_float(w, next(qtypes)) if w.ndim == 2 and n != lora.EMBED else w
+                 for n, w in weights.items()}
+    adapter = random_adapter(config, weights, rng, np.float32)
+    ids = rng.integers(0, config.vocab_size, (2, 9))
+    for threads in (1, 2):
+        loss_c, _, grads_c = TrainableLlama(config, quantized, adapter).loss_and_grads(ids, ids, threads=threads)
+        loss_np, _, grads_np = TrainableLlama(config, quantized, adapter, use_kernels=False).loss_and_grads(
+            ids, ids, threads=threads)
+        assert loss_c == loss_np
+        assert grads_c.keys() == grads_np.keys()
+        for name in grads_np:
+            np.testing.assert_array_equal(grads_c[name], grads_np[name], err_msg=name)
 
 
 def test_training_loss_equals_inference_logits(rng):

@@ -190,6 +190,30 @@ def test_odd_address_is_refused(monkeypatch):
         kernels.quant_matmul(misaligned, "Q4_0", activations(1, QK))
 
 
+@pytest.mark.parametrize("qtype", sorted(kernels.BLOCK_FORMATS))
+@pytest.mark.parametrize("n_rows", [1, 7, 33])
+def test_dequantize_equals_numpy_bit_for_bit(qtype, n_rows, threads):
+    """Every block format, rows split over 1 to 3 threads: the same floats as NumPy's
+    (d · q is exact in float32, so fusing the offset's add changes no rounding)."""
+    block_weights = kernels.BLOCK_FORMATS[qtype].block_weights
+    data = quantized(qtype, n_rows, 3 * block_weights)
+    expected = quant.dequantize(data, qtype)
+    for n in (1, 2, 3):
+        threads(n)
+        np.testing.assert_array_equal(kernels.dequantize(data, qtype), expected)
+        np.testing.assert_array_equal(C.dequantize(data, qtype), NUMPY.dequantize(data, qtype))
+
+
+def test_dequantize_refuses_what_it_cannot_read(monkeypatch):
+    monkeypatch.setattr(kernels, "lib", Unreachable())
+    with pytest.raises(ValueError, match="no dequantize kernel for 'F16'"):
+        kernels.dequantize(np.zeros((2, 8), np.uint8), "F16")
+    with pytest.raises(ValueError, match="not whole 20-byte blocks"):
+        kernels.dequantize(np.zeros((2, 30), np.uint8), "Q4_1")
+    with pytest.raises(TypeError, match="dtype uint8"):
+        kernels.dequantize(np.zeros((2, 20), np.float32), "Q4_1")
+
+
 # ---------------------------------------------------------------------------------------
 # The portable build: plain C without AVX2/F16C (what LLAMA_NP_PORTABLE=1 compiles on x86)
 

@@ -3,6 +3,7 @@
     backend = kernels.backend(use_c=True)      # C where the extension was built, else NumPy
     y = backend.matmul(x, weight)              # float32 or QuantizedMatrix weight
     y = backend.rmsnorm(x, weight, eps); backend.rope(x, positions, theta); backend.attention(q, k, v)
+    w = backend.dequantize(data, qtype)        # quantized rows → float32 (training's frozen base)
 
 `NUMPY` runs every op as its reference (`llama_np.ops`, `llama_np.quant`); `C` runs the
 kernels of `kernels/` (each behind the argument checks of `llama_np.kernels.native`),
@@ -12,7 +13,7 @@ from the embedding to the logits. Plain float32 products are NumPy's (BLAS) in b
 """
 import numpy as np
 
-from llama_np import ops
+from llama_np import ops, quant
 from llama_np.quant import kv_rows
 from llama_np.kernels import native
 from llama_np.kernels.decode_layer import DecodeLayer
@@ -42,6 +43,10 @@ class NumpyBackend:
             return x @ weight.T
         return weight.matmul(x, int8_activations)
 
+    def dequantize(self, data, qtype):
+        """Quantized rows data uint8 [rows, row_bytes] of `qtype` → float32 [rows, cols]."""
+        return quant.dequantize(data, qtype)
+
     def decode_layers(self, layers, config, int8_activations=False):
         """The fused one-token block for each layer, or None where there is none."""
         return None
@@ -70,6 +75,12 @@ class CBackend(NumpyBackend):
         x_rows = weight.check_input(x, weight.shape[1], "x")              # [T, in]
         y = native.quant_matmul(weight.data, weight.qtype, x_rows, int8_activations)
         return y.reshape(*x.shape[:-1], weight.shape[0])                  # [..., out]
+
+    def dequantize(self, data, qtype):
+        """As NumPy's (bit for bit), in C for every block format with a kernel, over all threads."""
+        if qtype not in native.BLOCK_FORMATS:
+            return quant.dequantize(data, qtype)
+        return native.dequantize(np.ascontiguousarray(data), qtype)
 
     def decode_layers(self, layers, config, int8_activations=False):
         """A `DecodeLayer` per layer, or None when some layer's weights are of a kind the

@@ -137,6 +137,24 @@ def check_blocks(data, qtype, in_features, kernel="quantized matmul kernel"):
     return buffer
 
 
+def dequantize(data, qtype, threads=None):
+    """C expansion of quantized rows data uint8 [rows, row_bytes] of a block format
+    (`BLOCK_FORMATS`) to float32 [rows, cols], over `threads` threads (default: the kernels'
+    count). NumPy reference: llama_np.quant.dequantize, equal bit for bit."""
+    if qtype not in BLOCK_FORMATS:
+        raise ValueError(f"no dequantize kernel for {qtype!r}; expected one of {', '.join(BLOCK_FORMATS)}")
+    fmt = BLOCK_FORMATS[qtype]
+    require_array(data, "data", np.uint8, 2)
+    if data.shape[1] % fmt.block_bytes:
+        raise ValueError(f"{qtype} rows of {data.shape[1]} bytes are not whole {fmt.block_bytes}-byte blocks")
+    cols = data.shape[1] // fmt.block_bytes * fmt.block_weights
+    buffer = check_blocks(data, qtype, cols, kernel="dequantize kernel")
+    out = np.empty((data.shape[0], cols), dtype=np.float32)
+    lib.dequantize_f32(FORMATS[qtype], ffi.from_buffer("float[]", out, require_writable=True), buffer,
+                       data.shape[0], cols, _num_threads if threads is None else int(threads))
+    return out
+
+
 def quant_matmul(data, qtype, x, int8_activations=False):
     """C x @ W.T with W quantized: data uint8 [out, row_bytes] holding `qtype` blocks
     (read-only memory maps are fine), x float32 [T, in] → [T, out] float32.

@@ -13,11 +13,12 @@ of the batch at once: a few large BLAS calls per layer, no Python loop over toke
 The base model is frozen; what trains is a `llama_np.llama.adapter.Adapter`: LoRA matrices
 on the targeted projections and full copies of embed_tokens / lm_head (modules_to_save).
 Frozen weights may be float32 or quantized (`QuantizedMatrix`): gradients flow through
-their dequantized values a layer at a time (QLoRA), and no fp32 copy of the model is made.
+their dequantized values a layer at a time (QLoRA), and no fp32 copy of the model is made;
+`use_kernels` lets the C kernels do that dequantizing (the same floats, bit for bit).
 """
 import numpy as np
 
-from llama_np import ops
+from llama_np import kernels, ops
 from llama_np.llama.adapter import EMBED, LM_HEAD, lora_names
 from llama_np.llama.model import block_backward, block_forward
 from llama_np.llama.weights import layer_weight_names
@@ -68,8 +69,9 @@ class TrainableLlama:
     embedding and output-head copies to some rows (the paper's stage 1 can train only the
     new tokens' embeddings)."""
 
-    def __init__(self, config, weights, adapter, trainable_rows=None):
+    def __init__(self, config, weights, adapter, trainable_rows=None, use_kernels=True):
         self.config = config
+        self.backend = kernels.backend(use_kernels)   # dequantizes a quantized base (C if built)
         self.weights, self.stacked = stack_float_weights(config, weights)   # frozen base, HF names
         self.adapter = adapter
         self.params = adapter.params    # trainable, float32, PEFT names

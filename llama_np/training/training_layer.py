@@ -20,7 +20,7 @@ import numpy as np
 from llama_np import ops
 from llama_np.llama.rope_scaling import rotation
 from llama_np.llama.weights import layer_weight_names
-from llama_np.quant import QuantizedMatrix, dense, dequantize
+from llama_np.quant import QuantizedMatrix, dense
 
 
 class TrainingLayer:
@@ -97,9 +97,11 @@ class TrainingLayer:
         if (self.index, keys) in self.model.stacked:                     # a float base, stacked once
             return self.model.stacked[self.index, keys]
         ws = [self.model.weights[self.names[k]] for k in keys]
+        dequantize = self.model.backend.dequantize
         if all(isinstance(w, QuantizedMatrix) for w in ws) and len({w.qtype for w in ws}) == 1:
             return dequantize(np.concatenate([w.data for w in ws]), ws[0].qtype)   # [Σout, in]
-        return np.concatenate([dense(w) for w in ws]) if len(ws) > 1 else dense(ws[0])
+        floats = [dequantize(w.data, w.qtype) if isinstance(w, QuantizedMatrix) else dense(w) for w in ws]
+        return np.concatenate(floats) if len(floats) > 1 else floats[0]
 
     def _lora_params(self, key, dtype):
         a_name, b_name, scaling = self.model.lora[self.names[key]]

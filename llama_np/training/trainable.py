@@ -22,7 +22,7 @@ from llama_np import kernels, ops
 from llama_np.llama.adapter import EMBED, LM_HEAD, lora_names
 from llama_np.llama.model import block_backward, block_forward
 from llama_np.llama.weights import layer_weight_names
-from llama_np.quant import dense
+from llama_np.quant import QuantizedMatrix, dense
 from llama_np.training.shards import SharedOnce, thread_pool
 from llama_np.training.training_layer import TrainingLayer, accumulate
 
@@ -81,6 +81,12 @@ class TrainableLlama:
             self.lora[name] = (*lora_names(name), scaling)
         self.dropout = adapter.config.lora_dropout
         self.shared = None              # a SharedOnce while shards run in threads
+
+    def as_float(self, weight):
+        """A frozen weight as a float array: a quantized one dequantized by the backend."""
+        if isinstance(weight, QuantizedMatrix):
+            return self.backend.dequantize(weight.data, weight.qtype)                # [out, in]
+        return dense(weight)
 
     # -------------------------------------------------------------- the parameters
     def row_masks(self):
@@ -156,8 +162,8 @@ class TrainableLlama:
         head = self.output_head
         head_name = self._trained_name(head)
         if self.shared is not None and not isinstance(head, np.ndarray):  # a quantized head:
-            head = self.shared.get("head", lambda: dense(head))               # dequantized for
-        head = dense(head).astype(dtype, copy=False)                          # this step only
+            head = self.shared.get("head", lambda: self.as_float(head))       # dequantized for
+        head = self.as_float(head).astype(dtype, copy=False)                  # this step only
         total_nll = 0.0
         dh_norm = np.zeros_like(h_norm) if need_grads else None                         # [N, D]
         dhead = None

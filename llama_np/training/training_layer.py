@@ -20,7 +20,7 @@ import numpy as np
 from llama_np import ops
 from llama_np.llama.rope_scaling import rotation
 from llama_np.llama.weights import layer_weight_names
-from llama_np.quant import QuantizedMatrix, dense
+from llama_np.quant import QuantizedMatrix
 
 
 class TrainingLayer:
@@ -97,10 +97,9 @@ class TrainingLayer:
         if (self.index, keys) in self.model.stacked:                     # a float base, stacked once
             return self.model.stacked[self.index, keys]
         ws = [self.model.weights[self.names[k]] for k in keys]
-        dequantize = self.model.backend.dequantize
         if all(isinstance(w, QuantizedMatrix) for w in ws) and len({w.qtype for w in ws}) == 1:
-            return dequantize(np.concatenate([w.data for w in ws]), ws[0].qtype)   # [Σout, in]
-        floats = [dequantize(w.data, w.qtype) if isinstance(w, QuantizedMatrix) else dense(w) for w in ws]
+            return self.model.backend.dequantize(np.concatenate([w.data for w in ws]), ws[0].qtype)  # [Σout, in]
+        floats = [self.model.as_float(w) for w in ws]
         return np.concatenate(floats) if len(floats) > 1 else floats[0]
 
     def _lora_params(self, key, dtype):

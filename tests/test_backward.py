@@ -157,7 +157,7 @@ def test_float32_forwards_stay_float32(rng):
     """The dtype-preserving changes leave the model's float32 path in float32."""
     q = rng.standard_normal((3, 4, 6)).astype(np.float32)
     k = rng.standard_normal((3, 2, 6)).astype(np.float32)
-    out, (_, _, _, probs) = ops.attention_forward(q, k, k)
+    out, (_, _, _, probs, _) = ops.attention_forward(q, k, k)
     assert out.dtype == probs.dtype == np.float32
     table = rng.standard_normal((5, 4)).astype(np.float32)
     assert ops.embedding_forward(np.array([1, 2]), table)[0].dtype == np.float32

@@ -3,10 +3,18 @@ import numpy as np
 
 
 def softmax(scores, axis=-1):
-    """Numerically stable softmax: subtracting the row maximum changes nothing mathematically
-    and keeps exp() from overflowing."""
-    e = np.exp(scores - scores.max(axis=axis, keepdims=True))
-    return e / e.sum(axis=axis, keepdims=True)
+    """Numerically stable softmax of a copy of `scores` (see softmax_)."""
+    return softmax_(np.array(scores, copy=True), axis)
+
+
+def softmax_(scores, axis=-1):
+    """Numerically stable softmax, in place: subtracting the row maximum changes nothing
+    mathematically and keeps exp() from overflowing. The scores' own array becomes the
+    probabilities (attention's [H, T, S] arrays are the largest of a training step)."""
+    scores -= scores.max(axis=axis, keepdims=True)
+    np.exp(scores, out=scores)
+    scores /= scores.sum(axis=axis, keepdims=True)
+    return scores
 
 
 def attention_forward(q, k, v):
@@ -33,12 +41,12 @@ def attention_forward(q, k, v):
     scores *= np.float32(1.0 / np.sqrt(head_dim))                                # [H_kv, rep, T, S]
     query_pos = np.arange(n_keys - n_tokens, n_keys)[:, None]                    # [T, 1]
     future = np.arange(n_keys)[None, :] > query_pos                              # [T, S]
-    scores = np.where(future, np.float32(-np.inf), scores)
-    probs = softmax(scores).astype(q.dtype, copy=False)                          # [H_kv, rep, T, S]
-    out = probs.reshape(n_kv_heads, n_rep * n_tokens, n_keys) @ vg               # [H_kv, rep*T, hd]
-    out = out.reshape(n_kv_heads, n_rep, n_tokens, head_dim)                     # [H_kv, rep, T, hd]
+    scores[:, :, future] = -np.inf
+    probs = softmax_(scores)                                                     # [H_kv, rep, T, S]
+    out_rows = probs.reshape(n_kv_heads, n_rep * n_tokens, n_keys) @ vg          # [H_kv, rep*T, hd]
+    out = out_rows.reshape(n_kv_heads, n_rep, n_tokens, head_dim)                # [H_kv, rep, T, hd]
     out = out.transpose(2, 0, 1, 3).reshape(n_tokens, n_heads * head_dim)       # [T, H*hd]
-    return out, (qg, kg, vg, probs)
+    return out, (qg, kg, vg, probs, out_rows)
 
 
 def attention_backward(dout, cache):
@@ -48,9 +56,11 @@ def attention_backward(dout, cache):
         dv = Pᵀ dout                     dP = dout vᵀ
         dZ = P ⊙ (dP - rowsum(dP ⊙ P))   (softmax backward; masked entries have P = 0)
         dq = dZ k / √hd                  dk = dZᵀ q / √hd
+    rowsum(dP ⊙ P) is Σ_j P_ij (dout_i · v_j) = dout_i · out_i, so it is taken from the
+    [T, hd] output instead of the [T, S] product (FlashAttention's D).
     The query heads of a group share their key/value head; with their rows stacked
     ([rep·T, ·], as in the forward) the products Pᵀ dout and dZᵀ q add up their dk and dv."""
-    qg, kg, vg, probs = cache
+    qg, kg, vg, probs, out_rows = cache
     n_kv_heads, n_rep, n_tokens, head_dim = qg.shape
     n_keys = kg.shape[-1]
     rows = n_rep * n_tokens
@@ -61,7 +71,7 @@ def attention_backward(dout, cache):
                  .reshape(n_kv_heads, rows, head_dim))                           # [H_kv, rep*T, hd]
     dvg = p_rows.swapaxes(-1, -2) @ dout_rows                                    # [H_kv, S, hd]
     dscores = dout_rows @ vg.swapaxes(-1, -2)                                    # dP: [H_kv, rep*T, S]
-    dscores -= np.sum(dscores * p_rows, axis=-1, keepdims=True)
+    dscores -= np.sum(dout_rows * out_rows, axis=-1, keepdims=True)              # - rowsum(dP ⊙ P)
     dscores *= p_rows
     dscores *= dscores.dtype.type(1.0 / np.sqrt(head_dim))                       # dZ / √hd
     dq_rows = dscores @ kg.swapaxes(-1, -2)                                      # [H_kv, rep*T, hd]

@@ -41,7 +41,7 @@ def attention_forward(q, k, v):
     scores *= np.float32(1.0 / np.sqrt(head_dim))                                # [H_kv, rep, T, S]
     query_pos = np.arange(n_keys - n_tokens, n_keys)[:, None]                    # [T, 1]
     future = np.arange(n_keys)[None, :] > query_pos                              # [T, S]
-    scores[:, :, future] = -np.inf
+    np.copyto(scores, np.float32(-np.inf), where=future)                         # masked in place
     probs = softmax_(scores)                                                     # [H_kv, rep, T, S]
     out_rows = probs.reshape(n_kv_heads, n_rep * n_tokens, n_keys) @ vg          # [H_kv, rep*T, hd]
     out = out_rows.reshape(n_kv_heads, n_rep, n_tokens, head_dim)                # [H_kv, rep, T, hd]

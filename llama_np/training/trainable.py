@@ -23,6 +23,7 @@ from llama_np.llama.adapter import EMBED, LM_HEAD, lora_names
 from llama_np.llama.model import block_backward, block_forward
 from llama_np.llama.weights import layer_weight_names
 from llama_np.quant import QuantizedMatrix, dense
+from llama_np.training.memory import keep_freed_memory
 from llama_np.training.shards import SharedOnce, thread_pool
 from llama_np.training.training_layer import TrainingLayer, accumulate
 
@@ -223,6 +224,7 @@ class TrainableLlama:
         return loss, n_targets
 
     def _in_shards(self, ids, labels, rng, n_targets_total, threads, need_grads):
+        keep_freed_memory()          # every batch makes the same large arrays again
         ids = np.atleast_2d(np.asarray(ids, dtype=np.int64))
         labels = np.atleast_2d(np.asarray(labels, dtype=np.int64))
 

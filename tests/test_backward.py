@@ -88,6 +88,35 @@ def test_embedding_backward_trains_only_chosen_rows(rng):
     assert not part[:5].any()
 
 
+def test_embedding_backward_adds_into_a_tied_heads_gradient(rng):
+    """One table used twice, as a tied model uses it: looked up (the embedding) and
+    multiplied by (the output head). Its gradient is the head's dW with the lookup's rows
+    added into that same array."""
+    ids, table, x = np.array([3, 1, 3, 0, 5, 3]), rand(rng, 7, 4), rand(rng, 2, 4)
+
+    def forward(t):   # [6·4 + 2·7]: the looked-up rows and the head's logits, side by side
+        return np.concatenate([ops.embedding_forward(ids, t)[0].ravel(), ops.linear_forward(x, t)[0].ravel()])
+
+    def backward(dy):
+        dh, dlogits = dy[:24].reshape(6, 4), dy[24:].reshape(2, 7)
+        _, dhead = ops.linear_backward(dlogits, ops.linear_forward(x, table)[1])
+        dtable = ops.embedding_backward(dh, ops.embedding_forward(ids, table)[1], into=dhead)
+        assert dtable is dhead                                      # in place, no second table
+        return [dtable]
+
+    check_grads(forward, [table], backward, rng)
+
+
+def test_embedding_backward_into_keeps_only_chosen_rows_of_the_lookup(rng):
+    ids, table, dh = np.array([3, 1, 6, 0, 5, 6]), rand(rng, 7, 4), rand(rng, 6, 4)
+    cache = ops.embedding_forward(ids, table)[1]
+    start = rand(rng, 7, 4)
+    summed = ops.embedding_backward(dh, cache, trainable_rows=np.arange(5, 7), into=start.copy())
+    np.testing.assert_allclose(summed, start + ops.embedding_backward(dh, cache, trainable_rows=np.arange(5, 7)),
+                               rtol=1e-12)
+    np.testing.assert_array_equal(summed[:5], start[:5])           # the frozen rows' lookups add nothing
+
+
 def test_rmsnorm_backward_matches_finite_differences(rng):
     x, w = rand(rng, 5, 8), rand(rng, 8)
     check_grads(lambda x, w: ops.rmsnorm_forward(x, w, 1e-5)[0], [x, w],

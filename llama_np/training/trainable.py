@@ -200,8 +200,10 @@ class TrainableLlama:
         while layers:                   # the blocks in reverse, each dropped when done
             dh = block_backward(dh, layers.pop())
         if embed_name is not None:
-            dtable = ops.embedding_backward(dh, tape.pop("embed"), self.trainable_rows)
-            accumulate(grads, embed_name, dtable)
+            # a head tied to the embedding has put its gradient there already: the lookup's
+            # rows are added into it, not into a second [V, D] table
+            grads[embed_name] = ops.embedding_backward(dh, tape.pop("embed"), self.trainable_rows,
+                                                       into=grads.get(embed_name))
         if self.trainable_rows is not None and head_name is not None:  # the head's rows too
             frozen = np.ones(len(grads[head_name]), dtype=bool)
             frozen[self.trainable_rows] = False

@@ -104,6 +104,62 @@ def test_the_real_models_template_renders_like_transformers(real_model_path, tra
     assert stop_strings_for(template) == ["<|im_end|>"]
 
 
+# SmolLM2's template with another default system message, and one a character away from it
+SMOL_TEMPLATE = ("{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+                 "{{ '<|im_start|>system\n{system}<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + "
+                 "'\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}"
+                 "{{ '<|im_start|>assistant\n' }}{% endif %}")
+CONVERSATIONS = [CONVERSATION, [SYSTEM] + CONVERSATION, CONVERSATION[:1] + [SYSTEM],
+                 [{"role": "tool", "content": "{{ not jinja }} {% raw %} 'quoted' \\ \n"}],
+                 [{"role": "assistant", "content": ""}, {"role": "user", "content": "<|im_end|>"}]]
+
+
+@pytest.mark.parametrize("system", ["You are a helpful AI assistant named SmolLM, trained by Hugging Face",
+                                    "Answer in Chinese.\nBe brief.", ""])
+@pytest.mark.parametrize("add_generation_prompt", [False, True])
+def test_smollm_template_is_recognized_and_renders_like_transformers(transformers_render, system,
+                                                                     add_generation_prompt):
+    """SmolLM2's template is rendered as ChatML with its default system message, without
+    Jinja, for any default message: the same text as transformers' rendering of its source."""
+    from llama_np.tokenizer.templates import _chatml_default_system
+    template = SMOL_TEMPLATE.replace("{system}", system)
+    assert _chatml_default_system(template) == system
+    for messages in CONVERSATIONS:
+        assert ours(messages, template, add_generation_prompt) == \
+            transformers_render(messages, template, add_generation_prompt)
+    # transformers refuses an empty conversation; jinja2 itself renders it
+    from llama_np.tokenizer.templates import _compile_jinja
+    assert ours([], template, add_generation_prompt) == \
+        _compile_jinja(template).render(messages=[], add_generation_prompt=add_generation_prompt)
+
+
+def test_a_template_unlike_smollms_goes_to_jinja(transformers_render):
+    from llama_np.tokenizer.templates import _chatml_default_system
+    near_misses = [SMOL_TEMPLATE.replace("{system}", "it's"),            # a quote: Jinja's to read
+                   SMOL_TEMPLATE.replace("{system}", "x") + "\n",
+                   SMOL_TEMPLATE.replace("{system}", "x").replace("'<|im_end|>' + '\n'", "'<|im_end|>'")]
+    for template in near_misses:
+        assert _chatml_default_system(template) is None
+    template = near_misses[2]              # and Jinja renders it as transformers does
+    assert ours(CONVERSATION, template) == transformers_render(CONVERSATION, template)
+
+
+def test_the_real_models_template_renders_without_importing_jinja2(real_model_path):
+    import ast
+    import subprocess
+    import sys
+    program = ("import sys\n"
+               "from llama_np.checkpoint import load_tokenizer\n"
+               "from llama_np.tokenizer.templates import render_chat, resolve_template\n"
+               f"tokenizer = load_tokenizer({str(real_model_path)!r})\n"
+               "print(repr(render_chat([{'role': 'user', 'content': 'hi'}], resolve_template(None, tokenizer))))\n"
+               "print('jinja2' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True).stdout
+    prompt, imported = out.splitlines()
+    assert imported == "False"
+    assert ast.literal_eval(prompt).startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM")
+
+
 # ----- errors and the sandbox --------------------------------------------------------------------
 
 def test_template_errors_are_value_errors():

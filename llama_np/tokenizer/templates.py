@@ -25,6 +25,12 @@ Two formats are built in:
   `<|im_start|>{role}\\n{content}<|im_end|>\\n` per message, and `<|im_start|>assistant\\n`
   to prompt a reply, which ends with `<|im_end|>`.
 
+A model's own template that is one of these formats is rendered by the same code rather
+than by Jinja (as llama.cpp recognizes the templates it knows): SmolLM and SmolLM2's,
+ChatML that puts a default system message first when the conversation has none, is
+recognized by its exact source (`_chatml_default_system`) and spares the start-up the
+import of jinja2 and a compile. The tests hold it to jinja2's rendering of the same source.
+
 Any other template is Jinja source, as Hugging Face tokenizers and GGUF files carry it
 (`chat_template`). It is rendered the way transformers' `apply_chat_template` does:
 jinja2's sandbox (no access to Python internals — here an error rather than an empty
@@ -102,6 +108,9 @@ def render_chat(messages, template, *, bos_token="", eos_token="", add_generatio
         return _render_alpaca(messages, add_generation_prompt)
     if template == "chatml":
         return _render_chatml(messages, add_generation_prompt)
+    default_system = _chatml_default_system(str(template))
+    if default_system is not None:
+        return _render_chatml(messages, add_generation_prompt, default_system)
     import jinja2
 
     name = getattr(template, "name", "chat template")
@@ -192,9 +201,30 @@ def _render_alpaca(messages, add_generation_prompt):
     return prompt
 
 
-def _render_chatml(messages, add_generation_prompt):
+def _render_chatml(messages, add_generation_prompt, default_system=None):
+    """ChatML; with `default_system`, that system message first unless the conversation
+    begins with its own (an empty conversation gets none, as the Jinja loop writes it)."""
+    if default_system is not None and messages and messages[0]["role"] != "system":
+        messages = [{"role": "system", "content": default_system}] + list(messages)
     prompt = "".join(CHATML_MESSAGE.format(m["role"], m["content"]) for m in messages)
     return prompt + (CHATML_GENERATION_PROMPT if add_generation_prompt else "")
+
+
+# SmolLM / SmolLM2's chat template, with its default system message as a group: any text
+# without a quote, backslash or brace, which a Jinja string literal then writes verbatim.
+_CHATML_DEFAULT_SYSTEM_SOURCE = re.compile(
+    re.escape("{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+              "{{ '<|im_start|>system\n")
+    + r"([^'\\{}]*)"
+    + re.escape("<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + "
+                "message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
+                "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"))
+
+
+def _chatml_default_system(source):
+    """The default system message if `source` is exactly SmolLM's ChatML template, else None."""
+    match = _CHATML_DEFAULT_SYSTEM_SOURCE.fullmatch(source)
+    return match.group(1) if match else None
 
 
 def _check_messages(messages):

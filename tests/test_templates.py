@@ -2,7 +2,8 @@
 transformers' `apply_chat_template`, and the sandbox."""
 import pytest
 
-from llama_np.tokenizer.templates import render_chat, resolve_template, stop_strings_for
+from llama_np.tokenizer.templates import (_chatml_default_system, _compile_jinja, render_chat,
+                                          resolve_template, stop_strings_for)
 
 ALPACA_ONE_TURN = ("Below is an instruction that describes a task. Write a response that appropriately "
                    "completes the request.\n\n### Instruction:\n\n{instruction}\n\n### Response:\n\n")
@@ -121,20 +122,17 @@ def test_smollm_template_is_recognized_and_renders_like_transformers(transformer
                                                                      add_generation_prompt):
     """SmolLM2's template is rendered as ChatML with its default system message, without
     Jinja, for any default message: the same text as transformers' rendering of its source."""
-    from llama_np.tokenizer.templates import _chatml_default_system
     template = SMOL_TEMPLATE.replace("{system}", system)
     assert _chatml_default_system(template) == system
     for messages in CONVERSATIONS:
         assert ours(messages, template, add_generation_prompt) == \
             transformers_render(messages, template, add_generation_prompt)
     # transformers refuses an empty conversation; jinja2 itself renders it
-    from llama_np.tokenizer.templates import _compile_jinja
     assert ours([], template, add_generation_prompt) == \
         _compile_jinja(template).render(messages=[], add_generation_prompt=add_generation_prompt)
 
 
 def test_a_template_unlike_smollms_goes_to_jinja(transformers_render):
-    from llama_np.tokenizer.templates import _chatml_default_system
     near_misses = [SMOL_TEMPLATE.replace("{system}", "it's"),            # a quote: Jinja's to read
                    SMOL_TEMPLATE.replace("{system}", "x") + "\n",
                    SMOL_TEMPLATE.replace("{system}", "x").replace("'<|im_end|>' + '\n'", "'<|im_end|>'")]

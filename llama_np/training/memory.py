@@ -13,26 +13,23 @@ ends, which the peak already was.
 Elsewhere than glibc (musl, macOS) nothing happens.
 """
 import ctypes
+import functools
 
 # glibc's mallopt parameters (malloc.h)
 M_TRIM_THRESHOLD = -1          # free bytes at the heap's top before it is given back
 M_MMAP_MAX = -4                # allocations that may be separate mappings at once
 M_ARENA_MAX = -8               # heaps for the threads; one, so the shards' threads share it
 
-_done = {"kept": None}
 
-
+@functools.cache
 def keep_freed_memory():
     """Make this process keep freed memory for reuse (once; later calls do nothing).
     Returns whether the allocator took the settings."""
-    if _done["kept"] is None:
-        try:
-            mallopt = ctypes.CDLL(None).mallopt
-        except (OSError, AttributeError):
-            _done["kept"] = False
-            return False
-        mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-        # arenas first: the shard threads, made after this, then allocate from the main heap
-        settings = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 2 ** 31 - 1))
-        _done["kept"] = all(mallopt(parameter, value) == 1 for parameter, value in settings)
-    return _done["kept"]
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    # arenas first: the shard threads, made after this, then allocate from the main heap
+    settings = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 2 ** 31 - 1))
+    return all(mallopt(parameter, value) == 1 for parameter, value in settings)

@@ -245,15 +245,19 @@ def test_a_cache_that_grows_gives_the_logits_of_one_made_whole(name, use_kernels
 
 
 # f16 cache against f32, real model, 1,900 positions: measured 0.012-0.019 on four windows of
-# English and Chinese text; rounding an exact f32 cache to f16 once, after the prompt, moves
-# them by 0.008-0.015 already, so most of it is the format's own 11-bit step, not the kernels.
+# English and Chinese text, above the issue's 1e-2. Rounding an exact f32 cache to f16 once,
+# after the prompt, moves them by 0.008-0.015 already, nearly all of it from the keys; keys
+# stored relative to a reference vector (softmax ignores a constant added to every score:
+# the first position's key, the mean of the first 37 or 512, of all) moved it by up to 0.004
+# either way, keeping the first 1-64 positions exact by under 0.002: so it is
+# the format's own 11-bit step spread over every position, not the kernels or a few outliers.
 F16_AT_LONG_CONTEXT = 2.5e-2
 
 
 @pytest.mark.slow
 @needs_kernels
 @pytest.mark.parametrize("text", ["alpaca_en", "cmrc2018"])
-def test_f16_cache_stays_within_1e_2_of_f32_at_1900_positions(real_model, text):
+def test_f16_cache_stays_near_f32_at_1900_positions(real_model, text):
     """The default model fills 1,900 positions of a real text (English answers, held-out
     Chinese Wikipedia) into an f32 and an f16 cache, then decodes the text's next 4 tokens one
     at a time in each: every decoded position's logits agree within F16_AT_LONG_CONTEXT

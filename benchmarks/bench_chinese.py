@@ -39,14 +39,8 @@ import tempfile
 import time
 import unicodedata
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-sys.path.insert(0, REPO)
-sys.path.insert(0, HERE)
-if not os.environ.get("LLAMA_NP_DATA") and os.path.isdir(os.path.join(REPO, "..", "shared", "data")):
-    os.environ["LLAMA_NP_DATA"] = os.path.join(REPO, "..", "shared", "data")  # the data mirror
-
-from bench_inference import machine_description, thread_env  # noqa: E402 (after the path)
+from bench_env import REPO, machine_description  # first: the checkout on the path
+from bench_inference import thread_env
 
 PROMPT_CHARACTERS = 64          # of each held-out paragraph, continued by the model
 FORCED_CHARACTERS = 192         # of each held-out paragraph, fed one token per step
@@ -190,9 +184,9 @@ def report(models, stats, medians, runs, args):
           f"{args.new_tokens} new tokens (paper's sampling, seeds {FIRST_SEED}..{FIRST_SEED + args.prompts - 1}); "
           f"same text: {args.prompts} x {FORCED_CHARACTERS} characters\n")
     print(table(rows))
-    print(f"\ngen chars/s of each run: " + "; ".join(
+    print("\ngen chars/s of each run: " + "; ".join(
         f"{name} " + ", ".join(f"{summarize(r)['gen_chars_s']:.1f}" for r in runs[name]) for name in names))
-    print(f"same-text chars/s of each run: " + "; ".join(
+    print("same-text chars/s of each run: " + "; ".join(
         f"{name} " + ", ".join(f"{summarize(r)['same_chars_s']:.1f}" for r in runs[name]) for name in names))
     for name in names:
         print(f"\n{name}, prompt 0 continued: {runs[name][0]['generated'][0]['text'][:120]!r}")

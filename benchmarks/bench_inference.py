@@ -40,7 +40,6 @@ on a shared machine it says how far to trust the numbers.
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -48,11 +47,7 @@ import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-sys.path.insert(0, REPO)
-if not os.environ.get("LLAMA_NP_DATA") and os.path.isdir(os.path.join(REPO, "..", "shared", "data")):
-    os.environ["LLAMA_NP_DATA"] = os.path.join(REPO, "..", "shared", "data")  # the data mirror
+from bench_env import REPO, commit, machine_description  # first: the checkout on the path
 
 ENGINES = ("llama_np", "llama_cpp", "transformers", "llama_np_int8")
 DEFAULT_ENGINES = ENGINES[:3]  # llama_np_int8: llama_np with --int8-activations, on request
@@ -382,20 +377,6 @@ def plot_scan(medians, engines, threads, png_path, title):
     save_figure(fig, png_path)
 
 
-def machine_description():
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            info = f.read()
-        cpu = next(line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name"))
-        flags = set(next(line for line in info.splitlines() if line.startswith("flags")).split())
-        simd = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
-    except (OSError, StopIteration):
-        simd = "?"
-    memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024 ** 3
-    return f"{cpu}, {os.cpu_count()} cores, {simd}, {memory_gib:.0f} GiB RAM, Python {platform.python_version()}"
-
-
 def versions(engines):
     import numpy
     found = [f"numpy {numpy.__version__}"]
@@ -407,8 +388,7 @@ def versions(engines):
             import torch
             import transformers
             found.append(f"transformers {transformers.__version__} + torch {torch.__version__}")
-    commit = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    found.append(f"llama_np {commit.stdout.strip() or '?'}")
+    found.append(f"llama_np {commit()}")
     return ", ".join(found)
 
 

@@ -25,34 +25,18 @@ are printed: on a shared machine they say how far to trust the numbers.
 import argparse
 import json
 import os
-import platform
 import socket
-import statistics
 import subprocess
 import sys
 import threading
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-sys.path.insert(0, REPO)
-if not os.environ.get("LLAMA_NP_DATA") and os.path.isdir(os.path.join(REPO, "..", "shared", "data")):
-    os.environ["LLAMA_NP_DATA"] = os.path.join(REPO, "..", "shared", "data")  # the data mirror
+from bench_env import REPO, cpu_model
+from bench_env import commit as bench_commit
 
 TOPICS = ["the sea", "a lighthouse", "autumn leaves", "a robot gardener", "the first snow", "a city at night",
           "an old map", "a lost key", "mountain rivers", "a paper boat", "the desert wind", "a violin maker",
           "a small library", "the northern lights", "a train journey", "a forgotten garden"]
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def load_average():
@@ -188,8 +172,7 @@ def main():
     args = parser.parse_args()
     clients = [int(c) for c in args.clients.split(",")]
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                            text=True).stdout.strip()
+    commit = bench_commit()
     print(f"CPU: {cpu_model()}, {os.cpu_count()} logical cores; server threads {args.threads}; "
           f"llama_np {commit}; model {args.model}")
     print(f"load average before: {load_average()}")

@@ -37,16 +37,10 @@ import sys
 import time
 from collections import Counter
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-sys.path.insert(0, REPO)
-sys.path.insert(0, HERE)
-if not os.environ.get("LLAMA_NP_DATA") and os.path.isdir(os.path.join(REPO, "..", "shared", "data")):
-    os.environ["LLAMA_NP_DATA"] = os.path.join(REPO, "..", "shared", "data")  # the data mirror
-
-from bench_inference import machine_description, thread_env  # noqa: E402 (after the path)
-from llama_np.files.atomic import atomic_write_text  # noqa: E402
-from llama_np.quant.gptq import GRIDS  # noqa: E402
+from bench_env import REPO, commit, machine_description  # first: the checkout on the path
+from bench_inference import thread_env
+from llama_np.files.atomic import atomic_write_text
+from llama_np.quant.gptq import GRIDS
 
 # the README table's rows, in its order: the first four were its rows before the others
 TYPES = ("F32", "Q8_0", "Q4_1", "Q4_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q5_1", "Q5_0",
@@ -225,8 +219,6 @@ def main(argv=None):
     if os.path.exists(results_path) and not args.fresh:
         with open(results_path) as f:
             results = json.load(f)
-    commit = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"],
-                            capture_output=True, text=True).stdout.strip()
     if not args.table_only:
         if not os.path.exists(os.path.join(args.work, "calib.txt")):
             write_calibration_text(os.path.join(args.work, "calib.txt"))
@@ -239,7 +231,7 @@ def main(argv=None):
             if qtype in CALIBRATED_TYPES and not args.no_calibrated:
                 for corpus in corpora:
                     measure(results, results_path, args.work, qtype, True, corpus)
-    print(f"{machine_description()}; llama_np {commit}; perplexity {' '.join(PERPLEXITY_ARGS)}")
+    print(f"{machine_description()}; llama_np {commit()}; perplexity {' '.join(PERPLEXITY_ARGS)}")
     print()
     print(table(results, args.work, [t for t in TYPES if t in types]))
     for qtype in [t for t in args.llama_cpp.split(",") if t]:

@@ -44,14 +44,7 @@ import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-sys.path.insert(0, REPO)
-sys.path.insert(0, HERE)
-if not os.environ.get("LLAMA_NP_DATA") and os.path.isdir(os.path.join(REPO, "..", "shared", "data")):
-    os.environ["LLAMA_NP_DATA"] = os.path.join(REPO, "..", "shared", "data")  # the data mirror
-
-from bench_inference import machine_description  # noqa: E402 (after the path)
+from bench_env import machine_description
 
 SETTINGS = ("lora", "stage2")
 

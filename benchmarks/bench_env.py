@@ -1,0 +1,51 @@
+"""What every benchmark script in this folder sets up first, and what it prints of the machine.
+
+    import bench_env                       # first: the script's own folder is on sys.path
+    bench_env.REPO                         # the checkout, for subprocesses' cwd and output paths
+    bench_env.machine_description()        # "AMD EPYC, 2 cores, AVX2, 24 GiB RAM, Python 3.11.7"
+    bench_env.commit()                     # the checkout's short commit, printed with results
+
+Importing it puts the checkout on the import path (a script runs from a checkout without
+installing) and, unless LLAMA_NP_DATA is set, names the data mirror beside the checkout
+(../shared/data), where .ci/run finds it too (docs/data.md#how-files-are-found).
+"""
+import os
+import platform
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+_MIRROR = os.path.join(REPO, "..", "shared", "data")
+if not os.environ.get("LLAMA_NP_DATA") and os.path.isdir(_MIRROR):
+    os.environ["LLAMA_NP_DATA"] = _MIRROR
+
+
+def _cpuinfo():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return f.read().splitlines()
+    except OSError:
+        return []
+
+
+def cpu_model():
+    """The CPU's model name as /proc/cpuinfo gives it (a VM may hide the exact part)."""
+    names = [line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")]
+    return names[0] if names else platform.processor() or platform.machine()
+
+
+def machine_description():
+    """CPU model, cores, the widest SIMD the kernels use here, RAM, Python: one line."""
+    flag_lines = [line for line in _cpuinfo() if line.startswith("flags")]
+    flags = set(flag_lines[0].split()) if flag_lines else set()
+    simd = ("AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2") if flags else "?"
+    memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024 ** 3
+    return f"{cpu_model()}, {os.cpu_count()} cores, {simd}, {memory_gib:.0f} GiB RAM, Python {platform.python_version()}"
+
+
+def commit():
+    """The checkout's short commit ("?" outside git)."""
+    out = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return out.stdout.strip() or "?"

@@ -155,6 +155,20 @@ def dequantize(data, qtype, threads=None):
     return out
 
 
+def adamw_(param, grad, m, v, decay, beta1, one_minus_beta1, beta2, one_minus_beta2, sqrt_bias2, eps,
+           lr_over_bias1):
+    """C AdamW update of one float32 parameter in place (param, m, v), given its gradient:
+    one pass, over the kernels' threads. The constants are float32 values computed by the
+    caller. NumPy reference: llama_np.training.trainer.AdamW (its NumPy form), equal bit for bit."""
+    for name, arr in (("param", param), ("grad", grad), ("m", m), ("v", v)):
+        require_array(arr, name, np.float32)
+        if arr.shape != param.shape:
+            raise ValueError(f"{name} has shape {arr.shape}, param {param.shape}")
+    lib.adamw_f32(_out_ptr(param, "float *"), _ptr(grad, "float *"), _out_ptr(m, "float *"), _out_ptr(v, "float *"),
+                  param.size, *(float(c) for c in (decay, beta1, one_minus_beta1, beta2, one_minus_beta2,
+                                                    sqrt_bias2, eps, lr_over_bias1)), _num_threads)
+
+
 def quant_matmul(data, qtype, x, int8_activations=False):
     """C x @ W.T with W quantized: data uint8 [out, row_bytes] holding `qtype` blocks
     (read-only memory maps are fine), x float32 [T, in] → [T, out] float32.

@@ -32,6 +32,7 @@ from llama_np.checkpoint.peft import load_adapter, save_adapter
 from llama_np.files.atomic import atomic_folder, atomic_write_text
 from llama_np.files.figure import new_figure, save_figure
 from llama_np.files.text import read_json
+from llama_np.kernels import native
 from llama_np.llama.adapter import EMBED, LM_HEAD
 from llama_np.training.training_layer import accumulate
 
@@ -52,10 +53,13 @@ class AdamW:
         θ ← θ - lr·λ·θ                                  (decay, not part of the gradient)
         m ← β1 m + (1 - β1) g,   v ← β2 v + (1 - β2) g²
         θ ← θ - lr · m̂ / (√v̂ + ε),   m̂ = m / (1 - β1^t),  v̂ = v / (1 - β2^t)
+
+    `use_kernels`: float32 parameters are updated by the C kernel (`native.adamw_`, one pass
+    over each array) where it was built, with the same floats as the NumPy form below.
     """
 
     def __init__(self, params, betas=ADAM_BETAS, eps=ADAM_EPS, weight_decay=0.0, row_masks=None,
-                 lr_scales=None):
+                 lr_scales=None, use_kernels=True):
         self.beta1, self.beta2 = betas
         self.eps = eps
         self.weight_decay = weight_decay
@@ -65,6 +69,7 @@ class AdamW:
         # {name: factor}: a parameter whose learning rate is factor × the step's (e.g. the
         # embeddings, which Adam moves by about lr per element per step, every row alike)
         self.lr_scales = lr_scales or {}
+        self.use_kernels = use_kernels and native.AVAILABLE
         self.t = 0
         self._buffers = None
         self.m = {name: np.zeros_like(p) for name, p in params.items()}
@@ -76,28 +81,39 @@ class AdamW:
         self.t += 1
         bias1 = 1.0 - self.beta1 ** self.t
         bias2 = 1.0 - self.beta2 ** self.t
-        step_lr = lr
         for name, g in grads.items():
             p, m, v = params[name], self.m[name], self.v[name]
-            lr = step_lr * self.lr_scales.get(name, 1.0)
-            if self.weight_decay:
-                decay = p.dtype.type(1.0 - lr * self.weight_decay)
-                if name in self.row_masks:
-                    p[self.row_masks[name]] *= decay
-                else:
-                    p *= decay
-            # the formulas above, operation for operation, in two scratch arrays: the embedding
-            # of the recipe's stage 2 has 30 M elements, and each temporary is another pass
-            step, denom = self._scratch(g)
-            m *= m.dtype.type(self.beta1)
-            m += np.multiply(g, m.dtype.type(1.0 - self.beta1), out=step)
-            v *= v.dtype.type(self.beta2)
-            v += np.multiply(m.dtype.type(1.0 - self.beta2), np.multiply(g, g, out=step), out=step)
-            np.sqrt(v, out=denom)
-            denom /= v.dtype.type(math.sqrt(bias2))
-            denom += v.dtype.type(self.eps)
-            np.multiply(p.dtype.type(lr / bias1), m, out=step)
-            p -= np.divide(step, denom, out=step)
+            param_lr = lr * self.lr_scales.get(name, 1.0)
+            f = p.dtype.type
+            decay = f(1.0 - param_lr * self.weight_decay)
+            if name in self.row_masks and decay != 1:
+                p[self.row_masks[name]] *= decay             # the trained rows only
+                decay = f(1.0)
+            constants = (decay, f(self.beta1), f(1.0 - self.beta1), f(self.beta2), f(1.0 - self.beta2),
+                         f(math.sqrt(bias2)), f(self.eps), f(param_lr / bias1))
+            arrays = (p, g, m, v)
+            if self.use_kernels and all(a.dtype == np.float32 and a.flags.c_contiguous for a in arrays):
+                native.adamw_(*arrays, *constants)
+            else:
+                self._update(*arrays, *constants)
+
+    def _update(self, p, g, m, v, decay, beta1, one_minus_beta1, beta2, one_minus_beta2, sqrt_bias2, eps,
+                lr_over_bias1):
+        """The NumPy form: the formulas above, operation for operation, in two scratch arrays
+        (the embedding of the recipe's stage 2 has 30 M elements, and each temporary is
+        another pass); the constants are of p's dtype."""
+        if decay != 1:
+            p *= decay
+        step, denom = self._scratch(g)
+        m *= beta1
+        m += np.multiply(g, one_minus_beta1, out=step)
+        v *= beta2
+        v += np.multiply(one_minus_beta2, np.multiply(g, g, out=step), out=step)
+        np.sqrt(v, out=denom)
+        denom /= sqrt_bias2
+        denom += eps
+        np.multiply(lr_over_bias1, m, out=step)
+        p -= np.divide(step, denom, out=step)
 
     def _scratch(self, like):
         """Two arrays shaped like `like`, views of buffers kept for the largest parameter."""
@@ -189,7 +205,8 @@ class Trainer:
             lr_scales = {name: config.embedding_lr / config.lr for name in model.params
                          if name in (EMBED, LM_HEAD)}
         self.optimizer = AdamW(model.params, weight_decay=config.weight_decay,
-                               row_masks=getattr(model, "row_masks", lambda: None)(), lr_scales=lr_scales)
+                               row_masks=getattr(model, "row_masks", lambda: None)(), lr_scales=lr_scales,
+                               use_kernels=model.backend.name == "c")   # C as the model's ops are
         # LoRA dropout draws millions of numbers per step: SFC64 is NumPy's fastest generator
         self.rng = np.random.Generator(np.random.SFC64(config.seed))
         self.step = 0

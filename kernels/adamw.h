@@ -1,0 +1,1 @@
+void adamw_f32(float *param, const float *grad, float *m, float *v, int64_t n, float decay, float beta1, float one_minus_beta1, float beta2, float one_minus_beta2, float sqrt_bias2, float eps, float lr_over_bias1, int n_threads);

@@ -31,8 +31,7 @@ import sys
 import threading
 import time
 
-from bench_env import REPO, cpu_model
-from bench_env import commit as bench_commit
+from bench_env import REPO, commit, cpu_model
 
 TOPICS = ["the sea", "a lighthouse", "autumn leaves", "a robot gardener", "the first snow", "a city at night",
           "an old map", "a lost key", "mountain rivers", "a paper boat", "the desert wind", "a violin maker",
@@ -172,9 +171,9 @@ def main():
     args = parser.parse_args()
     clients = [int(c) for c in args.clients.split(",")]
 
-    commit = bench_commit()
+    revision = commit()
     print(f"CPU: {cpu_model()}, {os.cpu_count()} logical cores; server threads {args.threads}; "
-          f"llama_np {commit}; model {args.model}")
+          f"llama_np {revision}; model {args.model}")
     print(f"load average before: {load_average()}")
     process, base_url = start_server(args, max(clients))
     try:
@@ -200,10 +199,10 @@ def main():
               f"{r['itl_p50'] * 1000:.0f} / {r['itl_p95'] * 1000:.0f} |")
     if args.json:
         from llama_np.files.atomic import atomic_write_text
-        atomic_write_text(args.json, json.dumps({"cpu": cpu_model(), "commit": commit, "args": vars(args),
+        atomic_write_text(args.json, json.dumps({"cpu": cpu_model(), "commit": revision, "args": vars(args),
                                                  "rows": rows}, indent=2))
     if args.plot:
-        plot(rows, args.plot, f"llama_np serve, {args.model} model, {args.threads} threads, {cpu_model()}, {commit}")
+        plot(rows, args.plot, f"llama_np serve, {args.model} model, {args.threads} threads, {cpu_model()}, {revision}")
 
 
 if __name__ == "__main__":

@@ -62,6 +62,23 @@ def hard_values(n, seed=0):
     return x
 
 
+def half_rounding_cases():
+    """Floats at every place where rounding to a half can go wrong: for each of the 63,488
+    finite halves below 65504 (both signs), the float halfway to the next half and its two
+    float neighbours (a tie goes to the even half, one ulp either side does not); the range
+    past the largest half (65,504 … 65,520 … infinity); and every 4,099th float32 bit pattern
+    (normals, float subnormals, the half subnormal range, zeros). No NaNs: their payloads are
+    not the format's business."""
+    halves = np.arange(0x7BFF, dtype=np.uint16).view(np.float16).astype(np.float64)
+    halfway = ((halves + np.nextafter(halves.astype(np.float16), np.float16(np.inf)).astype(np.float64)) / 2)
+    halfway = halfway.astype(np.float32)                  # exact: a half's midpoint has 12 bits
+    neighbours = [np.nextafter(halfway, np.float32(-np.inf)), halfway, np.nextafter(halfway, np.float32(np.inf))]
+    past_largest = np.array([65504, 65519.99, 65520, 65520.01, 1e6, np.inf], np.float32)
+    sweep = np.arange(0, 0x7F800001, 4099, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    positive = np.concatenate(neighbours + [past_largest, sweep])
+    return np.concatenate([positive, -positive])
+
+
 @needs_kernels
 @pytest.mark.filterwarnings("ignore:overflow encountered in cast")   # 70000 → inf, on purpose
 @pytest.mark.parametrize("name", sorted(KV_FORMATS))
@@ -79,6 +96,17 @@ def test_c_stores_and_reads_rows_as_numpy_does(name):
     native.lib.kv_rows_load(fmt.kernel_format, native.ffi.from_buffer("float[]", back, require_writable=True),
                             native.ffi.from_buffer("uint8_t[]", stored), len(x))
     np.testing.assert_array_equal(back, kv_rows.decode(expected, len(x)))
+
+
+@needs_kernels
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast")   # past 65,520 → inf, on purpose
+def test_c_rounds_every_hard_float_to_the_half_numpy_gives():
+    x = half_rounding_cases()
+    stored = np.zeros(len(x), np.float16)
+    native.lib.kv_rows_store(KV_FORMATS["f16"].kernel_format,
+                             native.ffi.from_buffer("uint8_t[]", stored, require_writable=True),
+                             native.ffi.from_buffer("float[]", x), len(x))
+    np.testing.assert_array_equal(stored.view(np.uint16), x.astype(np.float16).view(np.uint16))
 
 
 @pytest.mark.parametrize("name", ["f16", "q8_0"])

@@ -285,14 +285,14 @@ def test_portable_fp16_decoder_is_exact(portable_lib):
 @pytest.mark.filterwarnings("ignore:overflow encountered in cast")   # 70000 → inf, on purpose
 @pytest.mark.parametrize("name", ["f16", "q8_0"])
 def test_portable_kv_cache_rows_and_attention_match_numpy(portable_lib, name, monkeypatch):
-    """Without F16C the halves are rounded and widened in plain C (kernels/internal/kv_rows.h):
+    """Without F16C the halves are rounded and widened in plain C (kernels/internal/half.h):
     the same bytes as NumPy's astype(float16) / Q8_0, and attention over them agrees."""
-    from test_kv_cache import hard_values
+    from test_kv_cache import half_rounding_cases, hard_values
     from llama_np.quant import kv_rows
 
     ffi, lib = portable_lib.ffi, portable_lib.lib
     fmt = kv_rows.KV_FORMATS[name]
-    x = hard_values(32 * 9) if name == "f16" else np.clip(hard_values(32 * 9), -100, 100)
+    x = half_rounding_cases() if name == "f16" else np.clip(hard_values(32 * 9), -100, 100)
     expected = kv_rows.encode(x, fmt)
     stored = np.zeros_like(expected)
     lib.kv_rows_store(fmt.kernel_format, ffi.from_buffer("uint8_t[]", stored, require_writable=True),

@@ -23,7 +23,7 @@
 #include <string.h>
 
 #include "formats.h"
-#include "quant_rows.h"    /* fp16_to_fp32 */
+#include "half.h"          /* fp16_to_fp32, fp32_to_fp16 */
 #if defined(__F16C__)
 #include <immintrin.h>
 #endif
@@ -32,38 +32,6 @@
 static inline int64_t kv_bytes(int32_t format, int64_t n)
 {
     return format == F16 ? 2 * n : format == Q8_0 ? n / QK * (int64_t)sizeof(block_q8_0) : 4 * n;
-}
-
-/* float → IEEE half, rounded to nearest even (NumPy's astype(float16)). Without F16C:
- * F. Giesen's float_to_half_fast3_rtne (public domain), bit for bit the same. */
-static inline uint16_t fp32_to_fp16(float f)
-{
-#if defined(__F16C__)
-    return (uint16_t)_cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-#else
-    const uint32_t f32_infinity = 255u << 23, f16_overflow = (127u + 16u) << 23;
-    const uint32_t denorm_magic_bits = ((127u - 15u) + (23u - 10u) + 1u) << 23;
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    const uint32_t sign = u & 0x80000000u;
-    u ^= sign;
-    uint16_t half;
-    if (u >= f16_overflow) {                       /* too large for a half: inf (or NaN) */
-        half = u > f32_infinity ? 0x7E00 : 0x7C00;
-    } else if (u < (113u << 23)) {                 /* a half subnormal or zero: let the FPU round */
-        float value, magic;
-        memcpy(&value, &u, sizeof value);
-        memcpy(&magic, &denorm_magic_bits, sizeof magic);
-        value += magic;
-        memcpy(&u, &value, sizeof u);
-        half = (uint16_t)(u - denorm_magic_bits);
-    } else {                                       /* normal: rebias, round the 13 dropped bits */
-        const uint32_t mantissa_odd = (u >> 13) & 1u;
-        u += ((uint32_t)(15 - 127) << 23) + 0xFFFu + mantissa_odd;
-        half = (uint16_t)(u >> 13);
-    }
-    return (uint16_t)(half | (sign >> 16));
-#endif
 }
 
 /* dst[0 … n) = the n values stored at src in `format`, as floats. */

@@ -13,8 +13,9 @@ Imports: `llama_np.llama` (the model it builds), `llama_np.quant`, `llama_np.tok
 `llama_np.files`.
 """
 import os
+from concurrent.futures import ThreadPoolExecutor
 
-from llama_np.checkpoint.gguf import load_gguf
+from llama_np.checkpoint.gguf import load_gguf_from
 from llama_np.checkpoint.gguf_file import GGUFFile
 from llama_np.checkpoint.safetensors import load_hf
 from llama_np.llama.model import Llama
@@ -29,8 +30,14 @@ def load_model(path, use_kernels=True):
         config, weights = load_hf(path)
         tokenizer = Tokenizer.from_hf_dir(path)
     elif os.path.exists(path):
-        config, weights, gguf = load_gguf(path)
-        tokenizer = Tokenizer.from_gguf_metadata(gguf.metadata, source=path)
+        gguf = GGUFFile(path)
+        # The tokenizer is built from the header while the file's ~100 MB are read (the read
+        # waits on the disk or the page cache with the GIL released): one wait, not two. An
+        # error in the weights still comes first, as it would one after the other.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            tokenizing = pool.submit(Tokenizer.from_gguf_metadata, gguf.metadata, source=path)
+            config, weights, _ = load_gguf_from(gguf)
+            tokenizer = tokenizing.result()
     else:
         raise FileNotFoundError(f"{path}: no such file or folder")
     return Llama(config, weights, use_kernels=use_kernels), tokenizer

@@ -94,7 +94,12 @@ def _freq_factors(gguf, config, source):
 
 def load_gguf(path):
     """Read a llama GGUF: returns (config, weights by HF name, the GGUFFile for its metadata)."""
-    gguf = GGUFFile(path)
+    return load_gguf_from(GGUFFile(path))
+
+
+def load_gguf_from(gguf):
+    """load_gguf for a GGUFFile already open (its header read): reads its tensors."""
+    path = gguf.path
     gguf.read_into_memory()  # the weights in large pages (see there), writable
     config = LlamaConfig.from_gguf_metadata(gguf.metadata, source=str(path))
     config.tie_word_embeddings = "output.weight" not in gguf.tensors

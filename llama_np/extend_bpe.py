@@ -44,7 +44,7 @@ def main(argv=None):
     from llama_np.files import hub
 
     if args.corpus:
-        documents = [line for path in args.corpus for line in corpus.read_text_file(path)]
+        documents = corpus.read_text_files(args.corpus)
     else:
         documents = corpus.chinese_documents("train")
     extension, metadata = extend_tokenizer(hub.resolve_model(args.model), documents, args.out,

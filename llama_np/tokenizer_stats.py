@@ -64,7 +64,7 @@ def main(argv=None):
     from llama_np.chinese.tokenizer_stats import format_example, format_table, measure
 
     if args.corpus:
-        documents = [line for path in args.corpus for line in corpus.read_text_file(path)]
+        documents = corpus.read_text_files(args.corpus)
         described = ", ".join(args.corpus)
     else:
         sources = corpus.SOURCES if args.source == "both" else (args.source,)

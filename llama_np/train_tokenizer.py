@@ -41,7 +41,7 @@ def main(argv=None):
     from llama_np.chinese.vocab_sentencepiece import train_model, write_model
 
     if args.corpus:
-        documents = [line for path in args.corpus for line in corpus.read_text_file(path)]
+        documents = corpus.read_text_files(args.corpus)
         where = ", ".join(args.corpus)
     else:
         documents = corpus.chinese_documents("train")

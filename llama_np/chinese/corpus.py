@@ -137,6 +137,12 @@ def read_text_file(path):
     return [line for line in text.splitlines() if line.strip()]
 
 
+def read_text_files(paths):
+    """The documents of several text files (read_text_file's), file after file: what the
+    tokenizer tools' repeatable --corpus FILE reads."""
+    return [line for path in paths for line in read_text_file(path)]
+
+
 def write_text_file(documents, path):
     """Write documents one per line (a document's own line breaks stay, so it may take
     several lines), atomically."""

@@ -258,6 +258,21 @@ def test_portable_build_runs_the_model_like_numpy(portable_lib, monkeypatch):
         np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("kv_cache", ["f32", "f16"])
+def test_portable_batched_step_equals_each_sequence_alone(portable_lib, kv_cache, monkeypatch):
+    """Continuous batching's step in plain C (the batched products without AVX2, the f16 cache
+    through half.h's conversions) gives each sequence the logits it gets alone, bit for bit."""
+    from test_decode_kernels import decode_config, decode_weights
+    from test_serve_batch import check_batch_equals_alone
+    from llama_np.llama.model import Llama
+
+    monkeypatch.setattr(kernels, "ffi", portable_lib.ffi)
+    monkeypatch.setattr(kernels, "lib", portable_lib.lib)
+    config = decode_config()
+    model = Llama(config, decode_weights(config, ("Q4_0", "Q8_0", "F32", "Q4_1")))
+    check_batch_equals_alone(model, 5, kv_cache=kv_cache)
+
+
 @pytest.mark.parametrize("int8_activations", [False, True], ids=["fp32_x", "int8_x"])
 @pytest.mark.parametrize("qtype", QTYPES)
 @pytest.mark.parametrize("n_tokens", [1, 5])

@@ -295,13 +295,26 @@ def test_bad_requests_through_the_openai_client_raise_its_errors(server):
 
 
 def test_a_full_queue_answers_503_with_retry_after(tiny):
-    with serving(*tiny, slots=1, queue=1, step_delay=0.05) as (base, _):
+    # The first request holds the one slot for 40 slowed steps (≥ 4 s) before the other three
+    # are sent together, through one client (a client made per request costs a busy machine
+    # long enough that the first could finish before the last is sent): one waits, two are refused.
+    with serving(*tiny, slots=1, queue=1, step_delay=0.1) as (base, _), httpx.Client(timeout=60) as http:
         body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 40, "temperature": 0}
+
+        def post(_):
+            return http.post(base + "/v1/chat/completions", json=body)
+
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
-            answers = list(pool.map(lambda _: httpx.post(base + "/v1/chat/completions", json=body, timeout=60),
-                                    range(4)))
-        codes = sorted(r.status_code for r in answers)
-        assert 200 in codes and 503 in codes and set(codes) <= {200, 503}, codes
+            first = pool.submit(post, None)
+            deadline = time.monotonic() + 20
+            while http.get(base + "/health").json()["busy"] == 0:
+                assert time.monotonic() < deadline, "the first request never took its slot"
+                time.sleep(0.01)
+            others = list(pool.map(post, range(3)))
+            assert first.result().status_code == 200
+        codes = sorted(r.status_code for r in others)
+        assert codes == [200, 503, 503], codes          # one waited for the slot, two were refused
+        answers = [first.result()] + others
         busy = [r for r in answers if r.status_code == 503]
         assert all(r.headers["retry-after"] and r.json()["error"]["code"] == "server_busy" for r in busy)
         assert wait_idle(base)["busy"] == 0

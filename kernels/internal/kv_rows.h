@@ -24,9 +24,7 @@
 
 #include "formats.h"
 #include "half.h"          /* fp16_to_fp32, fp32_to_fp16 */
-#if defined(__F16C__)
-#include <immintrin.h>
-#endif
+#include "simd.h"          /* USE_AVX2 */
 
 /* Bytes that n values take in a cache of this format (n a multiple of QK for Q8_0). */
 static inline int64_t kv_bytes(int32_t format, int64_t n)

@@ -63,14 +63,14 @@ def hard_values(n, seed=0):
 
 
 def half_rounding_cases():
-    """Floats at every place where rounding to a half can go wrong: for each of the 63,488
-    finite halves below 65504 (both signs), the float halfway to the next half and its two
-    float neighbours (a tie goes to the even half, one ulp either side does not); the range
-    past the largest half (65,504 … 65,520 … infinity); and every 4,099th float32 bit pattern
-    (normals, float subnormals, the half subnormal range, zeros). No NaNs: their payloads are
-    not the format's business."""
+    """Floats at every place where rounding to a half can go wrong: for each of the 31,743
+    non-negative halves below 65,504, the float halfway to the next half and its two float
+    neighbours (a tie goes to the even half, one ulp either side does not); the range past the
+    largest half (65,504 … 65,520 … infinity); every 4,099th float32 bit pattern (normals,
+    float subnormals, the half subnormal range, zeros); and all of these negated. No NaNs:
+    their payloads are not the format's business."""
     halves = np.arange(0x7BFF, dtype=np.uint16).view(np.float16).astype(np.float64)
-    halfway = ((halves + np.nextafter(halves.astype(np.float16), np.float16(np.inf)).astype(np.float64)) / 2)
+    halfway = (halves + np.nextafter(halves.astype(np.float16), np.float16(np.inf)).astype(np.float64)) / 2
     halfway = halfway.astype(np.float32)                  # exact: a half's midpoint has 12 bits
     neighbours = [np.nextafter(halfway, np.float32(-np.inf)), halfway, np.nextafter(halfway, np.float32(np.inf))]
     past_largest = np.array([65504, 65519.99, 65520, 65520.01, 1e6, np.inf], np.float32)

@@ -18,6 +18,7 @@ from gguf import GGMLQuantizationType  # noqa: E402
 
 from llama_np import kernels, quant  # noqa: E402
 from llama_np.kernels import native  # noqa: E402
+from llama_np.llama.batch import decode_step  # noqa: E402
 from llama_np.llama.config import LlamaConfig  # noqa: E402
 from llama_np.llama.model import Llama  # noqa: E402
 from llama_np.llama.weights import expected_shapes  # noqa: E402
@@ -207,6 +208,45 @@ def test_other_builds_batch_bit_for_bit(other_build, qtype, int8_activations):
     alone = np.concatenate([c_matmul(other_build.lib, other_build.ffi, qtype, data, x[b:b + 1], int8_activations)
                             for b in range(5)])
     np.testing.assert_array_equal(batched, alone)
+
+
+def cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return []
+
+
+def test_avx512_build_decodes_as_the_avx2_build(other_build, monkeypatch):
+    """On an AVX-512 CPU the two Q4_0 / Q4_1 rows of a decode step's products share one
+    16-lane register (kernels/internal/quant_rows.h, dot_two_rows_avx512), which lane by lane
+    is the arithmetic of the AVX2 loop's two 8-lane registers: decoding one token and the
+    batched step give the AVX2 build's logits bit for bit."""
+    if other_build.__name__ != "_kernels_avx2" or "avx512f" not in cpu_flags():
+        pytest.skip("compares the native AVX-512 build with the AVX2 build")
+    from test_decode_kernels import decode_config, decode_weights
+
+    config = decode_config()
+    weights = decode_weights(config, ("Q4_0", "Q4_1", "Q8_0", "F32"))
+
+    def decoded():
+        model = Llama(config, weights)
+        rng = np.random.default_rng(11)
+        cache = model.new_cache(40)
+        logits = [model.forward(list(rng.integers(0, 50, 9)), cache)]
+        logits += [model.forward([t], cache) for t in rng.integers(0, 50, 3)]
+        caches = [model.new_cache(40) for _ in range(5)]
+        for c in caches:
+            model.forward(list(rng.integers(0, 50, int(rng.integers(1, 30)))), c)
+        logits += [decode_step(model, rng.integers(0, 50, 5), caches) for _ in range(2)]
+        return logits
+
+    native_logits = decoded()
+    monkeypatch.setattr(native, "ffi", other_build.ffi)
+    monkeypatch.setattr(native, "lib", other_build.lib)
+    for ours, avx2 in zip(native_logits, decoded(), strict=True):
+        np.testing.assert_array_equal(ours, avx2)
 
 
 # ---------------------------------------------------------------------------------------

@@ -23,6 +23,9 @@
 #include "quant_rows.h"
 
 #define BATCH_GROUP 8   /* activation rows one pass over a weight row serves */
+#if defined(USE_AVX512) && BATCH_GROUP > TWO_ROWS_MAX_X
+#error "dot_two_rows_avx512 (quant_rows.h) serves at most TWO_ROWS_MAX_X activation rows"
+#endif
 
 /* CALL(T, N) with N = n as a constant, 1 … BATCH_GROUP: each group size gets its own copy of
  * the always-inlined loops, whose per-row accumulators then live in registers (with n known
@@ -33,7 +36,7 @@
     case 4: CALL(T, 4); break; case 5: CALL(T, 5); break; case 6: CALL(T, 6); break; \
     case 7: CALL(T, 7); break; default: CALL(T, BATCH_GROUP); }
 
-#ifdef USE_AVX2
+#if defined(USE_AVX2) && !defined(USE_AVX512)
 /* Two Q4_0 / Q4_1 rows against n_x <= BATCH_GROUP activation rows: dot_two_rows for each. */
 static inline __attribute__((always_inline)) void
 dot_two_rows_batch(quant_type type, const uint8_t *row0, const uint8_t *row1, const float *x,
@@ -87,6 +90,9 @@ dot_two_rows_batch(quant_type type, const uint8_t *row0, const uint8_t *row1, co
     }
 }
 
+#endif
+
+#ifdef USE_AVX2
 /* One Q8_0 row against n_x <= BATCH_GROUP activation rows: dot_row_q8_0 for each. */
 static inline __attribute__((always_inline)) void dot_row_q8_0_batch(const uint8_t *row, const float *x, int64_t x_stride, int64_t n_x,
                                       int64_t n_blocks, float *out, int64_t out_stride)
@@ -126,8 +132,13 @@ dot_rows_batch_of(quant_type type, const uint8_t *rows, int64_t n_rows, const fl
     for (int64_t i = 0; i < n_rows; i += 2) {
         /* an odd last row is paired with itself, as in dot_rows: both write the same sums */
         const int64_t second = i + 1 < n_rows ? i + 1 : i;
+#ifdef USE_AVX512   /* the loop of one token's decode (quant_rows.h), for n_x rows */
+        dot_two_rows_avx512(type, rows + i * row_bytes, rows + second * row_bytes, x, x_stride, x_sums,
+                            sums_stride, n_x, n_blocks, 2 * row_bytes, out + i, out + second, out_stride);
+#else
         dot_two_rows_batch(type, rows + i * row_bytes, rows + second * row_bytes, x, x_stride, x_sums,
                            sums_stride, n_x, n_blocks, 2 * row_bytes, out + i, out + second, out_stride);
+#endif
     }
 }
 #endif

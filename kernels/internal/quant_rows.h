@@ -87,6 +87,21 @@ static inline __m128 block_scales_avx2(const uint8_t *block)
 }
 #endif
 
+#ifdef USE_AVX2
+/* The two-row loops' last step, for one activation row: each row's 8 lanes summed, plus its
+ * offset from (Σ d0 Σx, Σ m0 Σx, Σ d1 Σx, Σ m1 Σx): Σ m Σx (Q4_1), or -8 × Σ d Σx (Q4_0). */
+static inline void finish_two_rows(quant_type type, __m256 acc0, __m256 acc1, __m128 offset01, float *out0,
+                                   float *out1)
+{
+    const int lane = type == Q4_1 ? 1 : 0;
+    const float factor = type == Q4_1 ? 1.0f : -8.0f;
+    float lanes[4];
+    _mm_storeu_ps(lanes, offset01);
+    *out0 = hsum_avx2(acc0) + factor * lanes[lane];
+    *out1 = hsum_avx2(acc1) + factor * lanes[2 + lane];
+}
+#endif
+
 #ifdef USE_AVX512
 /* Two rows in one 16-lane register: the AVX2 loops' 8-lane registers of row 0 in lanes 0-7
  * and of row 1 in lanes 8-15. A 16-lane FMA then does, lane by lane, exactly the arithmetic
@@ -162,14 +177,9 @@ dot_two_rows_avx512(quant_type type, const uint8_t *row0, const uint8_t *row1, c
             offset01[t] = _mm_fmadd_ps(scales01, _mm_broadcast_ss(x_sums + t * sums_stride + b), offset01[t]);
         }
     }
-    const int lane = type == Q4_1 ? 1 : 0;
-    const float factor = type == Q4_1 ? 1.0f : -8.0f;
-    for (int64_t t = 0; t < n_x; t++) {
-        float lanes[4];
-        _mm_storeu_ps(lanes, offset01[t]);
-        out0[t * out_stride] = hsum_avx2(_mm512_castps512_ps256(acc[t])) + factor * lanes[lane];
-        out1[t * out_stride] = hsum_avx2(upper_half_avx512(acc[t])) + factor * lanes[2 + lane];
-    }
+    for (int64_t t = 0; t < n_x; t++)
+        finish_two_rows(type, _mm512_castps512_ps256(acc[t]), upper_half_avx512(acc[t]), offset01[t],
+                        out0 + t * out_stride, out1 + t * out_stride);
 }
 #endif
 
@@ -248,14 +258,7 @@ dot_two_rows(quant_type type, const uint8_t *row0, const uint8_t *row1, const fl
         offset0 = _mm_fmadd_ps(scales0, x_sum, offset0);
         offset1 = _mm_fmadd_ps(scales1, x_sum, offset1);
     }
-    /* the offsets: Σ m Σx is lane 1 (Q4_1); Q4_0's is -8 × Σ d Σx, lane 0 */
-    const int lane = type == Q4_1 ? 1 : 0;
-    const float factor = type == Q4_1 ? 1.0f : -8.0f;
-    float lanes0[4], lanes1[4];
-    _mm_storeu_ps(lanes0, offset0);
-    _mm_storeu_ps(lanes1, offset1);
-    out[0] = hsum_avx2(acc0) + factor * lanes0[lane];
-    out[1] = hsum_avx2(acc1) + factor * lanes1[lane];
+    finish_two_rows(type, acc0, acc1, _mm_movelh_ps(offset0, offset1), &out[0], &out[1]);
 #else
     const int64_t block_bytes = BLOCK_BYTES[type];
     float acc0 = 0.0f, acc1 = 0.0f, offset0 = 0.0f, offset1 = 0.0f;

@@ -80,14 +80,8 @@ dot_two_rows_batch(quant_type type, const uint8_t *row0, const uint8_t *row1, co
             offset01[t] = _mm_fmadd_ps(scales01, _mm_broadcast_ss(x_sums + t * sums_stride + b), offset01[t]);
         }
     }
-    const int lane = type == Q4_1 ? 1 : 0;
-    const float factor = type == Q4_1 ? 1.0f : -8.0f;
-    for (int64_t t = 0; t < n_x; t++) {
-        float lanes[4];
-        _mm_storeu_ps(lanes, offset01[t]);
-        out0[t * out_stride] = hsum_avx2(acc0[t]) + factor * lanes[lane];
-        out1[t * out_stride] = hsum_avx2(acc1[t]) + factor * lanes[2 + lane];
-    }
+    for (int64_t t = 0; t < n_x; t++)
+        finish_two_rows(type, acc0[t], acc1[t], offset01[t], out0 + t * out_stride, out1 + t * out_stride);
 }
 
 #endif

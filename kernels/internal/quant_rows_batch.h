@@ -14,8 +14,9 @@
  *     out[t · out_stride + i] = dot_rows(type, rows, n_rows, x + t · x_stride, ...)[i],  t < n_x
  *
  * Activation rows go BATCH_GROUP at a time, so that their accumulators stay in L1. This file
- * holds Q4_0, Q4_1 and Q8_0; Q5_0, Q5_1 and the K-quants go to internal/piece_rows.h, whose
- * one-row and batched loops are one function.
+ * holds Q4_0, Q4_1 and Q8_0 (with AVX-512, Q4_0 / Q4_1 take quant_rows.h's dot_two_rows_avx512,
+ * the one-token loop itself, which serves up to 8 activation rows); Q5_0, Q5_1 and the K-quants
+ * go to internal/piece_rows.h, whose one-row and batched loops are one function.
  */
 #ifndef LLAMA_NP_QUANT_ROWS_BATCH_H
 #define LLAMA_NP_QUANT_ROWS_BATCH_H

@@ -59,6 +59,19 @@ def test_lora_dropout_zeroes_inputs_and_rescales(rng):
     np.testing.assert_allclose(no_dropout, 2.0 * x @ a.T @ b.T, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("bit_generator", [np.random.SFC64, np.random.PCG64, np.random.MT19937])
+def test_dropout_draws_are_numpys_uint16_integers(bit_generator):
+    """The dropout masks' 16-bit draws, taken from the bit generator's 64-bit outputs where
+    they can be, are the numbers Generator.integers gives for the same seed, over a run of
+    shapes as training draws them (and counts that are not a multiple of four)."""
+    from llama_np.ops.lora import _uint16_draws
+
+    ours, numpys = np.random.Generator(bit_generator(9)), np.random.Generator(bit_generator(9))
+    for shape in [(256, 576), (3, 5), (7, 96), (4, 1536), (1, 1), (33, 64)]:
+        np.testing.assert_array_equal(_uint16_draws(ours, shape),
+                                      numpys.integers(0, 65536, shape, dtype=np.uint16))
+
+
 def test_fresh_adapter_is_kaiming_uniform_a_and_zero_b(rng):
     config = tiny_config()
     weights = tiny_weights(config, rng, np.float32)

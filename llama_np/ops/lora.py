@@ -27,13 +27,30 @@ def lora_forward(x, lora_a, lora_b, scaling, dropout=0.0, rng=None):
     x_kept = x
     if rng is not None and dropout > 0:
         threshold = round(dropout * DROPOUT_LEVELS)
-        keep = rng.integers(0, DROPOUT_LEVELS, x.shape, dtype=np.uint16) >= threshold  # [N, in] bool
+        keep = _uint16_draws(rng, x.shape) >= threshold                   # [N, in] bool
         x_kept = x * keep                                              # [N, in]
         factor = scaling / (1.0 - threshold / DROPOUT_LEVELS)
     u = x_kept @ lora_a.T                                              # [N, r]
     u *= u.dtype.type(factor)
     delta = u @ lora_b.T                                               # [N, out]
     return delta, (x_kept, keep, u, lora_a, lora_b, factor)
+
+
+# bit generators whose raw outputs are 64 bits wide (MT19937's are 32)
+_RAW_64 = (np.random.SFC64, np.random.PCG64, np.random.PCG64DXSM, np.random.Philox)
+
+
+def _uint16_draws(rng, shape):
+    """Uniform 16-bit integers: rng.integers(0, 65536, shape, dtype=uint16). NumPy makes those
+    by cutting each 64-bit output of the bit generator into four 16-bit numbers, low bits
+    first; where the count is a multiple of four and no half of an output is left over from an
+    earlier 32-bit draw, taking the 64-bit outputs directly gives the same numbers without the
+    per-number bookkeeping (about 40% less time)."""
+    count = int(np.prod(shape))
+    bits = rng.bit_generator
+    if count % 4 or not isinstance(bits, _RAW_64) or bits.state.get("has_uint32"):
+        return rng.integers(0, DROPOUT_LEVELS, shape, dtype=np.uint16)
+    return rng.bit_generator.random_raw(count // 4).astype("<u8", copy=False).view("<u2").reshape(shape)
 
 
 def lora_backward(ddelta, cache, input_grad=True):

@@ -220,9 +220,11 @@ def cpu_flags():
 
 def test_avx512_build_decodes_as_the_avx2_build(other_build, monkeypatch):
     """On an AVX-512 CPU the two Q4_0 / Q4_1 rows of a decode step's products share one
-    16-lane register (kernels/internal/quant_rows.h, dot_two_rows_avx512), which lane by lane
-    is the arithmetic of the AVX2 loop's two 8-lane registers: decoding one token and the
-    batched step give the AVX2 build's logits bit for bit."""
+    16-lane register (kernels/internal/quant_rows.h, dot_two_rows_avx512), and the prefill
+    micro-kernel holds a row's 16 tokens in one (kernels/quant_matmul.c, gemm_tile): lane by
+    lane the arithmetic of the AVX2 loops' 8-lane registers, so prompts (of 9 and of 1 to 29
+    tokens, every panel shape), one-token decoding and the batched step give the AVX2
+    build's logits bit for bit."""
     if other_build.__name__ != "_kernels_avx2" or "avx512f" not in cpu_flags():
         pytest.skip("compares the native AVX-512 build with the AVX2 build")
     from test_decode_kernels import decode_config, decode_weights

@@ -1,8 +1,8 @@
 /* One decoding step of the transformer blocks for B sequences at once, each bringing one
  * new token: decode_layer.c's blocks (the block_forward of llama_np/llama/model.py for
  * T = 1) on B rows, where row b belongs to its own sequence, with its own KV cache and its
- * own position: block l of row b reads and writes k_bases[b] + l · layer_bytes (and
- * v_bases[b] + …), rows of kv_format (internal/kv_rows.h). layers[l] are block l's weights;
+ * own position: block l of row b reads and writes k_bases[b] + l · layer_bytes[b] (and
+ * v_bases[b] + …; each cache its own length), rows of kv_format (internal/kv_rows.h). layers[l] are block l's weights;
  * the n_layers blocks run one after the other in one OpenMP team, as in decode_layers_f32.
  *
  * Why: decoding one token reads and unpacks every weight of the block for ~3.5 M
@@ -104,7 +104,7 @@ static inline float silu(float g) { return g / (1.0f + expf(-g)); }
 static inline int64_t max3(int64_t a, int64_t b, int64_t c) { return a > b ? (a > c ? a : c) : (b > c ? b : c); }
 
 int decode_layers_batch_f32(float *h, const block_weights *const *layers, int64_t n_layers, const block_shape *shape,
-                            uint8_t **k_bases, uint8_t **v_bases, int64_t layer_bytes, int32_t kv_format,
+                            uint8_t **k_bases, uint8_t **v_bases, const int64_t *layer_bytes, int32_t kv_format,
                             const int64_t *positions, const float **rope_inv_freqs,
                             const float *rope_attention_factors, int64_t n_rows, int n_threads)
 {
@@ -154,7 +154,6 @@ int decode_layers_batch_f32(float *h, const block_weights *const *layers, int64_
     #pragma omp parallel num_threads(n_threads)
     for (int64_t layer = 0; layer < n_layers; layer++) {
         const block_weights *w = layers[layer];
-        const int64_t at_layer = layer * layer_bytes;        /* into each row's cache */
 #ifdef _OPENMP
         const int thread = omp_get_thread_num();
 #else
@@ -183,7 +182,7 @@ int decode_layers_batch_f32(float *h, const block_weights *const *layers, int64_
             for (int64_t t = 0; t < B; t++) {    /* row t of k or v goes to its own cache */
                 float *row = head_out + t * head_dim;
                 if (is_k) rope_rotate(row, cos_t + t * half, sin_t + t * half, head_dim);
-                uint8_t *cache = (is_k ? k_bases[t] : v_bases[t]) + at_layer;
+                uint8_t *cache = (is_k ? k_bases[t] : v_bases[t]) + layer * layer_bytes[t];
                 kv_from_f32(kv_format, cache + positions[t] * row_bytes + kv_bytes(kv_format, first), row, head_dim);
             }
         }
@@ -201,7 +200,8 @@ int decode_layers_batch_f32(float *h, const block_weights *const *layers, int64_
             const float *q_rows[group * rep];
             for (int64_t r = 0; r < group * rep; r++) q_rows[r] = q + t * n_q + (g0 * rep + r) * head_dim, seen[r] = n_block;
             block_partials_cached(parts + at, o_parts + at * head_dim, q_rows, seen, rep, group, kv_format,
-                                  k_bases[t] + at_layer + g0 * head_bytes, v_bases[t] + at_layer + g0 * head_bytes, row_bytes, b0,
+                                  k_bases[t] + layer * layer_bytes[t] + g0 * head_bytes,
+                                  v_bases[t] + layer * layer_bytes[t] + g0 * head_bytes, row_bytes, b0,
                                   n_block, head_dim, scores, kv_buffer);
         }
         for (int64_t t = 0; t < B; t++)                    /* merged block by block, in order */

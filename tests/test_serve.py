@@ -208,6 +208,22 @@ def test_concurrent_requests_equal_the_same_requests_alone(server):
     assert wait_idle(base)["busy"] == 0
 
 
+def test_concurrent_requests_of_very_different_lengths(tiny):
+    """A long prompt beside short ones, in a context past the caches' first room (256
+    positions): each slot's cache grows to its own size, and they still step together."""
+    with serving(*tiny, slots=3, ctx=1024, step_delay=0.002) as (base, engine):
+        c = client(base)
+        requests = [dict(content="llamas and alpacas " * 100, max_tokens=30),
+                    dict(content=MESSAGE, max_tokens=30), dict(content="Hi.", max_tokens=30)]
+        alone = [chat(c, temperature=0, **r).choices[0].message.content for r in requests]
+        steps = engine.steps
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            together = list(pool.map(lambda r: chat(c, temperature=0, **r).choices[0].message.content, requests))
+        assert engine.steps - steps < 90                                 # they did share steps
+        assert len({slot.cache.capacity for slot in engine.slots}) > 1
+    assert together == alone
+
+
 @pytest.mark.slow
 def test_concurrent_requests_on_the_real_model_equal_the_same_requests_alone(real_model):
     """The default model, the paper's sampling with seeds and greedy: 12 requests over 6

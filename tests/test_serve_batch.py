@@ -88,6 +88,20 @@ def test_batched_step_equals_alone_past_one_key_block(kv_cache):
 
 
 @needs_kernels
+def test_batched_step_with_caches_of_different_sizes():
+    """Caches grow with use (KVCache.reserve), so sequences of different lengths have room for
+    different numbers of positions — and one grows during the steps (255 → past 256)."""
+    config = decode_config()
+    model = Llama(config, decode_weights(config, ("Q4_1",)))
+    rng = np.random.default_rng(5)
+    prompts = [list(rng.integers(0, config.vocab_size, size=n)) for n in (3, 255, 300, 40)]
+    alone, together = prefilled(model, prompts, 1024), prefilled(model, prompts, 1024)
+    assert len({c.capacity for c in together}) > 1
+    run_steps(model, alone, together, rng, steps=4)
+    assert together[1].capacity > 256
+
+
+@needs_kernels
 @pytest.mark.parametrize("threads", [1, 3])
 def test_batched_step_is_exact_with_any_thread_count(threads):
     config = decode_config()

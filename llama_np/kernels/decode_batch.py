@@ -44,7 +44,7 @@ class BatchStep:
             raise ValueError("the caches of one batched step must share one KV format")
         self.format = formats.pop() if formats else None
         self.keep = []                                   # the buffers the pointers point into
-        self.k_bases, self.v_bases, self.layer_bytes = [], [], None
+        self.k_bases, self.v_bases = [], []
         for stacks, bases in ((k_stacks, self.k_bases), (v_stacks, self.v_bases)):
             for cache, position in zip(stacks, self.positions):
                 if not (cache.flags.c_contiguous and 0 <= position < cache.shape[1]):
@@ -52,9 +52,12 @@ class BatchStep:
                                      if cache.flags.c_contiguous else "KV caches must be C-contiguous")
                 self.keep.append(native.ffi.from_buffer("uint8_t[]", cache, require_writable=True))
                 bases.append(self.keep[-1])
-                if self.layer_bytes not in (None, cache.strides[0]):
-                    raise ValueError("the caches of one batched step must have one shape")
-                self.layer_bytes = cache.strides[0]
+        # each sequence's cache has room for its own number of positions (KVCache grows with
+        # use), so each has its own distance between layers; keys and values share it
+        for k, v in zip(k_stacks, v_stacks):
+            if k.strides[0] != v.strides[0]:
+                raise ValueError(f"a sequence's keys and values must have one shape, got {k.shape} and {v.shape}")
+        self.layer_bytes = np.array([k.strides[0] for k in k_stacks], dtype=np.int64)      # [B]
         self.n_layers = min(len(k) for k in k_stacks) if n_rows else 0
         self.tables, self.factors = native.ffi.NULL, native.ffi.NULL
         if rotations is not None and any(inv_freq is not None for inv_freq, _ in rotations):
@@ -73,6 +76,7 @@ class BatchStep:
             self.tables = native.ffi.new("const float *[]", pointers)
             self.factors = native.ffi.new("float[]", [float(factor) for _, factor in rotations])
         self.position_buffer = native.ffi.from_buffer("int64_t[]", self.positions)
+        self.layer_bytes_buffer = native.ffi.from_buffer("int64_t[]", self.layer_bytes)
         if self.n_rows and self.n_layers < len(self.layers):
             raise ValueError(f"{len(self.layers)} blocks need as many cache layers, got {self.n_layers}")
         self.weights = native.ffi.new("const block_weights *[]", [layer.weights for layer in self.layers])
@@ -91,7 +95,7 @@ class BatchStep:
             return
         status = native.lib.decode_layers_batch_f32(
             native.ffi.from_buffer("float[]", h, require_writable=True), self.weights, len(self.layers),
-            layer.shape, self.k_pointers, self.v_pointers, self.layer_bytes, self.format, self.position_buffer,
+            layer.shape, self.k_pointers, self.v_pointers, self.layer_bytes_buffer, self.format, self.position_buffer,
             self.tables, self.factors, self.n_rows, get_num_threads())
         if status != 0:
             raise MemoryError(f"no scratch memory for a decode step of {self.n_rows} sequences")

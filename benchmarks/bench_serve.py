@@ -12,7 +12,13 @@ completions (with usage) one after another. For each number of clients N:
   queueing and all);
 - decode tok/s: the tokens after each stream's first, Σ (tokens − 1), / the time from the
   first stream's first token to the last stream's last: the decode throughput, without
-  the prompts (which the N clients' phase holds N of);
+  the prompts' own time but with every step that also filled a prompt chunk (the phase
+  holds N × requests prompts, read while other streams decode);
+- steady tok/s: the decode throughput while all N streams are decoding at once, no prompt
+  being read: over the stretches of time when N streams are between their first and last
+  token, the inter-token gaps that fall inside a stretch / the stretches' length. This is
+  the number continuous batching is about (for one client: its decode tok/s, without the
+  pause between one request's last token and the next one's first);
 - time to first token (TTFT): request sent → first piece of text, p50 and p95;
 - inter-token latency (ITL): the gaps between consecutive pieces of text of a stream,
   p50 and p95 (a piece is usually one token);
@@ -77,8 +83,8 @@ def start_server(args, parallel):
 
 
 def one_stream(client, args, topic):
-    """(completion tokens, TTFT s, [inter-token gaps s], first and last token times) of one
-    streamed chat completion."""
+    """(completion tokens, TTFT s, [times of the pieces of text]) of one streamed chat
+    completion."""
     sent = time.perf_counter()
     stream = client.chat.completions.create(
         model="default", messages=[{"role": "user", "content": f"Write a long, detailed story about {topic}."}],
@@ -90,9 +96,30 @@ def one_stream(client, args, topic):
             times.append(time.perf_counter())
         if chunk.usage is not None:
             tokens = chunk.usage.completion_tokens
-    ttft = times[0] - sent if times else float("nan")
-    return tokens, ttft, [b - a for a, b in zip(times, times[1:])], times[0] if times else None, \
-        times[-1] if times else None
+    return tokens, times[0] - sent if times else float("nan"), times
+
+
+def full_stretches(streams, n):
+    """The stretches of time [(start, end)] when n of the streams (lists of piece times) are
+    between their first and their last piece."""
+    edges = sorted([(s[0], 1) for s in streams] + [(s[-1], -1) for s in streams])
+    stretches, active = [], 0
+    for t, step in edges:
+        if active == n and step < 0:
+            stretches.append((start, t))
+        active += step
+        if active == n and step > 0:
+            start = t
+    return stretches
+
+
+def steady_tok_s(streams, n):
+    """Pieces per second while n streams decode at once: the gaps between consecutive pieces
+    that lie inside a stretch of full_stretches, over the stretches' total length."""
+    stretches = full_stretches(streams, n)
+    seconds = sum(end - start for start, end in stretches)
+    gaps = sum(max(sum(start <= t <= end for t in s) - 1, 0) for start, end in stretches for s in streams)
+    return gaps / seconds if seconds > 0 else float("nan")
 
 
 def phase(base_url, args, n_clients):
@@ -116,13 +143,14 @@ def phase(base_url, args, n_clients):
     seconds = time.perf_counter() - start
     tokens = sum(r[0] for r in results)
     ttfts = [r[1] for r in results]
-    gaps = [g for r in results for g in r[2]]
-    streams = [r for r in results if r[3] is not None]
-    decode_span = max(r[4] for r in streams) - min(r[3] for r in streams) if streams else 0.0
-    decode_tokens = sum(max(r[0] - 1, 0) for r in streams)
+    streams = [r[2] for r in results if r[2]]
+    gaps = [b - a for s in streams for a, b in zip(s, s[1:])]
+    decode_span = max(s[-1] for s in streams) - min(s[0] for s in streams) if streams else 0.0
+    decode_tokens = sum(max(r[0] - 1, 0) for r in results if r[2])
     return {"clients": n_clients, "requests": len(results), "errors": len(errors), "tokens": tokens,
             "seconds": seconds, "tok_s": tokens / seconds if seconds else float("nan"),
             "decode_tok_s": decode_tokens / decode_span if decode_span > 0 else float("nan"),
+            "steady_tok_s": steady_tok_s(streams, n_clients),
             "ttft_p50": percentile(ttfts, 50), "ttft_p95": percentile(ttfts, 95),
             "itl_p50": percentile(gaps, 50), "itl_p95": percentile(gaps, 95), "error_messages": errors[:3]}
 
@@ -133,13 +161,14 @@ def plot(rows, path, title):
     clients = [r["clients"] for r in rows]
     ax = figure.add_subplot(1, 2, 1)
     ax.plot(clients, [r["tok_s"] for r in rows], "o-", label="aggregate (with prompts)")
-    ax.plot(clients, [r["decode_tok_s"] for r in rows], "s-", label="decode")
+    ax.plot(clients, [r["decode_tok_s"] for r in rows], "s-", label="decode (first to last token)")
+    ax.plot(clients, [r["steady_tok_s"] for r in rows], "^-", label="decode, all N streaming")
     ax.plot(clients, [rows[0]["decode_tok_s"] * c for c in clients], ":", color="gray", label="N × one client's decode")
     ax.set_xscale("log", base=2)
     ax.set_xticks(clients, [str(c) for c in clients])
     ax.set_xlabel("concurrent clients")
     ax.set_ylabel("generated tokens / s")
-    ax.set_ylim(0, max(max(r["tok_s"], r["decode_tok_s"]) for r in rows) * 1.3)
+    ax.set_ylim(0, max(max(r["tok_s"], r["decode_tok_s"], r["steady_tok_s"]) for r in rows) * 1.3)
     ax.legend()
     ax.set_title("throughput")
     ax = figure.add_subplot(1, 2, 2)
@@ -162,7 +191,7 @@ def main():
     parser.add_argument("--model", default="default")
     parser.add_argument("--clients", default="1,2,4,8,16", help="comma-separated client counts")
     parser.add_argument("--requests", type=int, default=2, help="requests per client in each phase")
-    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--ctx", type=int, default=512)
@@ -188,13 +217,15 @@ def main():
         process.terminate()
         process.wait(30)
     print(f"load average after: {load_average()}\n")
-    one, one_decode = (rows[0]["tok_s"], rows[0]["decode_tok_s"]) if rows[0]["clients"] == 1 else (float("nan"),) * 2
+    one, one_decode, one_steady = ((rows[0]["tok_s"], rows[0]["decode_tok_s"], rows[0]["steady_tok_s"])
+                                   if rows[0]["clients"] == 1 else (float("nan"),) * 3)
     print("| clients | requests | tokens | aggregate tok/s (× 1 client) | decode tok/s (× 1 client) "
-          "| TTFT p50 / p95 ms | ITL p50 / p95 ms |")
-    print("|---|---|---|---|---|---|---|")
+          "| steady tok/s, all streaming (× 1 client) | TTFT p50 / p95 ms | ITL p50 / p95 ms |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['clients']} | {r['requests']} | {r['tokens']} | {r['tok_s']:.1f} ({r['tok_s'] / one:.2f}×) | "
               f"{r['decode_tok_s']:.1f} ({r['decode_tok_s'] / one_decode:.2f}×) | "
+              f"{r['steady_tok_s']:.1f} ({r['steady_tok_s'] / one_steady:.2f}×) | "
               f"{r['ttft_p50'] * 1000:.0f} / {r['ttft_p95'] * 1000:.0f} | "
               f"{r['itl_p50'] * 1000:.0f} / {r['itl_p95'] * 1000:.0f} |")
     if args.json:

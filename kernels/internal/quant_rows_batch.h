@@ -15,7 +15,8 @@
  *
  * Activation rows go BATCH_GROUP at a time, so that their accumulators stay in L1. This file
  * holds Q4_0, Q4_1 and Q8_0 (with AVX-512, Q4_0 / Q4_1 take quant_rows.h's dot_two_rows_avx512,
- * the one-token loop itself, which serves up to 8 activation rows); Q5_0, Q5_1 and the K-quants
+ * the one-token loop itself, which serves up to 8 activation rows, and Q8_0 rows go two to a
+ * 16-lane register too); Q5_0, Q5_1 and the K-quants
  * go to internal/piece_rows.h, whose one-row and batched loops are one function.
  */
 #ifndef LLAMA_NP_QUANT_ROWS_BATCH_H
@@ -112,7 +113,55 @@ static inline __attribute__((always_inline)) void dot_row_q8_0_batch(const uint8
     }
     for (int64_t t = 0; t < n_x; t++) out[t * out_stride] = hsum_avx2(acc[t]);
 }
+#endif
 
+#ifdef USE_AVX512
+/* From how many activation rows on the Q8_0 rows go two at a time: with fewer, the head is
+ * read no faster than it streams, and the pairs' unpacking costs more than the FMAs saved
+ * (docs/benchmarks.md#decode-kernels). */
+#define Q8_0_TWO_ROWS_MIN_X 4
+
+/* Two Q8_0 rows against n_x <= BATCH_GROUP activation rows: dot_row_q8_0 for each pair
+ * (weight row, activation row), with the two weight rows in one 16-lane register as in
+ * dot_two_rows_avx512 (row0 in lanes 0-7, row1 in lanes 8-15, the activations' 8 floats in
+ * both halves). Lane by lane dot_row_q8_0's arithmetic, so the same sums; half the FMAs,
+ * which is what each further activation row pays for. */
+static inline __attribute__((always_inline)) void
+dot_two_rows_q8_0_avx512(const uint8_t *row0, const uint8_t *row1, const float *x, int64_t x_stride,
+                         int64_t n_x, int64_t n_blocks, float *out0, float *out1, int64_t out_stride)
+{
+    const int64_t next_pair = 2 * n_blocks * (int64_t)sizeof(block_q8_0);   /* as dot_rows: the next pair's block */
+    __m512 acc[BATCH_GROUP];                      /* (Σ d0 · Σ q x | Σ d1 · Σ q x), per activation row */
+    for (int64_t t = 0; t < n_x; t++) acc[t] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < n_blocks; b++) {
+        const uint8_t *block0 = row0 + b * sizeof(block_q8_0), *block1 = row1 + b * sizeof(block_q8_0);
+        PREFETCH(block0 + next_pair);
+        PREFETCH(block1 + next_pair);
+        const int8_t *qs0 = ((const block_q8_0 *)block0)->qs, *qs1 = ((const block_q8_0 *)block1)->qs;
+        __m512 w[4];                              /* weights 8k … 8k + 7 of both rows */
+        for (int k = 0; k < 4; k++) {
+            const __m128i bytes = _mm_unpacklo_epi64(_mm_loadl_epi64((const __m128i *)(qs0 + 8 * k)),
+                                                     _mm_loadl_epi64((const __m128i *)(qs1 + 8 * k)));
+            w[k] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(bytes));
+        }
+        const __m512 d01 = join_halves_avx512(_mm256_set1_ps(block_scale(block0)),
+                                              _mm256_set1_ps(block_scale(block1)));
+        for (int64_t t = 0; t < n_x; t++) {
+            const float *xb = x + t * x_stride + b * QK;
+            const __m512 sum = _mm512_add_ps(   /* dot_row_q8_0's two chains of two products */
+                _mm512_fmadd_ps(w[1], load_8_twice_avx512(xb + 8), _mm512_mul_ps(w[0], load_8_twice_avx512(xb))),
+                _mm512_fmadd_ps(w[3], load_8_twice_avx512(xb + 24), _mm512_mul_ps(w[2], load_8_twice_avx512(xb + 16))));
+            acc[t] = _mm512_fmadd_ps(d01, sum, acc[t]);
+        }
+    }
+    for (int64_t t = 0; t < n_x; t++) {
+        out0[t * out_stride] = hsum_avx2(_mm512_castps512_ps256(acc[t]));
+        out1[t * out_stride] = hsum_avx2(upper_half_avx512(acc[t]));
+    }
+}
+#endif
+
+#ifdef USE_AVX2
 static inline __attribute__((always_inline)) void
 dot_rows_batch_of(quant_type type, const uint8_t *rows, int64_t n_rows, const float *x, int64_t x_stride,
                   const float *x_sums, int64_t sums_stride, int64_t n_x, int64_t n_blocks, float *out,
@@ -120,7 +169,14 @@ dot_rows_batch_of(quant_type type, const uint8_t *rows, int64_t n_rows, const fl
 {
     const int64_t row_bytes = n_blocks * BLOCK_BYTES[type];
     if (type == Q8_0) {
-        for (int64_t i = 0; i < n_rows; i++)
+        int64_t i = 0;
+#ifdef USE_AVX512
+        if (n_x >= Q8_0_TWO_ROWS_MIN_X)
+            for (; i + 1 < n_rows; i += 2)
+                dot_two_rows_q8_0_avx512(rows + i * row_bytes, rows + (i + 1) * row_bytes, x, x_stride, n_x,
+                                         n_blocks, out + i, out + i + 1, out_stride);
+#endif
+        for (; i < n_rows; i++)   /* all rows, or an odd last one */
             dot_row_q8_0_batch(rows + i * row_bytes, x, x_stride, n_x, n_blocks, out + i, out_stride);
         return;
     }

@@ -107,12 +107,22 @@ static inline void finish_two_rows(quant_type type, __m256 acc0, __m256 acc1, __
  * and of row 1 in lanes 8-15. A 16-lane FMA then does, lane by lane, exactly the arithmetic
  * of the two 8-lane FMAs it replaces, and half as many instructions go through the core.
  *
- * block_pair_floats: a Q4_0 / Q4_1 block of each row as 4 such registers, register k holding
- * weights 8k … 8k + 7 of both (unpack_nibbles_avx2's q[k] of both, as floats): the 8 low
- * nibble bytes of both rows zero-extended in one go, then masked and shifted. */
+ * block_pair_floats: a block of each row as 4 such registers, register k holding weights
+ * 8k … 8k + 7 of both (block_ints_avx2's q[k] of both, as floats). Q4_0 / Q4_1: the 8 low
+ * nibble bytes of both rows zero-extended in one go, then masked and shifted; Q8_0: 8 bytes
+ * of each row side by side, sign-extended. */
 static inline void block_pair_floats_avx512(quant_type type, const uint8_t *block0, const uint8_t *block1,
                                             __m512 w[4])
 {
+    if (type == Q8_0) {
+        const int8_t *qs0 = ((const block_q8_0 *)block0)->qs, *qs1 = ((const block_q8_0 *)block1)->qs;
+        for (int k = 0; k < 4; k++) {
+            const __m128i bytes = _mm_unpacklo_epi64(_mm_loadl_epi64((const __m128i *)(qs0 + 8 * k)),
+                                                     _mm_loadl_epi64((const __m128i *)(qs1 + 8 * k)));
+            w[k] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(bytes));
+        }
+        return;
+    }
     const __m128i nibbles0 = _mm_loadu_si128((const __m128i *)nibbles_of(type, block0));
     const __m128i nibbles1 = _mm_loadu_si128((const __m128i *)nibbles_of(type, block1));
     const __m512i bytes_0_7 = _mm512_cvtepu8_epi32(_mm_unpacklo_epi64(nibbles0, nibbles1));

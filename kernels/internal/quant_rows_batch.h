@@ -137,13 +137,8 @@ dot_two_rows_q8_0_avx512(const uint8_t *row0, const uint8_t *row1, const float *
         const uint8_t *block0 = row0 + b * sizeof(block_q8_0), *block1 = row1 + b * sizeof(block_q8_0);
         PREFETCH(block0 + next_pair);
         PREFETCH(block1 + next_pair);
-        const int8_t *qs0 = ((const block_q8_0 *)block0)->qs, *qs1 = ((const block_q8_0 *)block1)->qs;
         __m512 w[4];                              /* weights 8k … 8k + 7 of both rows */
-        for (int k = 0; k < 4; k++) {
-            const __m128i bytes = _mm_unpacklo_epi64(_mm_loadl_epi64((const __m128i *)(qs0 + 8 * k)),
-                                                     _mm_loadl_epi64((const __m128i *)(qs1 + 8 * k)));
-            w[k] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(bytes));
-        }
+        block_pair_floats_avx512(Q8_0, block0, block1, w);
         const __m512 d01 = join_halves_avx512(_mm256_set1_ps(block_scale(block0)),
                                               _mm256_set1_ps(block_scale(block1)));
         for (int64_t t = 0; t < n_x; t++) {

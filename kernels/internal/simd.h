@@ -1,7 +1,7 @@
 /* What the kernels' SIMD code shares: whether to use AVX2 with FMA (USE_AVX2, when this
  * build targets a CPU with both: -march=native, unless LLAMA_NP_PORTABLE=1), whether also
  * AVX-512 with byte and 256-bit forms (USE_AVX512: F, BW and VL; the block formats of
- * internal/piece_rows.h, and quant_rows.h's two Q4_0 / Q4_1 rows at once, use its 16-lane registers), the sum of the 8 lanes of a register, and
+ * internal/piece_rows.h, quant_rows.h's two Q4_0 / Q4_1 rows at once and quant_rows_batch.h's two Q8_0 rows use its 16-lane registers), the sum of the 8 lanes of a register, and
  * the byte dot products of the int8 paths. Included by attend.h, kv_rows.h, quant_rows.h and
  * block_pieces.h; like every header in
  * internal/, static inline code, so that each kernel gets its own copy inlined into its loops.

@@ -98,9 +98,11 @@ def load_gguf(path):
 
 
 def load_gguf_from(gguf):
-    """load_gguf for a GGUFFile already open (its header read): reads its tensors."""
+    """load_gguf for a GGUFFile already open (its header read): reads its tensors (into
+    memory, unless they are there already)."""
     path = gguf.path
-    gguf.read_into_memory()  # the weights in large pages (see there), writable
+    if not gguf.in_memory:
+        gguf.read_into_memory()  # the weights in large pages (see there), writable
     config = LlamaConfig.from_gguf_metadata(gguf.metadata, source=str(path))
     config.tie_word_embeddings = "output.weight" not in gguf.tensors
     if GGUF_FREQ_FACTORS in gguf.tensors:   # llama3's scaled RoPE, as convert_hf_to_gguf.py writes it

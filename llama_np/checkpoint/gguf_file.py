@@ -124,6 +124,26 @@ class _Cursor:
         raise GGUFError(f"{self.path}: unknown metadata value type {vtype} at offset {self.pos}")
 
 
+def read_file(path):
+    """The whole file at `path` as a writable uint8 array in ordinary memory. The copy out
+    of the page cache runs with the GIL released, so another thread can work meanwhile."""
+    with open(path, "rb") as f:
+        data = np.empty(os.fstat(f.fileno()).st_size, dtype=np.uint8)
+        if f.readinto(memoryview(data)) != len(data):
+            raise GGUFError(f"{path}: changed while being read")
+    return data
+
+
+def has_gguf_magic(path):
+    """Whether the file at `path` starts as a GGUF file does (its first 4 bytes); False for
+    one that cannot be read (GGUFFile then says why)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == GGUF_MAGIC
+    except OSError:
+        return False
+
+
 class GGUFFile:
     """A GGUF file opened for reading: `metadata` (dict), `tensors` (name → TensorInfo),
     and `tensor_data(name)`, a view of one tensor's bytes (read-only and memory-mapped,
@@ -188,9 +208,10 @@ class GGUFFile:
         """The size of the file."""
         return len(self._map)
 
-    def read_into_memory(self):
-        """Read the whole file into one writable array in ordinary memory and serve tensors
-        from there instead of from the mapping.
+    def read_into_memory(self, data=None):
+        """Serve tensors from one writable array in ordinary memory instead of from the
+        mapping: the file's bytes, read here, or `data` if they were read already
+        (`read_file`, say in a thread started before this header was parsed).
 
         Why: a decode step streams every weight once. A mapped file sits in 4 KiB pages, and
         ~100 MB of them is ~25,000 pages, too many for the TLB, so page-table walks join the
@@ -199,11 +220,16 @@ class GGUFFile:
         memory used is the same (the mapped pages were resident too), and reading the file
         takes a small part of start-up. The measurements:
         docs/benchmarks.md#loading-and-start-up."""
-        data = np.empty(len(self._map), dtype=np.uint8)
-        with open(self.path, "rb") as f:
-            if f.readinto(memoryview(data)) != len(data):
-                raise GGUFError(f"{self.path}: changed while being read")
+        if data is None:
+            data = read_file(self.path)
+        if len(data) != len(self._map):
+            raise GGUFError(f"{self.path}: changed while being read")
         self._map = data
+
+    @property
+    def in_memory(self):
+        """Whether tensors come from ordinary memory (read_into_memory), not the mapping."""
+        return not isinstance(self._map, np.memmap)
 
     def tensor_data(self, name):
         """The raw bytes of tensor `name`, shaped [rows, row_bytes] (1-D tensors: [row_bytes]),

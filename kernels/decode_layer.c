@@ -58,6 +58,7 @@
 #include "internal/kv_rows.h"
 #include "internal/quant_rows.h"
 #include "internal/rotary.h"
+#include "internal/swiglu.h"
 
 #define ROW_CHUNK 16       /* output rows a thread takes at a time (Wo, gate/up, Wdown) */
 
@@ -105,8 +106,6 @@ static void add_rows_dot(float *h, const weight_matrix *m, int64_t r0, const act
     rows_dot(m, r0, n, a, int8_activations, part);
     for (int64_t i = 0; i < n; i++) h[r0 + i] += part[i];
 }
-
-static inline float silu(float g) { return g / (1.0f + expf(-g)); }
 
 static inline int64_t max3(int64_t a, int64_t b, int64_t c) { return a > b ? (a > c ? a : c) : (b > c ? b : c); }
 
@@ -210,7 +209,7 @@ int decode_layers_f32(float *h, const block_weights *const *layers, int64_t n_la
             const int64_t n = chunk_rows(&w->gate, i0);
             rows_dot(&w->gate, i0, n, &a, int8, gate);
             rows_dot(&w->up, i0, n, &a, int8, up);
-            for (int64_t i = 0; i < n; i++) act[i0 + i] = silu(gate[i]) * up[i];
+            swiglu_row(act + i0, gate, up, n);
         }
         prepare(&a, act, hidden, int8);
         #pragma omp for schedule(static)                 /* the next block reads all of h */

@@ -46,6 +46,7 @@
 #include "internal/kv_rows.h"
 #include "internal/quant_rows_batch.h"
 #include "internal/rotary.h"
+#include "internal/swiglu.h"
 
 #define ROW_CHUNK 16       /* output rows a thread takes at a time (as decode_layer.c) */
 
@@ -98,8 +99,6 @@ static void add_rows_dot(float *h, int64_t dim, const weight_matrix *m, int64_t 
     for (int64_t t = 0; t < a->n_rows; t++)
         for (int64_t i = 0; i < n; i++) h[t * dim + r0 + i] += part[t * ROW_CHUNK + i];
 }
-
-static inline float silu(float g) { return g / (1.0f + expf(-g)); }
 
 static inline int64_t max3(int64_t a, int64_t b, int64_t c) { return a > b ? (a > c ? a : c) : (b > c ? b : c); }
 
@@ -228,8 +227,7 @@ int decode_layers_batch_f32(float *h, const block_weights *const *layers, int64_
             rows_dot(&w->gate, i0, n, &a, int8, part, ROW_CHUNK);
             rows_dot(&w->up, i0, n, &a, int8, part2, ROW_CHUNK);
             for (int64_t t = 0; t < B; t++)
-                for (int64_t i = 0; i < n; i++)
-                    act[t * hidden + i0 + i] = silu(part[t * ROW_CHUNK + i]) * part2[t * ROW_CHUNK + i];
+                swiglu_row(act + t * hidden + i0, part + t * ROW_CHUNK, part2 + t * ROW_CHUNK, n);
         }
         prepare(&a, act, hidden, B, int8);
         #pragma omp for schedule(guided)                 /* the next block reads all of h */

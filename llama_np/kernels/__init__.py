@@ -15,4 +15,4 @@ against, and the format table).
 from llama_np.kernels.backend import C, NUMPY, backend
 from llama_np.kernels.decode_layer import DecodeLayer, DecodeStack
 from llama_np.kernels.native import (AVAILABLE, FORMATS, attention_forward, ffi, get_num_threads, lib,
-                                     quant_matmul, rmsnorm, rope_, set_num_threads)
+                                     quant_matmul, rmsnorm, rope_, set_num_threads, swiglu)

@@ -3,6 +3,7 @@
     backend = kernels.backend(use_c=True)      # C where the extension was built, else NumPy
     y = backend.matmul(x, weight)              # float32 or QuantizedMatrix weight
     y = backend.rmsnorm(x, weight, eps); backend.rope(x, positions, theta); backend.attention(q, k, v)
+    a = backend.swiglu(gate, up)               # silu(gate) ⊙ up, the MLP's gate
     w = backend.dequantize(data, qtype)        # quantized rows → float32 (training's frozen base)
 
 `NUMPY` runs every op as its reference (`llama_np.ops`, `llama_np.quant`); `C` runs the
@@ -28,6 +29,9 @@ class NumpyBackend:
 
     def rope(self, x, positions, theta, inv_freq=None, attention_factor=1.0):
         return ops.rope_forward(x, positions, theta, inv_freq, attention_factor)[0]  # [T, H, hd]
+
+    def swiglu(self, gate, up):
+        return ops.swiglu_forward(gate, up)[0]                            # [T, F]
 
     def attention(self, q, k, v):
         """q [T, H, hd] over KV cache rows k, v [S, H_kv, width] as stored (`quant.kv_rows`):
@@ -61,6 +65,9 @@ class CBackend(NumpyBackend):
 
     def rope(self, x, positions, theta, inv_freq=None, attention_factor=1.0):
         return native.rope_(x, positions, theta, inv_freq, attention_factor)  # in place
+
+    def swiglu(self, gate, up):
+        return native.swiglu(gate, up)
 
     def attention(self, q, k, v):
         return native.attention_forward(q, k, v)

@@ -89,6 +89,17 @@ def rmsnorm(x, weight, eps):
     return out
 
 
+def swiglu(gate, up):
+    """C SwiGLU: silu(gate) ⊙ up for gate, up [T, F] float32 → [T, F]."""
+    require_array(gate, "gate", np.float32, 2)
+    require_array(up, "up", np.float32, 2)
+    if gate.shape != up.shape:
+        raise ValueError(f"gate {gate.shape} and up {up.shape} differ in shape")
+    out = np.empty_like(gate)
+    lib.swiglu_f32(_out_ptr(out, "float *"), _ptr(gate, "float *"), _ptr(up, "float *"), *gate.shape)
+    return out
+
+
 def rope_(x, positions, theta, inv_freq=None, attention_factor=1.0):
     """C rotate-half RoPE, in place: x [T, H, head_dim] float32, positions [T] int64; a scaled
     RoPE's frequencies inv_freq [head_dim / 2] float32 (None: θ^(-2i/hd)) and attention factor."""

@@ -6,7 +6,6 @@ quantized weights), with the LoRA branch of an applied adapter beside it, and at
 writes the new keys and values into the cache, then attends over all S = cached + T
 positions. Nothing is kept for a backward pass.
 """
-from llama_np import ops
 from llama_np.llama.weights import layer_weight_names
 
 
@@ -45,7 +44,7 @@ class InferenceLayer:
         return self.model.backend.attention(q, keys, values)                              # [T, H·hd]
 
     def swiglu(self, gate, up):
-        return ops.swiglu_forward(gate, up)[0]                                            # [T, F]
+        return self.model.backend.swiglu(gate, up)                                        # [T, F]
 
     def _lora(self, key):
         """The LoRA pairs beside weight `key` of this layer (none without an adapter)."""

@@ -31,6 +31,12 @@ except ImportError:  # the C extension was not built: NumPy references are used
     ffi = lib = None
     AVAILABLE = False
 
+# Large freed blocks stay with the allocator for reuse instead of going back to the OS, so a
+# forward pass stops paying page faults for the temporaries of every block (kernels/memory.c;
+# docs/benchmarks.md#loading-and-start-up). Either of glibc's variables set by the user wins.
+if AVAILABLE and not {"MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"} & set(os.environ):
+    lib.keep_freed_memory()
+
 _num_threads = os.cpu_count() or 1
 # More threads than this only take turns on the cores; far more (10⁵) and OpenMP cannot start
 # its team, and the kernels crash. The tools' --threads has the same bound (cli.max_threads).

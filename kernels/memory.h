@@ -1,0 +1,1 @@
+int keep_freed_memory(void);

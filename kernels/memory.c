@@ -11,8 +11,6 @@
  * memory. Blocks above 32 MiB (the largest threshold glibc takes; the weights, the KV cache
  * of a long context) still get their own mappings. Returns 1 when the setting took, 0 where
  * there is no glibc (then nothing changes). */
-#include <stdint.h>
-
 #if defined(__GLIBC__)
 #include <malloc.h>
 #endif

@@ -2,8 +2,9 @@
  * build targets a CPU with both: -march=native, unless LLAMA_NP_PORTABLE=1), whether also
  * AVX-512 with byte and 256-bit forms (USE_AVX512: F, BW and VL; the block formats of
  * internal/piece_rows.h, quant_rows.h's two Q4_0 / Q4_1 rows at once and quant_rows_batch.h's two Q8_0 rows use its 16-lane registers), the sum of the 8 lanes of a register, and
- * the byte dot products of the int8 paths. Included by attend.h, kv_rows.h, quant_rows.h and
- * block_pieces.h; like every header in
+ * the byte dot products of the int8 paths. Included by every internal header with SIMD code
+ * (attend.h, attend_block.h, block_pieces.h, exp.h, kv_rows.h, quant_rows.h, swiglu.h) and by
+ * adamw.c; like every header in
  * internal/, static inline code, so that each kernel gets its own copy inlined into its loops.
  */
 #ifndef LLAMA_NP_SIMD_H

@@ -4,6 +4,7 @@
     bench_env.REPO                         # the checkout, for subprocesses' cwd and output paths
     bench_env.machine_description()        # "AMD EPYC, 2 cores, AVX2, 24 GiB RAM, Python 3.11.7"
     bench_env.commit()                     # the checkout's short commit, printed with results
+    bench_env.blas_description()           # "NumPy's BLAS: OpenBLAS 0.3.31, SkylakeX kernels, ..."
 
 Importing it puts the checkout on the import path (a script runs from a checkout without
 installing) and, unless LLAMA_NP_DATA is set, names the data mirror beside the checkout
@@ -43,6 +44,31 @@ def machine_description():
     simd = ("AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2") if flags else "?"
     memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024 ** 3
     return f"{cpu_model()}, {os.cpu_count()} cores, {simd}, {memory_gib:.0f} GiB RAM, Python {platform.python_version()}"
+
+
+def blas_description():
+    """Which BLAS NumPy runs and which of its CPU kernels, one line (threadpoolctl reports it).
+
+    OpenBLAS picks its kernels for the CPU when it loads, unless OPENBLAS_CORETYPE names a
+    set; some machines set that variable for old OpenBLAS builds, and then a current NumPy
+    multiplies with narrower kernels (on a Zen 5, Haswell's AVX2 instead of SkylakeX's
+    AVX-512: training ~1.6x slower). The line says so when the variable is set."""
+    import numpy  # noqa: F401  (loads the BLAS, so that threadpoolctl finds it)
+    try:
+        import threadpoolctl
+    except ImportError:
+        return "NumPy's BLAS: ? (pip install threadpoolctl to see it)"
+    blas = [i for i in threadpoolctl.threadpool_info() if i.get("user_api") == "blas"]
+    if not blas:
+        return "NumPy's BLAS: ?"
+    # NumPy's wheels carry their own OpenBLAS (in numpy.libs); SciPy, once imported, another
+    info = next((i for i in blas if "numpy" in i.get("filepath", "")), blas[0])
+    line = (f"NumPy's BLAS: {info['internal_api']} {info.get('version') or '?'}, "
+            f"{info.get('architecture') or '?'} kernels, {info['num_threads']} threads")
+    forced = {var: os.environ[var] for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if var in os.environ}
+    if forced:
+        line += " (set by the environment: " + ", ".join(f"{k}={v}" for k, v in forced.items()) + ")"
+    return line
 
 
 def commit():

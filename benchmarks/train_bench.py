@@ -44,7 +44,7 @@ import sys
 import tempfile
 import time
 
-from bench_env import machine_description
+from bench_env import blas_description, machine_description
 
 SETTINGS = ("lora", "stage2")
 
@@ -289,6 +289,7 @@ def report(args, results):
           f"clipping {s.max_grad_norm:g}, "
           f"{args.threads} threads (llama_np base: {args.base_dtype}); medians of {args.runs} x {args.steps} steps")
     print(f"Machine: {machine_description()}")
+    print(blas_description())
     print(f"Trains: {describe(next(iter(results.values()))['trains'])}")
     print(f"{'engine':10s} {'s/step':>8s} {'tokens/s':>9s} {'peak RSS':>9s} {'loss 1':>7s}")
     speed = {}

@@ -7,6 +7,9 @@ LLaMA.
                        `block_backward`): stacked products with LoRA, attention within each
                        sequence, a tape
     shards.py          running a batch's shards at once in threads
+    memory.py          keeping the memory a step frees for the next step
+    blas_kernels.py    a note when OPENBLAS_CORETYPE holds NumPy's products to narrower
+                       kernels than the CPU has
     trainer.py         AdamW, the learning-rate schedule, clipping, the loop and its
                        checkpoints (exact resume)
     data.py            Alpaca instructions and plain text → (ids, labels) examples and padded

@@ -20,6 +20,7 @@ from llama_np.checkpoint.peft import load_adapter, save_adapter
 from llama_np.files import hub
 from llama_np.llama import adapter as lora
 from llama_np.quant import dense
+from llama_np.training.blas_kernels import warn_if_narrower_kernels
 from llama_np.training.config import DEFAULT_MAX_SEQ_LEN, RUN_FLAGS, TRAINABLE
 from llama_np.training.data import BatchSchedule, load_examples
 from llama_np.training.trainable import TrainableLlama
@@ -42,6 +43,7 @@ def finetune(settings, resume=False):
               f"starting it again", file=sys.stderr)
         os.remove(os.path.join(out, LOG_FILE))
 
+    warn_if_narrower_kernels()
     started = time.perf_counter()
     config, weights, tokenizer = load_base(settings)
     examples, batches = training_batches(settings, tokenizer)

@@ -23,25 +23,11 @@ if not os.environ.get("LLAMA_NP_DATA") and os.path.isdir(_MIRROR):
     os.environ["LLAMA_NP_DATA"] = _MIRROR
 
 
-def _cpuinfo():
-    try:
-        with open("/proc/cpuinfo") as f:
-            return f.read().splitlines()
-    except OSError:
-        return []
-
-
-def cpu_model():
-    """The CPU's model name as /proc/cpuinfo gives it (a VM may hide the exact part)."""
-    names = [line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")]
-    return names[0] if names else platform.processor() or platform.machine()
-
-
 def machine_description():
     """CPU model, cores, the widest SIMD the kernels use here, RAM, Python: one line."""
-    flag_lines = [line for line in _cpuinfo() if line.startswith("flags")]
-    flags = set(flag_lines[0].split()) if flag_lines else set()
-    simd = ("AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2") if flags else "?"
+    from llama_np.kernels.cpu import cpu_flags, cpu_model, widest_simd
+    flags = cpu_flags()
+    simd = widest_simd(flags) if flags else "?"
     memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024 ** 3
     return f"{cpu_model()}, {os.cpu_count()} cores, {simd}, {memory_gib:.0f} GiB RAM, Python {platform.python_version()}"
 

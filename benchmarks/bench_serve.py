@@ -37,7 +37,8 @@ import sys
 import threading
 import time
 
-from bench_env import REPO, commit, cpu_model
+from bench_env import REPO, commit
+from llama_np.kernels.cpu import cpu_model
 
 TOPICS = ["the sea", "a lighthouse", "autumn leaves", "a robot gardener", "the first snow", "a city at night",
           "an old map", "a lost key", "mountain rivers", "a paper boat", "the desert wind", "a violin maker",

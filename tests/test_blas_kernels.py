@@ -5,9 +5,10 @@ import os
 import numpy as np  # noqa: F401  (loads NumPy's BLAS for threadpoolctl)
 import pytest
 
-from llama_np.training.blas_kernels import AVX512_CORES, cpu_flags, narrower_kernels_note
+from llama_np.kernels.cpu import cpu_flags
+from llama_np.training.blas_kernels import AVX512_CORES, AVX512_FLAGS, narrower_kernels_note
 
-AVX512 = {"fma", "avx2", "avx512f", "avx512bw", "avx512dq", "avx512vl"}
+AVX512 = {"fma", "avx2"} | AVX512_FLAGS
 
 
 def test_note_only_for_an_avx2_core_forced_on_an_avx512_cpu():
@@ -18,13 +19,6 @@ def test_note_only_for_an_avx2_core_forced_on_an_avx512_cpu():
     assert narrower_kernels_note({}, AVX512) is None                                  # OpenBLAS chooses
     assert narrower_kernels_note({"OPENBLAS_CORETYPE": "Haswell"}, {"fma", "avx2"}) is None   # nothing wider
     assert narrower_kernels_note({"OPENBLAS_CORETYPE": "Haswell"}, AVX512 - {"avx512bw"}) is None
-
-
-def test_cpu_flags_read_the_first_cpu(tmp_path):
-    info = tmp_path / "cpuinfo"
-    info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f\n\nprocessor\t: 1\nflags\t\t: fpu\n")
-    assert cpu_flags(str(info)) == {"fpu", "sse2", "avx2", "avx512f"}
-    assert cpu_flags(str(tmp_path / "missing")) == set()
 
 
 def test_the_note_tells_the_truth_about_this_process():
@@ -38,5 +32,5 @@ def test_the_note_tells_the_truth_about_this_process():
     if note is not None:       # it says the variable holds OpenBLAS to narrower kernels: it does
         assert running.lower() not in AVX512_CORES
         assert running.lower() == os.environ["OPENBLAS_CORETYPE"].lower()
-    elif AVX512 - {"fma", "avx2"} <= cpu_flags() and "OPENBLAS_CORETYPE" in os.environ:
+    elif AVX512_FLAGS <= cpu_flags() and "OPENBLAS_CORETYPE" in os.environ:
         assert running.lower() in AVX512_CORES   # silent only where the kernels are the wide ones

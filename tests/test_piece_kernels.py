@@ -18,6 +18,7 @@ from gguf import GGMLQuantizationType  # noqa: E402
 
 from llama_np import kernels, quant  # noqa: E402
 from llama_np.kernels import native  # noqa: E402
+from llama_np.kernels.cpu import cpu_flags  # noqa: E402
 from llama_np.llama.batch import decode_step  # noqa: E402
 from llama_np.llama.config import LlamaConfig  # noqa: E402
 from llama_np.llama.model import Llama  # noqa: E402
@@ -208,14 +209,6 @@ def test_other_builds_batch_bit_for_bit(other_build, qtype, int8_activations):
     alone = np.concatenate([c_matmul(other_build.lib, other_build.ffi, qtype, data, x[b:b + 1], int8_activations)
                             for b in range(5)])
     np.testing.assert_array_equal(batched, alone)
-
-
-def cpu_flags():
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        return []
 
 
 def test_avx512_build_decodes_as_the_avx2_build(other_build, monkeypatch):

@@ -8,6 +8,7 @@
     decode_batch.py  the same block, and the output head's product, for B sequences at once
                      (kernels/decode_layer_batch.c, kernels/quant_matvec_batch.c)
     backend.py       `backend(use_c)`: NUMPY or C, the ops a model runs with
+    cpu.py           what the CPU is and which instruction sets it has (/proc/cpuinfo)
 
 Imports: `llama_np.ops` and `llama_np.quant` (the NumPy references the kernels are tested
 against, and the format table).

@@ -12,21 +12,11 @@ import functools
 import os
 import sys
 
+from llama_np.kernels.cpu import cpu_flags
+
 # OpenBLAS's core names whose sgemm kernels use AVX-512
 AVX512_CORES = {"skylakex", "cooperlake", "sapphirerapids"}
 AVX512_FLAGS = {"avx512f", "avx512bw", "avx512dq", "avx512vl"}   # what those kernels need
-
-
-def cpu_flags(cpuinfo_path="/proc/cpuinfo"):
-    """The instruction-set flags of the first CPU in /proc/cpuinfo (empty where there is none)."""
-    try:
-        with open(cpuinfo_path) as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
 
 
 def narrower_kernels_note(environ=os.environ, flags=None):

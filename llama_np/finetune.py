@@ -28,13 +28,6 @@ from llama_np.training.config import DEFAULTS, RUN_FLAGS, FinetuneConfig
 # The defaults (the paper's SFT recipe) and the run's settings: llama_np.training.config.
 
 
-def _dropout(text):
-    value = cli.non_negative_float(text)
-    if value >= 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: must be in [0, 1)")
-    return value
-
-
 def build_parser():
     p = argparse.ArgumentParser(
         prog="python -m llama_np.finetune",
@@ -57,7 +50,7 @@ def build_parser():
     g = p.add_argument_group("what trains")
     g.add_argument("--lora-r", type=cli.positive_int, help="LoRA rank r (default: 8)")
     g.add_argument("--lora-alpha", type=cli.positive_float, help="LoRA alpha; scaling = alpha/r (default: 32)")
-    g.add_argument("--lora-dropout", type=_dropout, help="dropout on the LoRA input (default: 0.05)")
+    g.add_argument("--lora-dropout", type=cli.dropout_probability, help="dropout on the LoRA input (default: 0.05)")
     g.add_argument("--target-modules", help="projections that get LoRA: q,k,v,o,gate,up,down, or "
                                             "all / attention / mlp (default: q,k,v,o,gate,up,down)")
     g.add_argument("--use-rslora", action="store_true", help="scaling alpha/sqrt(r) (rank-stabilised LoRA)")

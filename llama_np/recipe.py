@@ -39,7 +39,7 @@ quick look, the text), and steps, lengths and learning rates are flags of their 
 import argparse
 import sys
 
-from llama_np.chinese.defaults import (BUDGETED, BUDGETS, DEFAULT_BUDGET, DEFAULT_EMBEDDING_LR, DEFAULT_LR,
+from llama_np.chinese.defaults import (BUDGETED, BUDGETS, DEFAULT_BUDGET, DEFAULT_EMBEDDING_LR, DEFAULT_LORA, DEFAULT_LR,
                                        DEFAULT_PRETRAIN_TEXT, DEFAULT_STAGE2_TARGETS, STAGES)
 from llama_np.cli import common as cli
 
@@ -83,6 +83,12 @@ def parse_args(argv=None):
                    help="projections that get LoRA in stage 2: all (the paper's released scripts; learnt "
                         "faster here, see the README), attention (the paper's text) or a list like q,k,v,o "
                         "(default: %(default)s)")
+    p.add_argument("--lora-r", type=cli.positive_int, default=DEFAULT_LORA["lora_r"],
+                   help="LoRA rank of stage 2 and SFT (one adapter: SFT goes on from stage 2's) (default: %(default)s)")
+    p.add_argument("--lora-alpha", type=cli.positive_float, default=DEFAULT_LORA["lora_alpha"],
+                   help="LoRA alpha of stage 2 and SFT; the update is scaled by alpha/r (default: %(default)s)")
+    p.add_argument("--lora-dropout", type=cli.dropout_probability, default=DEFAULT_LORA["lora_dropout"],
+                   help="dropout on the LoRA input in stage 2 and SFT (default: %(default)s)")
     p.add_argument("--untie-head", action="store_true",
                    help="give the resized model an output head of its own, a copy of the embedding, so that "
                         "the two train apart (SmolLM2 ties them, LLaMA does not); default: tied")
@@ -142,6 +148,7 @@ def main(argv=None):
         lr={stage: getattr(args, f"{stage}_lr") for stage in STAGES},
         embedding_lr={stage: getattr(args, f"{stage}_embedding_lr", None) for stage in STAGES},
         stage2_target_modules=args.stage2_target_modules, untie_head=args.untie_head,
+        lora_r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
         batch_size=args.batch_size, save_every=args.save_every, keep_checkpoints=args.keep_checkpoints,
         threads=args.threads, **given)
     if args.export_torch:

@@ -32,12 +32,18 @@ def tiny_gguf(tmp_path_factory):
 
 def test_recipe_end_to_end_and_rerun_skips_finished_steps(tiny_gguf, tmp_path, capsys):
     out = tmp_path / "recipe"
-    code, err = run_cli(recipe.main, ["--model", tiny_gguf, "--out", str(out), "--stage2-target-modules", "q,v"]
+    code, err = run_cli(recipe.main, ["--model", tiny_gguf, "--out", str(out), "--stage2-target-modules", "q,v",
+                                      "--lora-r", "4", "--lora-alpha", "12", "--lora-dropout", "0.1"]
                         + TINY_RECIPE, capsys)
     assert code == 0, err
     results = json.load(open(out / "results.json"))["steps"]
     assert sorted(results["stage2"]["lora_targets"]) == ["q_proj", "v_proj"]
     assert len(results["sft"]["lora_targets"]) == 7
+    for stage in ("stage2", "sft"):     # the LoRA flags reach both LoRA stages, as PEFT reads them
+        assert (results[stage]["lora_r"], results[stage]["lora_alpha"], results[stage]["lora_dropout"]) == (4, 12, 0.1)
+        adapter = json.load(open(out / stage / "adapter_config.json"))
+        assert (adapter["r"], adapter["lora_alpha"], adapter["lora_dropout"]) == (4, 12, 0.1)
+    assert "lora_r" not in results["stage1"]
     assert list(results) == ["base", "tokenizer", "resized", "stage1", "stage2", "sft"]
     assert all(np.isfinite(results[s]["bits_per_char"]) for s in ("base", "resized", "stage1", "stage2", "sft"))
     assert results["stage1"]["non_embedding_unchanged"] is True

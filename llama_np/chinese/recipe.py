@@ -29,7 +29,7 @@ from llama_np.checkpoint.gguf_file import GGUFFile
 from llama_np.checkpoint.peft import load_adapter
 from llama_np.chinese import corpus
 from llama_np.chinese.bits_per_char import held_out_bits_per_char
-from llama_np.chinese.defaults import (BUDGETS, DEFAULT_BUDGET, DEFAULT_EMBEDDING_LR, DEFAULT_INIT, DEFAULT_LR,
+from llama_np.chinese.defaults import (BUDGETS, DEFAULT_BUDGET, DEFAULT_EMBEDDING_LR, DEFAULT_INIT, DEFAULT_LORA, DEFAULT_LR,
                                        DEFAULT_PRETRAIN_TEXT, DEFAULT_STAGE2_TARGETS, STAGE_SEEDS, STAGES)
 from llama_np.chinese.resize import resize_checkpoint
 from llama_np.chinese.vocab_bpe import extend_tokenizer, extension_summary
@@ -63,6 +63,9 @@ class RecipeConfig:
     lr: dict = field(default_factory=lambda: dict(DEFAULT_LR))
     embedding_lr: dict = field(default_factory=lambda: dict(DEFAULT_EMBEDDING_LR))
     stage2_target_modules: str = DEFAULT_STAGE2_TARGETS
+    lora_r: int = DEFAULT_LORA["lora_r"]            # stage 2's and SFT's LoRA
+    lora_alpha: float = DEFAULT_LORA["lora_alpha"]
+    lora_dropout: float = DEFAULT_LORA["lora_dropout"]
     # the resized model's head a copy of its own: measured 0.045 bits per character worse after
     # 300 stage-2 steps than the tied head, and slower (docs/benchmarks.md#recipe)
     untie_head: bool = False
@@ -102,6 +105,8 @@ def resize(base, tokenizer_dir, resized, init=DEFAULT_INIT, untie=False):
 
 def stage_configs(config, resized, pretrain_text, old_vocab):
     """Steps 3-5: the FinetuneConfig of each training stage."""
+    lora = {"lora_r": config.lora_r, "lora_alpha": config.lora_alpha, "lora_dropout": config.lora_dropout}
+
     def stage(name, **what_trains):
         return FinetuneConfig(
             model=resized, out=os.path.join(config.out, name), steps=config.steps[name], lr=config.lr[name],
@@ -114,10 +119,10 @@ def stage_configs(config, resized, pretrain_text, old_vocab):
         "stage1": stage("stage1", data=pretrain_text, trainable="embeddings,lm_head" if config.untie_head else "embeddings",
                         embedding_rows_from=old_vocab if config.stage1_rows == "new" else None),
         "stage2": stage("stage2", data=pretrain_text, trainable="lora,embeddings,lm_head",
-                        target_modules=config.stage2_target_modules,
+                        target_modules=config.stage2_target_modules, **lora,
                         init_adapter=os.path.join(config.out, "stage1")),
         "sft": stage("sft", data=hub.data_path(corpus.ALPACA_ZH_FILE), trainable="lora,embeddings,lm_head",
-                     target_modules="all", init_adapter=os.path.join(config.out, "stage2")),
+                     target_modules="all", **lora, init_adapter=os.path.join(config.out, "stage2")),
     }
 
 
@@ -186,7 +191,7 @@ def run_recipe(config: RecipeConfig, stop_before=None):
                 shutil.rmtree(folder)  # stopped before its first checkpoint: the stage starts again
             _timed(record, stage, lambda: finetune(settings, resume=resume))
             record(stage, steps=settings.steps, lr=settings.lr, embedding_lr=settings.embedding_lr or settings.lr,
-                   lora_targets=_lora_targets(folder), **_training_summary(folder))
+                   **_lora_settings(folder), **_training_summary(folder))
         if stage == "stage1" and "non_embedding_unchanged" not in results["steps"]["stage1"]:
             record(stage, non_embedding_unchanged=stage1_left_transformer_alone(resized, folder))
         evaluate(stage, resized, folder)
@@ -247,9 +252,14 @@ def _training_summary(folder):
             "seconds": round(sum(r.get("seconds", 0) for r in log), 1)}
 
 
-def _lora_targets(folder):
-    """The projections a finetune run put LoRA on, from its adapter_config.json."""
-    return read_json(os.path.join(folder, "adapter_config.json")).get("target_modules") or []
+def _lora_settings(folder):
+    """The projections a finetune run put LoRA on, and its rank, alpha and dropout, from its
+    adapter_config.json (stage 1's has no LoRA: no targets)."""
+    adapter = read_json(os.path.join(folder, "adapter_config.json"))
+    targets = adapter.get("target_modules") or []
+    lora = {"lora_r": adapter.get("r"), "lora_alpha": adapter.get("lora_alpha"),
+            "lora_dropout": adapter.get("lora_dropout")} if targets else {}
+    return {"lora_targets": targets, **lora}
 
 
 def _timed(record, name, step):

@@ -94,6 +94,7 @@ positive_float = _number(float, lambda v: 0 < v < math.inf, "a finite number > 0
 non_negative_float = _number(float, lambda v: 0 <= v < math.inf, "a finite number >= 0")
 unit_float = _number(float, lambda v: 0 < v <= 1, "in (0, 1]")
 ratio = _number(float, lambda v: 0 <= v <= 1, "in [0, 1]")
+dropout_probability = _number(float, lambda v: 0 <= v < 1, "in [0, 1)")
 thread_count = _number(int, lambda v: 0 < v <= max_threads(),
                        f"between 1 and {max_threads()} (8 per core of this machine)")
 

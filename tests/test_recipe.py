@@ -178,6 +178,26 @@ def test_a_budget_sets_the_steps_and_a_flag_beside_it_wins(monkeypatch, tmp_path
     assert long.documents is None and long.pretrain_text == default.pretrain_text
 
 
+def test_pretrain_files_join_the_training_text(tiny_gguf, tmp_path, capsys):
+    """--pretrain-file: the user's documents follow the mirror's in the text stage 1 and 2
+    read; a file that cannot be read stops the recipe with one line, before any work."""
+    own = tmp_path / "own.txt"
+    own.write_text("我的第一篇文章。\n\n我的第二篇文章。\n", encoding="utf-8")
+    out = tmp_path / "recipe"
+    code, err = run_cli(recipe.main, ["--model", tiny_gguf, "--out", str(out), "--pretrain-text", "song_ci",
+                                      "--pretrain-file", str(own)] + TINY_RECIPE + ["--documents", "100000"], capsys)
+    assert code == 0, err
+    lines = (out / "zh_train.txt").read_text(encoding="utf-8").splitlines()
+    mirror = pipeline.corpus.chinese_documents("train", ("song_ci",))
+    assert lines[-2:] == ["我的第一篇文章。", "我的第二篇文章。"]
+    assert len(lines) >= len(mirror) + 2
+
+    code, err = run_cli(recipe.main, ["--model", tiny_gguf, "--out", str(tmp_path / "other"),
+                                      "--pretrain-file", str(tmp_path / "missing.txt")] + TINY_RECIPE, capsys)
+    assert code == 1 and "missing.txt" in err and "Traceback" not in err
+    assert not (tmp_path / "other" / "results.json").exists()
+
+
 def test_an_unknown_budget_is_refused(capsys):
     with pytest.raises(SystemExit) as e:
         recipe.parse_args(["--out", "x", "--budget", "day"])

@@ -57,6 +57,7 @@ class RecipeConfig:
     model: str = "default"
     new_tokens: int = _DEFAULT["new_tokens"]
     pretrain_text: tuple = DEFAULT_PRETRAIN_TEXT
+    pretrain_files: tuple = ()                      # the user's own text files, one document a line
     documents: int | None = _DEFAULT["documents"]   # only the first N training documents
     stage1_rows: str = "new"                # "new": stage 1 trains the new tokens' rows only
     steps: dict = field(default_factory=lambda: dict(_DEFAULT["steps"]))
@@ -163,9 +164,10 @@ def run_recipe(config: RecipeConfig, stop_before=None):
         curve[str(result["steps"])] = result["bits_per_char"]
         record(stage, curve=dict(sorted(curve.items(), key=lambda item: int(item[0]))))
 
+    if not os.path.exists(pretrain_text):   # first: a user's unreadable file stops the run at once
+        documents = corpus.chinese_documents("train", config.pretrain_text) + corpus.read_text_files(config.pretrain_files)
+        corpus.write_text_file(documents[:config.documents], pretrain_text)
     evaluate("base", base)
-    if not os.path.exists(pretrain_text):
-        corpus.write_text_file(corpus.chinese_documents("train", config.pretrain_text)[:config.documents], pretrain_text)
     # A step is done when its output exists and results.json records it: a kill between the
     # two (the output renamed into place, the record not yet written) redoes the step.
     def done(name, path):

@@ -180,7 +180,8 @@ def test_a_budget_sets_the_steps_and_a_flag_beside_it_wins(monkeypatch, tmp_path
 
 def test_pretrain_files_join_the_training_text(tiny_gguf, tmp_path, capsys):
     """--pretrain-file: the user's documents follow the mirror's in the text stage 1 and 2
-    read; a file that cannot be read stops the recipe with one line, before any work."""
+    read; a file that cannot be read stops the recipe with one line, before anything is
+    written (no --out folder is left behind)."""
     own = tmp_path / "own.txt"
     own.write_text("我的第一篇文章。\n\n我的第二篇文章。\n", encoding="utf-8")
     out = tmp_path / "recipe"
@@ -195,7 +196,12 @@ def test_pretrain_files_join_the_training_text(tiny_gguf, tmp_path, capsys):
     code, err = run_cli(recipe.main, ["--model", tiny_gguf, "--out", str(tmp_path / "other"),
                                       "--pretrain-file", str(tmp_path / "missing.txt")] + TINY_RECIPE, capsys)
     assert code == 1 and "missing.txt" in err and "Traceback" not in err
-    assert not (tmp_path / "other" / "results.json").exists()
+    assert not (tmp_path / "other").exists()
+
+    code, err = run_cli(recipe.main, ["--model", str(tmp_path / "no_model.gguf"), "--out", str(tmp_path / "third")]
+                        + TINY_RECIPE, capsys)
+    assert code == 1 and "no_model.gguf" in err and "Traceback" not in err
+    assert not (tmp_path / "third").exists()
 
 
 def test_an_unknown_budget_is_refused(capsys):

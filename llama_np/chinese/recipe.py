@@ -132,11 +132,17 @@ def run_recipe(config: RecipeConfig, stop_before=None):
     `stop_before` (a training stage), stop once what that stage starts from is done. Returns
     the stages' FinetuneConfigs (stage_configs)."""
     out = config.out
-    os.makedirs(out, exist_ok=True)
     base = hub.resolve_model(config.model)
     tokenizer_dir = os.path.join(out, "tokenizer")
     resized = os.path.join(out, "resized.gguf")
     pretrain_text = os.path.join(out, "zh_train.txt")
+    # First, before anything is written: a missing model or an unreadable user file stops
+    # the run at once and leaves no half-made --out folder behind.
+    documents = None if os.path.exists(pretrain_text) else (
+        corpus.chinese_documents("train", config.pretrain_text) + corpus.read_text_files(config.pretrain_files))
+    os.makedirs(out, exist_ok=True)
+    if documents is not None:
+        corpus.write_text_file(documents[:config.documents], pretrain_text)
     results_path = os.path.join(out, "results.json")
     results = read_json(results_path, missing=None) or {"steps": {}}
 
@@ -164,9 +170,6 @@ def run_recipe(config: RecipeConfig, stop_before=None):
         curve[str(result["steps"])] = result["bits_per_char"]
         record(stage, curve=dict(sorted(curve.items(), key=lambda item: int(item[0]))))
 
-    if not os.path.exists(pretrain_text):   # first: a user's unreadable file stops the run at once
-        documents = corpus.chinese_documents("train", config.pretrain_text) + corpus.read_text_files(config.pretrain_files)
-        corpus.write_text_file(documents[:config.documents], pretrain_text)
     evaluate("base", base)
     # A step is done when its output exists and results.json records it: a kill between the
     # two (the output renamed into place, the record not yet written) redoes the step.

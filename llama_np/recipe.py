@@ -75,6 +75,9 @@ def parse_args(argv=None):
                         f"pre-training (default: {_by_budget('documents', 'all')})")
     p.add_argument("--stage1-rows", choices=["new", "all"], default="new",
                    help="stage 1 trains the new tokens' rows only, or the whole embedding (default: %(default)s)")
+    p.add_argument("--stage2-rows", choices=["new", "all"], default="all",
+                   help="stage 2 trains the whole embedding (= tied head) beside its LoRA, or the new "
+                        "tokens' rows only (default: %(default)s)")
     for stage in STAGES:
         p.add_argument(f"--{stage}-steps", type=cli.positive_int, default=None,
                        help=f"optimizer steps of {stage} (default: {_by_budget('steps', stage=stage)})")
@@ -149,7 +152,7 @@ def main(argv=None):
     config = budget_config(
         args.budget, out=args.out, model=args.model, pretrain_text=args.pretrain_text,
         pretrain_files=tuple(args.pretrain_file),
-        stage1_rows=args.stage1_rows,
+        stage1_rows=args.stage1_rows, stage2_rows=args.stage2_rows,
         steps={stage: getattr(args, f"{stage}_steps") for stage in STAGES if getattr(args, f"{stage}_steps")},
         lr={stage: getattr(args, f"{stage}_lr") for stage in STAGES},
         embedding_lr={stage: getattr(args, f"{stage}_embedding_lr", None) for stage in STAGES},

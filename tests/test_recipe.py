@@ -118,6 +118,28 @@ def test_untie_head_gives_the_head_rows_of_its_own(tiny_gguf, tmp_path, capsys):
     assert not np.array_equal(embed, head)
 
 
+def test_stage2_rows_new_leaves_the_old_rows_alone(tiny_gguf, tmp_path, capsys):
+    """--stage2-rows new: stage 2 trains its LoRA and the new tokens' rows, and the old rows
+    of the embedding (= tied head) stay the base model's; by default stage 2 moves them."""
+    from safetensors.numpy import load_file
+    from llama_np.checkpoint import load_model
+    base, _ = load_model(tiny_gguf)
+    old = base.config.vocab_size
+
+    def stage_tables(out):
+        tensors = {stage: load_file(str(out / stage / "adapter_model.safetensors")) for stage in ("stage1", "stage2")}
+        return [next(t for n, t in tensors[stage].items() if "embed_tokens" in n) for stage in ("stage1", "stage2")]
+
+    for rows in ("new", "all"):
+        out = tmp_path / rows
+        code, err = run_cli(recipe.main, ["--model", tiny_gguf, "--out", str(out), "--stage2-rows", rows]
+                            + TINY_RECIPE + ["--stage2-steps", "2"], capsys)
+        assert code == 0, err
+        stage1, stage2 = stage_tables(out)
+        assert not np.array_equal(stage2[old:], stage1[old:])                 # new rows: trained on
+        assert np.array_equal(stage2[:old], base.weights[lora.EMBED][:old]) == (rows == "new")
+
+
 def test_stage1_check_sees_a_changed_transformer_tensor(tiny_gguf, tmp_path):
     """The hash comparison is not vacuous: an adapter that also moves q_proj fails it."""
     from llama_np.checkpoint import load_model

@@ -60,6 +60,7 @@ class RecipeConfig:
     pretrain_files: tuple = ()                      # the user's own text files, one document a line
     documents: int | None = _DEFAULT["documents"]   # only the first N training documents
     stage1_rows: str = "new"                # "new": stage 1 trains the new tokens' rows only
+    stage2_rows: str = "all"                # "new": stage 2 too (beside its LoRA); "all": every row
     steps: dict = field(default_factory=lambda: dict(_DEFAULT["steps"]))
     lr: dict = field(default_factory=lambda: dict(DEFAULT_LR))
     embedding_lr: dict = field(default_factory=lambda: dict(DEFAULT_EMBEDDING_LR))
@@ -121,6 +122,7 @@ def stage_configs(config, resized, pretrain_text, old_vocab):
                         embedding_rows_from=old_vocab if config.stage1_rows == "new" else None),
         "stage2": stage("stage2", data=pretrain_text, trainable="lora,embeddings,lm_head",
                         target_modules=config.stage2_target_modules, **lora,
+                        embedding_rows_from=old_vocab if config.stage2_rows == "new" else None,
                         init_adapter=os.path.join(config.out, "stage1")),
         "sft": stage("sft", data=hub.data_path(corpus.ALPACA_ZH_FILE), trainable="lora,embeddings,lm_head",
                      target_modules="all", **lora, init_adapter=os.path.join(config.out, "stage2")),

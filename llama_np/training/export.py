@@ -100,7 +100,7 @@ def export_torch(settings, out):
                           f"{settings.trainable}): run it with llama_np, it trains the embedding alone")
     if settings.embedding_rows_from is not None:
         raise ExportError("the PyTorch export cannot limit the embedding's training to some rows "
-                          "(--embedding-rows-from)")
+                          "(finetune's --embedding-rows-from, the recipe's --stage2-rows new)")
     if os.path.isdir(out) and os.listdir(out) and not os.path.exists(os.path.join(out, CONFIG_FILE)):
         raise ExportError(f"{out} is not empty and holds no earlier export; choose another folder")
     os.makedirs(out, exist_ok=True)

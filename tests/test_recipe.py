@@ -30,6 +30,13 @@ def tiny_gguf(tmp_path_factory):
     return path
 
 
+def trained_tables(out, stage, parts=("embed_tokens", "lm_head")):
+    """The trained copies of `parts` that the recipe's `stage` saved in its adapter, in order."""
+    from safetensors.numpy import load_file
+    tensors = load_file(str(out / stage / "adapter_model.safetensors"))
+    return [next(t for n, t in tensors.items() if part in n) for part in parts]
+
+
 def test_recipe_end_to_end_and_rerun_skips_finished_steps(tiny_gguf, tmp_path, capsys):
     out = tmp_path / "recipe"
     code, err = run_cli(recipe.main, ["--model", tiny_gguf, "--out", str(out), "--stage2-target-modules", "q,v",
@@ -96,7 +103,6 @@ def test_an_interrupted_stage_resumes_from_its_checkpoint(tiny_gguf, tmp_path, c
 def test_untie_head_gives_the_head_rows_of_its_own(tiny_gguf, tmp_path, capsys):
     """--untie-head: the resized GGUF has an output head beside the embedding; stage 1
     trains the new rows of both (the old rows stay the base's) and stage 2 moves them apart."""
-    from safetensors.numpy import load_file
     from llama_np.checkpoint import load_model
     out = tmp_path / "recipe"
     code, err = run_cli(recipe.main, ["--model", tiny_gguf, "--out", str(out), "--untie-head"] + TINY_RECIPE, capsys)
@@ -106,36 +112,26 @@ def test_untie_head_gives_the_head_rows_of_its_own(tiny_gguf, tmp_path, capsys):
     assert base.config.tie_word_embeddings and not resized.config.tie_word_embeddings
     old = base.config.vocab_size
 
-    def tables(stage):
-        """The stage's trained (embedding, head) copies."""
-        tensors = load_file(str(out / stage / "adapter_model.safetensors"))
-        return [next(t for n, t in tensors.items() if part in n) for part in ("embed_tokens", "lm_head")]
-
-    for table in tables("stage1"):
+    for table in trained_tables(out, "stage1"):
         assert np.array_equal(table[:old], base.weights[lora.EMBED][:old])     # old rows: the base's
         assert not np.array_equal(table[old:], resized.weights[lora.EMBED][old:])   # new rows: trained
-    embed, head = tables("stage2")
+    embed, head = trained_tables(out, "stage2")
     assert not np.array_equal(embed, head)
 
 
 def test_stage2_rows_new_leaves_the_old_rows_alone(tiny_gguf, tmp_path, capsys):
     """--stage2-rows new: stage 2 trains its LoRA and the new tokens' rows, and the old rows
     of the embedding (= tied head) stay the base model's; by default stage 2 moves them."""
-    from safetensors.numpy import load_file
     from llama_np.checkpoint import load_model
     base, _ = load_model(tiny_gguf)
     old = base.config.vocab_size
-
-    def stage_tables(out):
-        tensors = {stage: load_file(str(out / stage / "adapter_model.safetensors")) for stage in ("stage1", "stage2")}
-        return [next(t for n, t in tensors[stage].items() if "embed_tokens" in n) for stage in ("stage1", "stage2")]
 
     for rows in ("new", "all"):
         out = tmp_path / rows
         code, err = run_cli(recipe.main, ["--model", tiny_gguf, "--out", str(out), "--stage2-rows", rows]
                             + TINY_RECIPE + ["--stage2-steps", "2"], capsys)
         assert code == 0, err
-        stage1, stage2 = stage_tables(out)
+        (stage1,), (stage2,) = (trained_tables(out, stage, ("embed_tokens",)) for stage in ("stage1", "stage2"))
         assert not np.array_equal(stage2[old:], stage1[old:])                 # new rows: trained on
         assert np.array_equal(stage2[:old], base.weights[lora.EMBED][:old]) == (rows == "new")
 

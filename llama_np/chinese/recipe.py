@@ -109,6 +109,10 @@ def stage_configs(config, resized, pretrain_text, old_vocab):
     """Steps 3-5: the FinetuneConfig of each training stage."""
     lora = {"lora_r": config.lora_r, "lora_alpha": config.lora_alpha, "lora_dropout": config.lora_dropout}
 
+    def rows_from(choice):
+        """embedding_rows_from for a --stageN-rows choice: "new" trains the new tokens' rows only."""
+        return old_vocab if choice == "new" else None
+
     def stage(name, **what_trains):
         return FinetuneConfig(
             model=resized, out=os.path.join(config.out, name), steps=config.steps[name], lr=config.lr[name],
@@ -119,10 +123,10 @@ def stage_configs(config, resized, pretrain_text, old_vocab):
     return {
         # an untied head's new rows are as new as the embedding's: stage 1 trains both
         "stage1": stage("stage1", data=pretrain_text, trainable="embeddings,lm_head" if config.untie_head else "embeddings",
-                        embedding_rows_from=old_vocab if config.stage1_rows == "new" else None),
+                        embedding_rows_from=rows_from(config.stage1_rows)),
         "stage2": stage("stage2", data=pretrain_text, trainable="lora,embeddings,lm_head",
                         target_modules=config.stage2_target_modules, **lora,
-                        embedding_rows_from=old_vocab if config.stage2_rows == "new" else None,
+                        embedding_rows_from=rows_from(config.stage2_rows),
                         init_adapter=os.path.join(config.out, "stage1")),
         "sft": stage("sft", data=hub.data_path(corpus.ALPACA_ZH_FILE), trainable="lora,embeddings,lm_head",
                      target_modules="all", **lora, init_adapter=os.path.join(config.out, "stage2")),
